@@ -1,0 +1,410 @@
+"""Frozen, validated settings: pool limits, timeouts, provider configs and their loading.
+
+Every value is checked when the object is built; a bad one raises :class:`ConfigError`
+naming the field and the value. API keys are held in :class:`Secret`, which never shows
+its value in a repr, a log line or an error.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from rag_llm.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_KEEPALIVE_EXPIRY",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_KEEPALIVE_CONNECTIONS",
+    "PoolLimits",
+    "ProviderConfig",
+    "Secret",
+    "Settings",
+    "Timeouts",
+]
+
+DEFAULT_MAX_KEEPALIVE_CONNECTIONS: Final = 20
+DEFAULT_MAX_CONNECTIONS: Final = 100
+DEFAULT_KEEPALIVE_EXPIRY: Final = 30.0
+DEFAULT_CONNECT_TIMEOUT: Final = 5.0
+DEFAULT_READ_TIMEOUT: Final = 60.0
+DEFAULT_WRITE_TIMEOUT: Final = 10.0
+# Seconds, not minutes: an exhausted pool must fail fast and say what to raise.
+DEFAULT_POOL_TIMEOUT: Final = 5.0
+TRANSPORTS: Final = ("httpx2", "httpx")
+ENV_PREFIX: Final = "RAG_LLM_"
+
+
+class Secret:
+    """A string that keeps its value out of reprs, logs and error messages.
+
+    >>> Secret("sk-abc")
+    Secret('**********')
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+def _number(name: str, value: object, *, integer: bool, minimum: float) -> Any:
+    kinds: tuple[type, ...] = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        expected = "an integer" if integer else "a number"
+        raise ConfigError(name, value, f"must be {expected}")
+    if not math.isfinite(value) or value < minimum:  # type: ignore[arg-type, operator]
+        raise ConfigError(name, value, f"must be >= {minimum:g}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLimits:
+    """Connection-pool limits of one provider.
+
+    ``max_keepalive_connections`` idle connections are kept open for reuse, at most
+    ``max_connections`` exist at once, and an idle one is closed after
+    ``keepalive_expiry`` seconds.
+
+    >>> PoolLimits(max_keepalive_connections=20, max_connections=100, keepalive_expiry=30.0)
+    PoolLimits(max_keepalive_connections=20, max_connections=100, keepalive_expiry=30.0)
+    """
+
+    max_keepalive_connections: int = DEFAULT_MAX_KEEPALIVE_CONNECTIONS
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    keepalive_expiry: float = DEFAULT_KEEPALIVE_EXPIRY
+
+    def __post_init__(self) -> None:
+        _number("max_keepalive_connections", self.max_keepalive_connections, integer=True,
+                minimum=0)
+        _number("max_connections", self.max_connections, integer=True, minimum=1)
+        _number("keepalive_expiry", self.keepalive_expiry, integer=False, minimum=0)
+        if self.max_keepalive_connections > self.max_connections:
+            raise ConfigError(
+                "max_keepalive_connections",
+                self.max_keepalive_connections,
+                f"must not exceed max_connections={self.max_connections}",
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Timeouts in seconds for connecting, reading, writing and waiting for a pooled connection.
+
+    >>> Timeouts(connect=5.0, read=60.0, write=10.0, pool=5.0)
+    Timeouts(connect=5.0, read=60.0, write=10.0, pool=5.0)
+    """
+
+    connect: float = DEFAULT_CONNECT_TIMEOUT
+    read: float = DEFAULT_READ_TIMEOUT
+    write: float = DEFAULT_WRITE_TIMEOUT
+    pool: float = DEFAULT_POOL_TIMEOUT
+
+    def __post_init__(self) -> None:
+        for name in ("connect", "read", "write", "pool"):
+            value = getattr(self, name)
+            _number(f"{name}_timeout", value, integer=False, minimum=0)
+            if value == 0:
+                raise ConfigError(f"{name}_timeout", value, "must be > 0")
+
+
+# Flat config keys and the Python type each one takes; env values are coerced with it.
+_TIMEOUT_KEYS: Final = {
+    "connect_timeout": "connect",
+    "read_timeout": "read",
+    "write_timeout": "write",
+    "pool_timeout": "pool",
+}
+FIELD_TYPES: Final[Mapping[str, type]] = {
+    "type": str,
+    "name": str,
+    "model": str,
+    "base_url": str,
+    "api_key": str,
+    "api_version": str,
+    "deployment": str,
+    "dimensions": int,
+    "max_keepalive_connections": int,
+    "max_connections": int,
+    "keepalive_expiry": float,
+    "connect_timeout": float,
+    "read_timeout": float,
+    "write_timeout": float,
+    "pool_timeout": float,
+    "http2": bool,
+    "verify": str,
+    "transport": str,
+    "headers": dict,
+}
+
+
+def _text(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(name, value, "must be a non-empty string")
+    return value
+
+
+def _validate_url(name: str, value: object) -> str:
+    url = _text(name, value)
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise ConfigError(name, _redact_url(url), "has an invalid port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(name, _redact_url(url), "must be an http:// or https:// URL with a host")
+    if parts.username or parts.password:
+        raise ConfigError(name, _redact_url(url), "must not carry credentials; use api_key")
+    return url.rstrip("/")
+
+
+def _redact_url(url: str) -> str:
+    """The URL with any userinfo and query removed, safe for messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ":<invalid>"
+    return f"{parts.scheme}://{host}{port}{parts.path}" if parts.scheme else "<not a URL>"
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    """Validated configuration of one provider, built from a plain mapping.
+
+    >>> ProviderConfig.from_mapping({"type": "openai", "model": "text-embedding-3-small",
+    ...                              "base_url": "http://127.0.0.1:8001/v1"}).limits
+    PoolLimits(max_keepalive_connections=20, max_connections=100, keepalive_expiry=30.0)
+    """
+
+    type: str
+    model: str
+    base_url: str
+    name: str
+    api_key: Secret | None = None
+    api_version: str | None = None
+    deployment: str | None = None
+    dimensions: int | None = None
+    limits: PoolLimits = field(default_factory=PoolLimits)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    http2: bool = False
+    verify: bool | str = True
+    transport: str = "httpx2"
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        # Header values may hold credentials: show only their names.
+        return (
+            f"ProviderConfig(name={self.name!r}, type={self.type!r}, model={self.model!r}, "
+            f"base_url={_redact_url(self.base_url)!r}, api_key={self.api_key!r}, "
+            f"limits={self.limits!r}, timeouts={self.timeouts!r}, http2={self.http2!r}, "
+            f"transport={self.transport!r}, headers={sorted(self.headers)!r})"
+        )
+
+    @classmethod
+    def from_mapping(
+        cls, config: Mapping[str, Any], *, default_base_url: str | None = None
+    ) -> ProviderConfig:
+        """Validate ``config`` (flat keys, as in the README) into a ``ProviderConfig``."""
+        if not isinstance(config, Mapping):
+            raise ConfigError("config", type(config).__name__, "must be a mapping")
+        unknown = sorted(set(config) - set(FIELD_TYPES))
+        if unknown:
+            raise ConfigError(unknown[0], "<set>", f"is not a known setting; known: "
+                              f"{', '.join(sorted(FIELD_TYPES))}")
+        provider_type = _text("type", config.get("type"))
+        if "model" not in config:
+            raise ConfigError("model", None, "is required")
+        model = _text("model", config["model"])
+        base_url = config.get("base_url", default_base_url)
+        if base_url is None:
+            raise ConfigError("base_url", None, f"is required for type {provider_type!r}")
+        api_key = config.get("api_key")
+        if api_key is not None and not isinstance(api_key, str | Secret):
+            raise ConfigError("api_key", type(api_key).__name__, "must be a string")
+        limits = PoolLimits(
+            max_keepalive_connections=config.get(
+                "max_keepalive_connections", DEFAULT_MAX_KEEPALIVE_CONNECTIONS
+            ),
+            max_connections=config.get("max_connections", DEFAULT_MAX_CONNECTIONS),
+            keepalive_expiry=config.get("keepalive_expiry", DEFAULT_KEEPALIVE_EXPIRY),
+        )
+        timeouts = Timeouts(**{
+            attr: config[key] for key, attr in _TIMEOUT_KEYS.items() if key in config
+        })
+        return cls(
+            type=provider_type,
+            model=model,
+            base_url=_validate_url("base_url", base_url),
+            name=_text("name", config.get("name", provider_type)),
+            api_key=_secret(api_key),
+            api_version=_optional_text(config, "api_version"),
+            deployment=_optional_text(config, "deployment"),
+            dimensions=_optional_int(config, "dimensions", minimum=1),
+            limits=limits,
+            timeouts=timeouts,
+            http2=_flag(config, "http2", False),
+            verify=_verify(config.get("verify", True)),
+            transport=_choice(config, "transport", TRANSPORTS),
+            headers=_headers(config.get("headers", {})),
+        )
+
+
+def _secret(value: str | Secret | None) -> Secret | None:
+    if value is None or isinstance(value, Secret):
+        return value
+    return Secret(value) if value else None
+
+
+def _optional_text(config: Mapping[str, Any], name: str) -> str | None:
+    return None if config.get(name) is None else _text(name, config[name])
+
+
+def _optional_int(config: Mapping[str, Any], name: str, *, minimum: int) -> int | None:
+    value = config.get(name)
+    return None if value is None else int(_number(name, value, integer=True, minimum=minimum))
+
+
+def _flag(config: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = config.get(name, default)
+    if not isinstance(value, bool):
+        raise ConfigError(name, value, "must be true or false")
+    return value
+
+
+def _verify(value: object) -> bool | str:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and Path(value).is_file():
+        return value
+    raise ConfigError("verify", value, "must be true, false or the path of a CA bundle file")
+
+
+def _choice(config: Mapping[str, Any], name: str, choices: tuple[str, ...]) -> str:
+    value = config.get(name, choices[0])
+    if value not in choices:
+        raise ConfigError(name, value, f"must be one of {', '.join(choices)}")
+    return str(value)
+
+
+def _headers(value: object) -> Mapping[str, str]:
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ConfigError("headers", "<mapping>", "must map header names to string values")
+    return dict(value)
+
+
+def _coerce_env(key: str, raw: str) -> object:
+    kind = FIELD_TYPES.get(key, str)
+    try:
+        if kind is bool or (key == "verify" and raw.lower() in ("true", "false", "1", "0")):
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1", "yes")
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+    except ValueError:
+        raise ConfigError(key, raw, f"must be {kind.__name__}") from None
+    if kind is dict:
+        raise ConfigError(key, "<env>", "cannot be set from the environment; use a config file")
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Provider configs by kind (``"embedding"``, ``"llm"``) plus logging settings.
+
+    Loaded by :meth:`load` from a TOML or YAML file, then environment variables
+    (``RAG_LLM_<KIND>__<FIELD>``, e.g. ``RAG_LLM_EMBEDDING__MAX_CONNECTIONS=50``), which
+    take precedence. ``OPENAI_API_KEY`` fills ``api_key`` for ``openai`` providers that set none.
+    """
+
+    providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    log_format: str = "console"
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.log_format not in ("console", "json"):
+            raise ConfigError("log_format", self.log_format, "must be 'console' or 'json'")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+            raise ConfigError("log_level", self.log_level, "must be a logging level name")
+
+    def __repr__(self) -> str:
+        return (f"Settings(providers={sorted(self.providers)!r}, "
+                f"log_format={self.log_format!r}, log_level={self.log_level!r})")
+
+    def provider(self, kind: str) -> Mapping[str, Any] | None:
+        return self.providers.get(kind)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Read the config file (``path`` or ``$RAG_LLM_CONFIG``), then overlay the environment."""
+        env = os.environ if environ is None else environ
+        file_path = path if path is not None else env.get(f"{ENV_PREFIX}CONFIG")
+        data: dict[str, Any] = _read_file(Path(file_path)) if file_path else {}
+        providers: dict[str, dict[str, Any]] = {
+            kind: dict(values) for kind, values in data.get("providers", {}).items()
+        }
+        logging_section = data.get("logging", {})
+        log_format = env.get(f"{ENV_PREFIX}LOG_FORMAT", logging_section.get("format", "console"))
+        log_level = env.get(f"{ENV_PREFIX}LOG_LEVEL", logging_section.get("level", "info"))
+        for name, raw in env.items():
+            if not name.startswith(ENV_PREFIX) or "__" not in name:
+                continue
+            kind, _, key = name[len(ENV_PREFIX):].lower().partition("__")
+            providers.setdefault(kind, {})[key] = _coerce_env(key, raw)
+        openai_key = env.get("OPENAI_API_KEY")
+        for values in providers.values():
+            if openai_key and values.get("type") == "openai" and not values.get("api_key"):
+                values["api_key"] = Secret(openai_key)
+        return cls(providers=providers, log_format=log_format, log_level=log_level)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("config_file", str(path), f"cannot be read: {exc.strerror}") from None
+    if path.suffix not in (".toml", ".yaml", ".yml"):
+        raise ConfigError("config_file", str(path), "must end in .toml, .yaml or .yml")
+    try:
+        if path.suffix == ".toml":
+            data: object = tomllib.loads(text)
+        else:
+            import yaml  # imported here: only YAML users pay for it
+
+            data = yaml.safe_load(text) or {}
+    except Exception as exc:  # TOMLDecodeError or yaml.YAMLError
+        raise ConfigError("config_file", str(path), f"is not valid: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("providers", {}), dict):
+        raise ConfigError("config_file", str(path), "must hold a 'providers' table")
+    return data

@@ -1,0 +1,146 @@
+"""The exception tree: every error rag-llm raises derives from ``RagLLMError``.
+
+::
+
+    RagLLMError
+    +-- ConfigError                 a setting is missing or invalid (names field and value)
+    +-- ProviderClosedError         a provider or pool was used after close
+    +-- TransportError              no usable HTTP response arrived
+    |   +-- ConnectError            the TCP or TLS connection could not be opened
+    |   +-- ConnectionLostError     the connection dropped before a full response
+    |   +-- RequestTimeoutError
+    |       +-- PoolTimeoutError    no pooled connection became free in time
+    |       +-- ConnectTimeoutError
+    |       +-- ReadTimeoutError
+    |       +-- WriteTimeoutError
+    +-- UpstreamError               the upstream answered with an error status
+    |   +-- AuthenticationError     401 / 403
+    |   +-- RateLimitError          429 (carries ``retry_after``)
+    |   +-- ServerError             5xx
+    +-- MalformedResponseError      a 2xx body that does not match the API
+
+Lower-layer exceptions (httpx, httpcore) are translated once, at the transport boundary,
+with ``raise ... from``. Messages carry provider, endpoint and status, never a secret:
+endpoints are reduced to scheme, host, port and path.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigError",
+    "ConnectError",
+    "ConnectTimeoutError",
+    "ConnectionLostError",
+    "MalformedResponseError",
+    "PoolTimeoutError",
+    "ProviderClosedError",
+    "RagLLMError",
+    "RateLimitError",
+    "ReadTimeoutError",
+    "RequestTimeoutError",
+    "ServerError",
+    "TransportError",
+    "UpstreamError",
+    "WriteTimeoutError",
+]
+
+
+class RagLLMError(Exception):
+    """Root of every exception raised by rag-llm."""
+
+
+class ConfigError(RagLLMError, ValueError):
+    """A setting is missing or invalid; ``field`` and ``value`` say which."""
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(f"{field}={value!r}: {reason}")
+
+
+class ProviderClosedError(RagLLMError, RuntimeError):
+    """A provider (or its pool) was used after ``close()``/``aclose()``."""
+
+
+class TransportError(RagLLMError):
+    """No usable HTTP response arrived from ``endpoint``."""
+
+    def __init__(self, message: str, *, provider: str, endpoint: str) -> None:
+        self.provider = provider
+        self.endpoint = endpoint
+        super().__init__(f"{provider}: {message} ({endpoint})")
+
+
+class ConnectError(TransportError):
+    """The TCP or TLS connection to the upstream could not be opened."""
+
+
+class ConnectionLostError(TransportError):
+    """The connection was closed or reset before a complete response arrived."""
+
+
+class RequestTimeoutError(TransportError, TimeoutError):
+    """A configured timeout expired."""
+
+
+class PoolTimeoutError(RequestTimeoutError):
+    """Every pooled connection stayed busy for longer than ``pool_timeout``."""
+
+
+class ConnectTimeoutError(RequestTimeoutError):
+    """Opening a connection took longer than ``connect_timeout``."""
+
+
+class ReadTimeoutError(RequestTimeoutError):
+    """The upstream sent nothing for longer than ``read_timeout``."""
+
+
+class WriteTimeoutError(RequestTimeoutError):
+    """Sending the request took longer than ``write_timeout``."""
+
+
+class UpstreamError(RagLLMError):
+    """The upstream answered with an error status."""
+
+    def __init__(self, *, provider: str, endpoint: str, status: int, message: str) -> None:
+        self.provider = provider
+        self.endpoint = endpoint
+        self.status = status
+        self.message = message
+        super().__init__(f"{provider}: HTTP {status} from {endpoint}: {message}")
+
+
+class AuthenticationError(UpstreamError):
+    """The upstream rejected the credentials (401 or 403)."""
+
+
+class RateLimitError(UpstreamError):
+    """The upstream is rate limiting (429); ``retry_after`` is in seconds when it said."""
+
+    def __init__(
+        self,
+        *,
+        provider: str,
+        endpoint: str,
+        status: int,
+        message: str,
+        retry_after: float | None = None,
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(provider=provider, endpoint=endpoint, status=status, message=message)
+
+
+class ServerError(UpstreamError):
+    """The upstream failed (5xx)."""
+
+
+class MalformedResponseError(RagLLMError):
+    """A successful response whose body does not match the API's shape."""
+
+    def __init__(self, *, provider: str, endpoint: str, detail: str) -> None:
+        self.provider = provider
+        self.endpoint = endpoint
+        self.detail = detail
+        super().__init__(f"{provider}: malformed response from {endpoint}: {detail}")

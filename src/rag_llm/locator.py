@@ -1,0 +1,137 @@
+"""The service locator: builds providers from settings, hands them out, closes them all.
+
+>>> locator = ServiceLocator(Settings(providers={"embedding": {
+...     "type": "openai", "model": "text-embedding-3-small", "base_url": "http://127.0.0.1:8001/v1"}}))
+>>> locator.get("embedding").max_connections
+100
+>>> import asyncio; asyncio.run(locator.cleanup())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from rag_llm.config import Settings
+from rag_llm.errors import ConfigError
+from rag_llm.observability.events import get_logger
+
+__all__ = ["ServiceLocator", "cleanup_service_locator", "get_service_locator"]
+
+_log = get_logger()
+ProviderFactory = Callable[[str, Mapping[str, Any]], Any]
+
+
+def _default_factory(kind: str, config: Mapping[str, Any]) -> Any:
+    from rag_llm.providers import create_provider
+
+    return create_provider(kind, config)
+
+
+class ServiceLocator:
+    """Owns every provider's lifecycle: ``register``, ``get`` and, at shutdown, ``cleanup``."""
+
+    def __init__(self, settings: Settings | None = None,
+                 factory: ProviderFactory = _default_factory) -> None:
+        self._settings = settings
+        self._factory = factory
+        self._providers: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = Settings.load()
+        return self._settings
+
+    def register(self, provider_type: str, provider: Any) -> None:
+        """Hand ``provider`` to the locator, which closes it at cleanup."""
+        with self._lock:
+            if provider_type in self._providers and self._providers[provider_type] is not provider:
+                raise ValueError(
+                    f"a {provider_type!r} provider is already registered; close it and "
+                    "create a new ServiceLocator to replace it"
+                )
+            self._providers[provider_type] = provider
+
+    def get(self, provider_type: str) -> Any:
+        """The ``provider_type`` provider, built from settings on first use."""
+        provider = self._providers.get(provider_type)
+        if provider is not None:
+            return provider
+        with self._lock:
+            provider = self._providers.get(provider_type)
+            if provider is None:
+                config = self.settings.provider(provider_type)
+                if config is None:
+                    raise ConfigError(
+                        f"providers.{provider_type}", None,
+                        "is not configured (config file [providers."
+                        f"{provider_type}] or RAG_LLM_{provider_type.upper()}__TYPE)",
+                    )
+                provider = self._providers[provider_type] = self._factory(provider_type, config)
+            return provider
+
+    def providers(self) -> Mapping[str, Any]:
+        """The providers built or registered so far."""
+        return dict(self._providers)
+
+    async def cleanup(self) -> None:
+        """Close every provider concurrently; one failure does not stop the others."""
+        started = time.perf_counter()
+        with self._lock:
+            providers, self._providers = self._providers, {}
+        results = await asyncio.gather(
+            *(_close(name, provider) for name, provider in providers.items()),
+            return_exceptions=True,
+        )
+        failed = []
+        for name, result in zip(providers, results, strict=True):
+            if isinstance(result, BaseException):
+                failed.append(name)
+                _log.error("provider_close_failed", provider=name, error=repr(result))
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        if failed:
+            _log.error("service_locator_cleanup_failed", providers=len(providers),
+                       failed=failed, duration_ms=duration_ms)
+        else:
+            _log.info("service_locator_cleanup_success", providers=len(providers),
+                      duration_ms=duration_ms)
+
+
+async def _close(name: str, provider: Any) -> None:
+    close = getattr(provider, "aclose", None) or getattr(provider, "close", None)
+    if not callable(close):
+        return
+    if inspect.iscoroutinefunction(close):
+        await close()
+    else:
+        # A plain close may block on sockets: keep it off the event loop.
+        await asyncio.get_running_loop().run_in_executor(None, close)
+
+
+_locator: ServiceLocator | None = None
+_locator_lock = threading.Lock()
+
+
+def get_service_locator() -> ServiceLocator:
+    """The process-wide locator, created on first use."""
+    global _locator
+    if _locator is None:
+        with _locator_lock:
+            if _locator is None:
+                _locator = ServiceLocator()
+    return _locator
+
+
+async def cleanup_service_locator() -> None:
+    """Close every provider of the process-wide locator and forget it."""
+    global _locator
+    with _locator_lock:
+        locator, _locator = _locator, None
+    if locator is not None:
+        await locator.cleanup()

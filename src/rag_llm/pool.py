@@ -1,0 +1,414 @@
+"""Persistent HTTP clients of one provider: lazy creation, loop and fork ownership, close.
+
+A :class:`ClientPool` owns one sync transport per process and one async transport per
+event loop, each created on first use under a lock and reused for every request.
+
+Ownership rules, and why:
+
+* An async transport belongs to the loop that created it. A second loop (two
+  ``asyncio.run()`` calls, a test framework's loop per test) gets its own, and the first
+  is closed while its loop shuts down its async generators, so no socket outlives its loop
+  and nothing raises "Event loop is closed".
+* A forked child never touches its parent's sockets: after ``fork()`` every pool forgets
+  the inherited transports without closing them (closing would send TLS close_notify on a
+  socket the parent still uses) and opens its own on first use.
+* Idle connections are closed when they pass ``keepalive_expiry`` or when the server has
+  already closed them, by a reaper, not only when the next request happens to arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import enum
+import os
+import threading
+import warnings
+import weakref
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any
+
+from rag_llm.errors import ProviderClosedError
+from rag_llm.observability.events import get_logger
+from rag_llm.transport import (
+    AsyncTransport,
+    Backend,
+    ConnectionCounts,
+    SyncTransport,
+    TransportSettings,
+)
+
+__all__ = ["ClientPool", "ClientSnapshot", "PoolSnapshot", "PoolState"]
+
+_log = get_logger()
+# Transports inherited across fork(): kept referenced so they are never closed or
+# garbage-collected in the child, which would disturb the parent's connections.
+_inherited: list[object] = []
+_live_pools: weakref.WeakSet[ClientPool] = weakref.WeakSet()
+
+
+class PoolState(enum.Enum):
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSnapshot:
+    """Connections held by one client (``"sync"`` or ``"async"``) right now."""
+
+    client: str
+    active: int
+    idle: int
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSnapshot:
+    """A plain view of a pool: its state, limits and the connections of each client."""
+
+    provider: str
+    transport: str
+    state: str
+    max_keepalive_connections: int
+    max_connections: int
+    keepalive_expiry: float
+    clients: tuple[ClientSnapshot, ...]
+
+
+class _LoopClient:
+    """The async transport of one event loop, with its close guard and reaper task."""
+
+    __slots__ = ("guard", "inherited", "loop", "reaper", "transport")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, transport: AsyncTransport) -> None:
+        self.loop = loop
+        self.transport = transport
+        # True in a forked child: the parent's sockets, never to be closed here.
+        self.inherited = False
+        self.guard: AsyncGenerator[None, None] | None = None
+        self.reaper: asyncio.Task[None] | None = None
+
+
+def _reap_interval(keepalive_expiry: float) -> float:
+    return min(max(keepalive_expiry / 4, 0.05), 5.0)
+
+
+async def _reap_async(transport: AsyncTransport, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await transport.prune()
+        except Exception as exc:  # a failed prune must not stop later ones
+            _log.warning("connection_prune_failed", client="async", error=repr(exc))
+
+
+def _reap_sync(transport: SyncTransport, stop: threading.Event, interval: float) -> None:
+    # Holds the transport, never the pool, so an unclosed pool can still be collected.
+    while not stop.wait(interval):
+        try:
+            transport.prune()
+        except Exception as exc:
+            _log.warning("connection_prune_failed", client="sync", error=repr(exc))
+
+
+async def _loop_guard(pool_ref: weakref.ref[ClientPool], entry: _LoopClient,
+                      ) -> AsyncGenerator[None, None]:
+    """Suspends until closed: by the pool, by garbage collection, or by the loop's shutdown.
+
+    An event loop closes every live async generator in ``shutdown_asyncgens()`` (which
+    ``asyncio.run()`` calls) while it can still run I/O: the one moment a transport
+    bound to that loop can be closed cleanly.
+    """
+    try:
+        yield
+    finally:
+        if entry.reaper is not None:
+            entry.reaper.cancel()
+        pool = pool_ref()
+        if pool is not None:
+            pool._forget_loop(entry)
+        if not entry.inherited:
+            await _close_async(entry.transport, pool.provider if pool else "?")
+
+
+async def _close_async(transport: AsyncTransport, provider: str) -> None:
+    try:
+        await transport.aclose()
+    except Exception as exc:
+        _log.error("connection_pool_close_failed", provider=provider, client="async",
+                   error=repr(exc))
+    else:
+        _log.info("connection_pool_closed", provider=provider, client="async")
+
+
+class ClientPool:
+    """Lazily created, reused sync and async transports of one provider."""
+
+    def __init__(self, settings: TransportSettings, backend: Backend) -> None:
+        self._settings = settings
+        self._backend = backend
+        self._state = PoolState.UNOPENED
+        self._sync: SyncTransport | None = None
+        self._sync_reaper: threading.Thread | None = None
+        self._sync_stop = threading.Event()
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopClient] = {}
+        self._loop_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._reset_locks()
+        _live_pools.add(self)
+
+    def _reset_locks(self) -> None:
+        # _sync_lock guards sync transport creation; _loops_lock guards the per-loop
+        # tables, which threads running different loops share.
+        self._sync_lock = threading.Lock()
+        self._loops_lock = threading.Lock()
+
+    @property
+    def provider(self) -> str:
+        return self._settings.provider
+
+    @property
+    def state(self) -> PoolState:
+        return self._state
+
+    def __repr__(self) -> str:
+        return f"<ClientPool provider={self.provider!r} state={self._state.value}>"
+
+    def _check_open(self) -> None:
+        if self._state is PoolState.CLOSED:
+            raise ProviderClosedError(
+                f"{self.provider}: the connection pool is closed; create a new provider"
+            )
+
+    def _created(self, client: str) -> None:
+        limits = self._settings.limits
+        _log.info(
+            "connection_pool_created",
+            provider=self.provider,
+            client=client,
+            transport=self._backend.name,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            max_connections=limits.max_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+        )
+
+    # -- async -------------------------------------------------------------------
+
+    async def async_transport(self) -> AsyncTransport:
+        """The transport of the running loop, created on first use under an ``asyncio.Lock``."""
+        loop = asyncio.get_running_loop()
+        entry = self._loops.get(loop)
+        if entry is not None and self._state is PoolState.OPEN:
+            return entry.transport
+        self._check_open()
+        async with self._loop_lock(loop):
+            entry = self._loops.get(loop)
+            if entry is None:
+                entry = await self._open_loop_client(loop)
+        return entry.transport
+
+    def _loop_lock(self, loop: asyncio.AbstractEventLoop) -> asyncio.Lock:
+        with self._loops_lock:
+            lock = self._loop_locks.get(loop)
+            if lock is None:
+                lock = self._loop_locks[loop] = asyncio.Lock()
+            return lock
+
+    async def _open_loop_client(self, loop: asyncio.AbstractEventLoop) -> _LoopClient:
+        self._check_open()
+        self._drop_dead_loops()
+        entry = _LoopClient(loop, self._backend.open_async(self._settings))
+        entry.guard = _loop_guard(weakref.ref(self), entry)
+        await entry.guard.asend(None)  # registers the guard with the loop's shutdown hooks
+        entry.reaper = loop.create_task(
+            _reap_async(entry.transport, _reap_interval(self._settings.limits.keepalive_expiry)),
+            name=f"rag_llm-pool-reaper-{self.provider}",
+        )
+        with self._loops_lock:
+            self._loops[loop] = entry
+            self._state = PoolState.OPEN
+        self._created("async")
+        return entry
+
+    def _forget_loop(self, entry: _LoopClient) -> None:
+        with self._loops_lock:
+            if self._loops.get(entry.loop) is entry:
+                del self._loops[entry.loop]
+
+    def _drop_dead_loops(self) -> None:
+        """Forget transports of loops closed without shutting down their async generators."""
+        with self._loops_lock:
+            dead = [loop for loop in self._loops if loop.is_closed()]
+            for loop in dead:
+                del self._loops[loop]
+        if dead:
+            warnings.warn(
+                f"{self.provider}: an event loop was closed without shutdown_asyncgens(); "
+                "its connections could not be closed cleanly (use asyncio.run() or "
+                "await provider.aclose() before closing the loop)",
+                ResourceWarning,
+                stacklevel=3,
+            )
+
+    # -- sync --------------------------------------------------------------------
+
+    def sync_transport(self) -> SyncTransport:
+        """The process's sync transport, created on first use under a ``threading.Lock``."""
+        transport = self._sync
+        if transport is not None and self._state is PoolState.OPEN:
+            return transport
+        with self._sync_lock:
+            self._check_open()
+            if self._sync is None:
+                self._sync = self._backend.open_sync(self._settings)
+                self._sync_stop.clear()
+                self._sync_reaper = threading.Thread(
+                    target=_reap_sync,
+                    args=(self._sync, self._sync_stop,
+                          _reap_interval(self._settings.limits.keepalive_expiry)),
+                    name=f"rag_llm-pool-reaper-{self.provider}",
+                    daemon=True,
+                )
+                self._sync_reaper.start()
+                self._state = PoolState.OPEN
+                self._created("sync")
+            return self._sync
+
+    def _close_sync(self) -> None:
+        with self._sync_lock:
+            transport, self._sync = self._sync, None
+            reaper, self._sync_reaper = self._sync_reaper, None
+        if transport is None:
+            return
+        self._sync_stop.set()
+        if reaper is not None:
+            reaper.join()
+        try:
+            transport.close()
+        except Exception as exc:
+            _log.error("connection_pool_close_failed", provider=self.provider, client="sync",
+                       error=repr(exc))
+        else:
+            _log.info("connection_pool_closed", provider=self.provider, client="sync")
+
+    # -- stats -------------------------------------------------------------------
+
+    def snapshot(self) -> PoolSnapshot:
+        """Limits, state and current connection counts, as a plain value."""
+        clients: list[ClientSnapshot] = []
+        sync = self._sync
+        if sync is not None:
+            clients.append(_client_snapshot("sync", sync.connections()))
+        for entry in list(self._loops.values()):
+            clients.append(_client_snapshot("async", entry.transport.connections()))
+        limits = self._settings.limits
+        return PoolSnapshot(
+            provider=self.provider,
+            transport=self._backend.name,
+            state=self._state.value,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            max_connections=limits.max_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            clients=tuple(clients),
+        )
+
+    # -- close -------------------------------------------------------------------
+
+    def _take_loop_clients(self) -> list[_LoopClient]:
+        with self._loops_lock:
+            self._state = PoolState.CLOSED
+            entries = list(self._loops.values())
+            self._loops.clear()
+        return entries
+
+    async def aclose(self) -> None:
+        """Close every transport; idempotent. In-flight requests on them fail."""
+        if self._state is PoolState.CLOSED:
+            return
+        current = asyncio.get_running_loop()
+        for entry in self._take_loop_clients():
+            if entry.loop is current:
+                await _finish(entry)
+            else:
+                await asyncio.wrap_future(_close_elsewhere(entry))
+        await asyncio.to_thread(self._close_sync)
+
+    def close(self) -> None:
+        """Close every transport from sync code; idempotent."""
+        if self._state is PoolState.CLOSED:
+            return
+        for entry in self._take_loop_clients():
+            future = _close_elsewhere(entry)
+            if not _in_loop(entry.loop):
+                future.result()
+        self._close_sync()
+
+    def _after_fork_in_child(self) -> None:
+        for entry in self._loops.values():
+            entry.inherited = True
+            _inherited.append(entry)
+            if entry.reaper is not None:
+                entry.reaper.cancel()
+        if self._sync is not None:
+            _inherited.append(self._sync)
+        self._loops = {}
+        self._loop_locks = weakref.WeakKeyDictionary()
+        self._sync = None
+        self._sync_reaper = None
+        self._sync_stop = threading.Event()
+        self._reset_locks()
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if self._state is not PoolState.OPEN or (self._sync is None and not self._loops):
+            return
+        _warn(f"unclosed {self!r}: call close() or aclose()", ResourceWarning, source=self)
+        # Close what can be closed from here; each loop's transport is closed by that loop
+        # when it finalizes the collected guard.
+        self._sync_stop.set()
+        if self._sync is not None:
+            with contextlib.suppress(Exception):
+                self._sync.close()
+
+
+def _client_snapshot(client: str, counts: ConnectionCounts) -> ClientSnapshot:
+    return ClientSnapshot(client=client, active=counts.active, idle=counts.idle)
+
+
+async def _finish(entry: _LoopClient) -> None:
+    if entry.guard is not None:
+        await entry.guard.aclose()
+
+
+def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def _close_elsewhere(entry: _LoopClient) -> concurrent.futures.Future[None]:
+    """Close ``entry`` on its own loop; the future is done once it is closed.
+
+    A loop running in another thread closes it itself; an idle loop is run just long
+    enough to close it, unless this thread already runs a loop.
+    """
+    loop = entry.loop
+    if loop.is_running():
+        return asyncio.run_coroutine_threadsafe(_finish(entry), loop)
+    if not loop.is_closed() and not asyncio._get_running_loop():
+        loop.run_until_complete(_finish(entry))
+    done: concurrent.futures.Future[None] = concurrent.futures.Future()
+    done.set_result(None)
+    return done
+
+
+def _reset_pools_in_child() -> None:
+    for pool in list(_live_pools):
+        pool._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_pools_in_child)

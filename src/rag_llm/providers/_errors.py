@@ -1,0 +1,69 @@
+"""Turns an upstream's error response into the matching ``UpstreamError``."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import Mapping
+from typing import Final
+
+from rag_llm import errors
+from rag_llm.observability.events import REDACTED, scrub_text
+
+__all__ = ["parse_retry_after", "upstream_error"]
+
+_MAX_MESSAGE: Final = 500
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date)."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            return max(float(raw_ms) / 1000.0, 0.0)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return max(float(raw), 0.0)
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(raw) if raw.strip() else None
+        return None if parsed is None else max(parsed.timestamp() - time.time(), 0.0)
+
+
+def _message(content: bytes) -> str:
+    try:
+        body = json.loads(content)
+    except ValueError:
+        return content.decode("utf-8", "replace").strip()[:_MAX_MESSAGE] or "(empty body)"
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])[:_MAX_MESSAGE]
+        if isinstance(error, str):
+            return error[:_MAX_MESSAGE]
+    return json.dumps(body)[:_MAX_MESSAGE]
+
+
+def upstream_error(
+    *,
+    provider: str,
+    endpoint: str,
+    status: int,
+    headers: Mapping[str, str],
+    content: bytes,
+    secret: str | None,
+) -> errors.UpstreamError:
+    """The error for a non-2xx response; the upstream's message is kept, minus any secret."""
+    message = scrub_text(_message(content))
+    if secret:
+        message = message.replace(secret, REDACTED)
+    if status == 429:
+        return errors.RateLimitError(provider=provider, endpoint=endpoint, status=status,
+                                     message=message, retry_after=parse_retry_after(headers))
+    kind = (errors.AuthenticationError if status in (401, 403)
+            else errors.ServerError if status >= 500 else errors.UpstreamError)
+    return kind(provider=provider, endpoint=endpoint, status=status, message=message)

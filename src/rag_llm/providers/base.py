@@ -1,0 +1,172 @@
+"""Providers: a pooled client plus an API adapter, with sync and async twins of each call.
+
+The adapter builds every request and parses every response; the provider only sends,
+through its :class:`~rag_llm.pool.ClientPool`, so sync and async share one code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+from rag_llm.config import ProviderConfig
+from rag_llm.observability.events import get_logger
+from rag_llm.pool import ClientPool, PoolSnapshot
+from rag_llm.providers.openai import Message, OpenAIAPI, StreamDone
+from rag_llm.transport import Request, Response, TransportSettings, get_backend
+
+__all__ = ["BaseProvider", "ChatProvider", "EmbeddingProvider"]
+
+_log = get_logger()
+
+
+class BaseProvider:
+    """Owns one connection pool for one model endpoint; close it with ``aclose()``/``close()``."""
+
+    kind = "provider"
+
+    def __init__(self, config: ProviderConfig, api: OpenAIAPI) -> None:
+        self.config = config
+        self.api = api
+        self.name = config.name
+        self.pool = ClientPool(
+            TransportSettings(
+                provider=config.name,
+                limits=config.limits,
+                timeouts=config.timeouts,
+                http2=config.http2,
+                verify=config.verify,
+            ),
+            get_backend(config.transport),
+        )
+        self._closed = False
+
+    @property
+    def max_keepalive_connections(self) -> int:
+        return self.config.limits.max_keepalive_connections
+
+    @property
+    def max_connections(self) -> int:
+        return self.config.limits.max_connections
+
+    @property
+    def keepalive_expiry(self) -> float:
+        return self.config.limits.keepalive_expiry
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} name={self.name!r} model={self.config.model!r} "
+                f"endpoint={self.api.url('')!r} pool={self.pool.state.value}>")
+
+    def pool_snapshot(self) -> PoolSnapshot:
+        return self.pool.snapshot()
+
+    async def _asend(self, request: Request) -> Response:
+        return await (await self.pool.async_transport()).send(request)
+
+    def _send(self, request: Request) -> Response:
+        return self.pool.sync_transport().send(request)
+
+    async def aclose(self) -> None:
+        """Close every pooled connection; idempotent."""
+        await self.pool.aclose()
+        self._log_closed()
+
+    def close(self) -> None:
+        """Sync twin of :meth:`aclose`."""
+        self.pool.close()
+        self._log_closed()
+
+    def _log_closed(self) -> None:
+        if not self._closed:
+            self._closed = True
+            _log.info("provider_closed", provider=self.name, kind=self.kind)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None,
+                 exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _texts(texts: Sequence[str] | str) -> list[str]:
+    if isinstance(texts, str):
+        return [texts]
+    items = list(texts)
+    for i, text in enumerate(items):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] must be str, not {type(text).__name__}")
+    return items
+
+
+class EmbeddingProvider(BaseProvider):
+    """Turns texts into vectors: ``await aembed(texts)`` or ``embed(texts)``."""
+
+    kind = "embedding"
+
+    async def aembed(self, texts: Sequence[str] | str) -> list[list[float]]:
+        items = _texts(texts)
+        if not items:
+            return []
+        request = self.api.embeddings_request(items)
+        return self.api.parse_embeddings(request, await self._asend(request), len(items))
+
+    def embed(self, texts: Sequence[str] | str) -> list[list[float]]:
+        items = _texts(texts)
+        if not items:
+            return []
+        request = self.api.embeddings_request(items)
+        return self.api.parse_embeddings(request, self._send(request), len(items))
+
+
+class ChatProvider(BaseProvider):
+    """Chat completions, whole (``achat``/``chat``) or streamed (``astream``/``stream``)."""
+
+    kind = "llm"
+
+    async def achat(self, messages: Sequence[Message], **params: Any) -> str:
+        request = self.api.chat_request(messages, params)
+        return self.api.parse_chat(request, await self._asend(request))
+
+    def chat(self, messages: Sequence[Message], **params: Any) -> str:
+        request = self.api.chat_request(messages, params)
+        return self.api.parse_chat(request, self._send(request))
+
+    async def astream(self, messages: Sequence[Message], **params: Any) -> AsyncIterator[str]:
+        """Yield text deltas as they arrive."""
+        request = self.api.chat_request(messages, params, stream=True)
+        transport = await self.pool.async_transport()
+        async with transport.stream(request) as response:
+            if response.status >= 400:
+                raise self.api.error(request, response.status, response.headers,
+                                     await response.aread())
+            async for line in response.aiter_lines():
+                try:
+                    text = self.api.parse_stream_line(request, line)
+                except StreamDone:
+                    return
+                if text is not None:
+                    yield text
+
+    def stream(self, messages: Sequence[Message], **params: Any) -> Iterator[str]:
+        """Sync twin of :meth:`astream`."""
+        request = self.api.chat_request(messages, params, stream=True)
+        with self.pool.sync_transport().stream(request) as response:
+            if response.status >= 400:
+                raise self.api.error(request, response.status, response.headers,
+                                     response.read())
+            for line in response.iter_lines():
+                try:
+                    text = self.api.parse_stream_line(request, line)
+                except StreamDone:
+                    return
+                if text is not None:
+                    yield text

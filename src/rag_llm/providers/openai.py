@@ -1,0 +1,176 @@
+"""The OpenAI API family: OpenAI, Azure OpenAI, vLLM, Ollama, TEI and compatible servers.
+
+Building requests and parsing responses happens here, once, for sync and async callers
+alike; only sending differs, and that lives in the provider.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+from urllib.parse import urlencode, urlsplit
+
+from rag_llm import __version__
+from rag_llm.config import ProviderConfig
+from rag_llm.errors import ConfigError, MalformedResponseError, UpstreamError
+from rag_llm.providers._errors import upstream_error
+from rag_llm.providers._sse import DONE, sse_data
+from rag_llm.transport import Request, Response
+
+__all__ = ["AzureOpenAIAPI", "OpenAIAPI", "StreamDone", "endpoint_of"]
+
+Message = Mapping[str, Any]
+_USER_AGENT: Final = f"rag-llm/{__version__}"
+
+
+def endpoint_of(url: str) -> str:
+    """Scheme, host, port and path: the part of a URL that errors and events may show."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
+class OpenAIAPI:
+    """Requests and responses of an OpenAI-compatible API at ``config.base_url``."""
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.config = config
+        self.provider = config.name
+        self._secret = config.api_key.get_secret_value() if config.api_key else None
+        headers = {
+            "content-type": "application/json",
+            "accept": "application/json",
+            "user-agent": _USER_AGENT,
+        }
+        headers.update(self._auth_headers())
+        headers.update({k.lower(): v for k, v in config.headers.items()})
+        self._headers: Mapping[str, str] = headers
+        self._stream_headers = {**headers, "accept": "text/event-stream"}
+        self._embeddings_url = self.url("embeddings")
+        self._chat_url = self.url("chat/completions")
+
+    def _auth_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self._secret}"} if self._secret else {}
+
+    def url(self, operation: str) -> str:
+        return f"{self.config.base_url}/{operation}"
+
+    def _request(self, url: str, body: Mapping[str, Any], *, stream: bool = False) -> Request:
+        return Request(
+            method="POST",
+            url=url,
+            headers=self._stream_headers if stream else self._headers,
+            content=json.dumps(body, separators=(",", ":")).encode(),
+            endpoint=endpoint_of(url),
+        )
+
+    # -- embeddings --------------------------------------------------------------
+
+    def embeddings_request(self, texts: Sequence[str]) -> Request:
+        body: dict[str, Any] = {"model": self.config.model, "input": list(texts)}
+        if self.config.dimensions is not None:
+            body["dimensions"] = self.config.dimensions
+        return self._request(self._embeddings_url, body)
+
+    def parse_embeddings(self, request: Request, response: Response,
+                         count: int) -> list[list[float]]:
+        data = self._json(request, response).get("data")
+        if not isinstance(data, list) or len(data) != count:
+            got = len(data) if isinstance(data, list) else type(data).__name__
+            raise self._malformed(request, f"expected {count} embeddings in 'data', got {got}")
+        try:
+            ordered = sorted(data, key=lambda item: item["index"])
+            vectors = [item["embedding"] for item in ordered]
+        except (KeyError, TypeError):
+            raise self._malformed(request, "each 'data' item needs 'index' and 'embedding'") \
+                from None
+        if not all(isinstance(v, list) and v and isinstance(v[0], int | float) for v in vectors):
+            raise self._malformed(request, "'embedding' must be a non-empty list of numbers")
+        return vectors
+
+    # -- chat --------------------------------------------------------------------
+
+    def chat_request(self, messages: Sequence[Message], params: Mapping[str, Any],
+                     *, stream: bool = False) -> Request:
+        body: dict[str, Any] = {"model": self.config.model, "messages": list(messages), **params}
+        if stream:
+            body["stream"] = True
+        return self._request(self._chat_url, body, stream=stream)
+
+    def parse_chat(self, request: Request, response: Response) -> str:
+        try:
+            content = self._json(request, response)["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise self._malformed(request, "no 'choices[0].message.content'") from None
+        if not isinstance(content, str):
+            raise self._malformed(request, "'choices[0].message.content' is not text")
+        return content
+
+    def parse_stream_line(self, request: Request, line: str) -> str | None:
+        """The text delta a stream line carries, ``None`` for lines that carry none.
+
+        Raises :class:`StreamDone` at the ``[DONE]`` marker.
+        """
+        payload = sse_data(line)
+        if payload is None or not payload.strip():
+            return None
+        if payload.strip() == DONE:
+            raise StreamDone
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            raise self._malformed(request, "a stream event is not JSON") from None
+        if not isinstance(chunk, dict):
+            raise self._malformed(request, "a stream event is not a JSON object")
+        if "error" in chunk:
+            raise upstream_error(provider=self.provider, endpoint=request.endpoint, status=200,
+                                 headers={}, content=payload.encode(), secret=self._secret)
+        choices = chunk.get("choices") or []
+        if not choices:
+            return None  # e.g. a final usage-only chunk
+        delta = choices[0].get("delta") or {}
+        text = delta.get("content") if isinstance(delta, dict) else None
+        return text if isinstance(text, str) and text else None
+
+    # -- shared ------------------------------------------------------------------
+
+    def error(self, request: Request, status: int, headers: Mapping[str, str],
+              content: bytes) -> UpstreamError:
+        return upstream_error(provider=self.provider, endpoint=request.endpoint, status=status,
+                              headers=headers, content=content, secret=self._secret)
+
+    def _json(self, request: Request, response: Response) -> dict[str, Any]:
+        if response.status >= 400:
+            raise self.error(request, response.status, response.headers, response.content)
+        try:
+            body = json.loads(response.content)
+        except ValueError:
+            raise self._malformed(request, "the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise self._malformed(request, "the body is not a JSON object")
+        return body
+
+    def _malformed(self, request: Request, detail: str) -> MalformedResponseError:
+        return MalformedResponseError(provider=self.provider, endpoint=request.endpoint,
+                                      detail=detail)
+
+
+class StreamDone(Exception):
+    """Raised by ``parse_stream_line`` at the stream's ``[DONE]`` marker."""
+
+
+class AzureOpenAIAPI(OpenAIAPI):
+    """Azure OpenAI: deployment URLs, an ``api-version`` query and an ``api-key`` header."""
+
+    def __init__(self, config: ProviderConfig) -> None:
+        if config.api_version is None:
+            raise ConfigError("api_version", None, "is required for type 'azure'")
+        super().__init__(config)
+
+    def _auth_headers(self) -> dict[str, str]:
+        return {"api-key": self._secret} if self._secret else {}
+
+    def url(self, operation: str) -> str:
+        deployment = self.config.deployment or self.config.model
+        query = urlencode({"api-version": self.config.api_version})
+        return f"{self.config.base_url}/openai/deployments/{deployment}/{operation}?{query}"

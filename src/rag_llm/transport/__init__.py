@@ -1,0 +1,134 @@
+"""The seam between rag-llm and an HTTP library.
+
+Providers build a :class:`Request` and read a :class:`Response`; a :class:`Backend` turns
+pool settings into sync and async transports that send them. Which library sits behind
+the seam is the ``transport`` setting; pool limits, timeouts and errors mean the same
+thing whichever it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from rag_llm.config import PoolLimits, Timeouts
+
+__all__ = [
+    "AsyncStreamResponse",
+    "AsyncTransport",
+    "Backend",
+    "ConnectionCounts",
+    "Request",
+    "Response",
+    "SyncStreamResponse",
+    "SyncTransport",
+    "TransportSettings",
+    "get_backend",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One HTTP request, independent of the library that sends it."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    content: bytes | None = None
+    # Scheme, host, port and path only: what errors and events may show.
+    endpoint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A complete HTTP response; header names are lower-case."""
+
+    status: int
+    headers: Mapping[str, str]
+    content: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionCounts:
+    """Connections a transport holds right now."""
+
+    active: int
+    idle: int
+
+
+@dataclass(frozen=True, slots=True)
+class TransportSettings:
+    """What a backend needs to open a transport for one provider."""
+
+    provider: str
+    limits: PoolLimits
+    timeouts: Timeouts
+    http2: bool
+    verify: bool | str
+
+
+class AsyncStreamResponse(Protocol):
+    status: int
+    headers: Mapping[str, str]
+
+    def aiter_lines(self) -> AsyncIterator[str]: ...
+
+    async def aread(self) -> bytes: ...
+
+
+class SyncStreamResponse(Protocol):
+    status: int
+    headers: Mapping[str, str]
+
+    def iter_lines(self) -> Iterator[str]: ...
+
+    def read(self) -> bytes: ...
+
+
+class AsyncTransport(Protocol):
+    """A pooled async HTTP client bound to one event loop."""
+
+    async def send(self, request: Request) -> Response: ...
+
+    def stream(self, request: Request) -> AbstractAsyncContextManager[AsyncStreamResponse]: ...
+
+    async def prune(self) -> None:
+        """Close idle connections that expired or that the server already closed."""
+
+    def connections(self) -> ConnectionCounts: ...
+
+    async def aclose(self) -> None: ...
+
+
+class SyncTransport(Protocol):
+    """A pooled, thread-safe sync HTTP client."""
+
+    def send(self, request: Request) -> Response: ...
+
+    def stream(self, request: Request) -> AbstractContextManager[SyncStreamResponse]: ...
+
+    def prune(self) -> None:
+        """Close idle connections that expired or that the server already closed."""
+
+    def connections(self) -> ConnectionCounts: ...
+
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    """Opens transports of one HTTP library."""
+
+    name: str
+
+    def open_async(self, settings: TransportSettings) -> AsyncTransport: ...
+
+    def open_sync(self, settings: TransportSettings) -> SyncTransport: ...
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called ``name`` (a value of the ``transport`` setting)."""
+    from rag_llm.transport._httpx import HttpxBackend
+
+    return HttpxBackend(name)
