@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,26 +169,26 @@ def _text(name: str, value: object) -> str:
 def _validate_url(name: str, value: object) -> str:
     url = _text(name, value)
     parts = urlsplit(url)
+    shown = _redact_url(url)
     try:
         parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError:
-        raise ConfigError(name, _redact_url(url), "has an invalid port") from None
+        raise ConfigError(name, shown, "has an invalid port") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(name, _redact_url(url), "must be an http:// or https:// URL with a host")
+        raise ConfigError(name, shown, "must be an http:// or https:// URL with a host")
     if parts.username or parts.password:
-        raise ConfigError(name, _redact_url(url), "must not carry credentials; use api_key")
+        raise ConfigError(name, shown, "must not carry credentials; use api_key")
+    if parts.query or parts.fragment:
+        # A query may hold a key, and the operation path is appended after base_url.
+        raise ConfigError(name, shown, "must not have a query or fragment")
     return url.rstrip("/")
 
 
 def _redact_url(url: str) -> str:
-    """The URL with any userinfo and query removed, safe for messages."""
+    """``url`` without userinfo, query or fragment: what a message may show."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    try:
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        port = ":<invalid>"
-    return f"{parts.scheme}://{host}{port}{parts.path}" if parts.scheme else "<not a URL>"
+    netloc = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{netloc}{parts.path}" if parts.scheme or netloc else parts.path
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,6 +397,8 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError("config_file", str(path), "must end in .toml, .yaml or .yml")
     try:
         if path.suffix == ".toml":
+            import tomllib  # imported here: parsing config is off the import path
+
             data: object = tomllib.loads(text)
         else:
             import yaml  # imported here: only YAML users pay for it

@@ -19,7 +19,9 @@ __all__ = ["REDACTED", "configure_logging", "get_logger", "redact_secrets", "scr
 
 REDACTED: Final = "**********"
 # Keys whose values are credentials whatever they hold.
-_SECRET_KEYS: Final = re.compile(r"(api[_-]?key|authorization|token|secret|password)", re.I)
+_SECRET_KEYS: Final = re.compile(
+    r"(api[_-]?key|authorization|secret|password|(^|[_-])token$)", re.I
+)
 # Credential shapes that may hide inside free text such as an upstream's error message.
 _SECRET_TEXT: Final = re.compile(
     r"(sk-[A-Za-z0-9_\-]{6,}|Bearer\s+[A-Za-z0-9._~+/=\-]+|api-key:\s*\S+)", re.I
@@ -81,7 +83,8 @@ def configure_logging(fmt: str = "console", level: str = "info") -> None:
             logging.getLevelNamesMapping()[level.upper()]
         ),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        # Loggers bound at import must follow a later reconfiguration.
+        cache_logger_on_first_use=False,
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any, Self
 from rag_llm.config import ProviderConfig
 from rag_llm.observability.events import get_logger
 from rag_llm.pool import ClientPool, PoolSnapshot
-from rag_llm.providers.openai import Message, OpenAIAPI, StreamDone
+from rag_llm.providers.openai import Message, OpenAIAPI, StreamDone, endpoint_of
 from rag_llm.transport import Request, Response, TransportSettings, get_backend
 
 __all__ = ["BaseProvider", "ChatProvider", "EmbeddingProvider"]
@@ -56,7 +56,7 @@ class BaseProvider:
 
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} name={self.name!r} model={self.config.model!r} "
-                f"endpoint={self.api.url('')!r} pool={self.pool.state.value}>")
+                f"base_url={endpoint_of(self.config.base_url)!r} pool={self.pool.state.value}>")
 
     def pool_snapshot(self) -> PoolSnapshot:
         return self.pool.snapshot()
