@@ -228,8 +228,13 @@ class ClientPool:
             name=f"rag_llm-pool-reaper-{self.provider}",
         )
         with self._loops_lock:
-            self._loops[loop] = entry
-            self._state = PoolState.OPEN
+            closed = self._state is PoolState.CLOSED
+            if not closed:
+                self._loops[loop] = entry
+                self._state = PoolState.OPEN
+        if closed:  # close() ran while this transport was being opened
+            await _finish(entry)
+            self._check_open()
         self._created("async")
         return entry
 
@@ -273,7 +278,9 @@ class ClientPool:
                     daemon=True,
                 )
                 self._sync_reaper.start()
-                self._state = PoolState.OPEN
+                with self._loops_lock:
+                    if self._state is PoolState.UNOPENED:
+                        self._state = PoolState.OPEN
                 self._created("sync")
             return self._sync
 
@@ -334,6 +341,7 @@ class ClientPool:
                 await _finish(entry)
             else:
                 await asyncio.wrap_future(_close_elsewhere(entry))
+        # Always through the lock: a sync transport may be being created right now.
         await asyncio.to_thread(self._close_sync)
 
     def close(self) -> None:
