@@ -287,3 +287,14 @@ async def test_pool_snapshot_reports_limits_and_connections(upstream: UpstreamSe
     assert (snapshot.max_connections, snapshot.max_keepalive_connections) == (7, 3)
     assert [(c.client, c.active, c.idle) for c in snapshot.clients] == [("async", 0, 1)]
     assert provider.pool_snapshot().state == "closed"
+
+
+async def test_streamed_chats_reuse_one_connection(upstream: UpstreamServer) -> None:
+    messages = [{"role": "user", "content": "stream this reply"}]
+    async with create_provider("llm", provider_config(upstream, model="gpt-4o-mini")) as llm:
+        for _ in range(20):
+            assert "".join([d async for d in llm.astream(messages)]) == "echo: stream this reply"
+        for _ in range(20):
+            assert "".join(llm.stream(messages)) == "echo: stream this reply"
+    assert upstream.requests_served == 40
+    assert upstream.connections_accepted == 2  # one async, one sync

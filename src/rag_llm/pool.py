@@ -390,11 +390,15 @@ async def _finish(entry: _LoopClient) -> None:
         await entry.guard.aclose()
 
 
-def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:
+def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
-        return asyncio.get_running_loop() is loop
+        return asyncio.get_running_loop()
     except RuntimeError:
-        return False
+        return None
+
+
+def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    return _running_loop() is loop
 
 
 def _close_elsewhere(entry: _LoopClient) -> concurrent.futures.Future[None]:
@@ -406,7 +410,7 @@ def _close_elsewhere(entry: _LoopClient) -> concurrent.futures.Future[None]:
     loop = entry.loop
     if loop.is_running():
         return asyncio.run_coroutine_threadsafe(_finish(entry), loop)
-    if not loop.is_closed() and not asyncio._get_running_loop():
+    if not loop.is_closed() and _running_loop() is None:
         loop.run_until_complete(_finish(entry))
     done: concurrent.futures.Future[None] = concurrent.futures.Future()
     done.set_result(None)

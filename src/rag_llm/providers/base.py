@@ -148,11 +148,17 @@ class ChatProvider(BaseProvider):
             if response.status >= 400:
                 raise self.api.error(request, response.status, response.headers,
                                      await response.aread())
+            done = False
+            # Read on past [DONE] to the end of the body: a connection is only returned
+            # to the pool once its response has been read whole.
             async for line in response.aiter_lines():
+                if done:
+                    continue
                 try:
                     text = self.api.parse_stream_line(request, line)
                 except StreamDone:
-                    return
+                    done = True
+                    continue
                 if text is not None:
                     yield text
 
@@ -163,10 +169,14 @@ class ChatProvider(BaseProvider):
             if response.status >= 400:
                 raise self.api.error(request, response.status, response.headers,
                                      response.read())
-            for line in response.iter_lines():
+            done = False
+            for line in response.iter_lines():  # read to the end, as in astream
+                if done:
+                    continue
                 try:
                     text = self.api.parse_stream_line(request, line)
                 except StreamDone:
-                    return
+                    done = True
+                    continue
                 if text is not None:
                     yield text
