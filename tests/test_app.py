@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from fastapi.testclient import TestClient
-from support import API_KEY, provider_config
+from support import KEY, closed_port, provider_config
 
 from rag_llm.api import create_app
 from rag_llm.config import Settings
@@ -31,15 +30,9 @@ def test_health_reports_pools_and_shutdown_closes_them(upstream: UpstreamServer)
         assert pool["state"] == "open"
         assert pool["max_connections"] == 100
         assert pool["clients"] == [{"client": "sync", "active": 0, "idle": 1}]
-        assert API_KEY not in json.dumps(body)
+        assert KEY not in json.dumps(body)
     assert upstream.wait_until(lambda s: s.connections_open == 0, timeout=3.0)
     assert locator.providers() == {}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_rag_llm_serve_closes_pools_on_sigterm(upstream: UpstreamServer, tmp_path: Path) -> None:
@@ -49,7 +42,7 @@ def test_rag_llm_serve_closes_pools_on_sigterm(upstream: UpstreamServer, tmp_pat
         f'type = "openai"\nmodel = "m"\nbase_url = "{upstream.base_url}"\n'
         '[logging]\nformat = "json"\n'
     )
-    port = _free_port()
+    port = closed_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAG_LLM_", "OPENAI_"))}
     process = subprocess.Popen(
         [sys.executable, "-m", "rag_llm.cli", "serve", "--port", str(port), "--config",

@@ -4,7 +4,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _helpers import BAD_CONFIGS, KEY, config
+from support import BAD_CONFIGS, KEY, config
 
 from rag_llm.config import PoolLimits, ProviderConfig, Secret, Settings, Timeouts
 from rag_llm.errors import ConfigError, RagLLMError

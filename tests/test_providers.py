@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from _helpers import KEY, assert_rag_error, closed_port, config
+from support import KEY, assert_rag_error, closed_port, config
 
 from rag_llm import errors
 from rag_llm.providers import BaseProvider, ChatProvider, EmbeddingProvider, create_provider

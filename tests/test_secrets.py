@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 import structlog
-from _helpers import AZURE_KEY, BAD_CONFIGS, KEY, closed_port, config
 from structlog.testing import capture_logs
+from support import AZURE_KEY, BAD_CONFIGS, KEY, closed_port, config
 
 from rag_llm.config import ProviderConfig, Secret, Settings
 from rag_llm.errors import ConfigError, RagLLMError
