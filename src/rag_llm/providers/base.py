@@ -13,7 +13,7 @@ from typing import Any, Self
 from rag_llm.config import ProviderConfig
 from rag_llm.observability.events import get_logger
 from rag_llm.pool import ClientPool, PoolSnapshot
-from rag_llm.providers.openai import Message, OpenAIAPI, StreamDone, endpoint_of
+from rag_llm.providers.openai import Message, OpenAIAPI, endpoint_of
 from rag_llm.transport import Request, Response, TransportSettings, get_backend
 
 __all__ = ["BaseProvider", "ChatProvider", "EmbeddingProvider"]
@@ -148,17 +148,11 @@ class ChatProvider(BaseProvider):
             if response.status >= 400:
                 raise self.api.error(request, response.status, response.headers,
                                      await response.aread())
-            done = False
-            # Read on past [DONE] to the end of the body: a connection is only returned
-            # to the pool once its response has been read whole.
+            parser = self.api.stream_parser(request)
+            # Read to the end of the body, past [DONE]: only a connection whose response
+            # was read whole goes back to the pool.
             async for line in response.aiter_lines():
-                if done:
-                    continue
-                try:
-                    text = self.api.parse_stream_line(request, line)
-                except StreamDone:
-                    done = True
-                    continue
+                text = parser.feed(line)
                 if text is not None:
                     yield text
 
@@ -169,14 +163,8 @@ class ChatProvider(BaseProvider):
             if response.status >= 400:
                 raise self.api.error(request, response.status, response.headers,
                                      response.read())
-            done = False
-            for line in response.iter_lines():  # read to the end, as in astream
-                if done:
-                    continue
-                try:
-                    text = self.api.parse_stream_line(request, line)
-                except StreamDone:
-                    done = True
-                    continue
+            parser = self.api.stream_parser(request)
+            for line in response.iter_lines():  # to the end of the body, as in astream
+                text = parser.feed(line)
                 if text is not None:
                     yield text

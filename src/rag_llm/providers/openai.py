@@ -18,7 +18,7 @@ from rag_llm.providers._errors import upstream_error
 from rag_llm.providers._sse import DONE, sse_data
 from rag_llm.transport import Request, Response
 
-__all__ = ["AzureOpenAIAPI", "OpenAIAPI", "StreamDone", "endpoint_of"]
+__all__ = ["AzureOpenAIAPI", "ChatStreamParser", "OpenAIAPI", "endpoint_of"]
 
 Message = Mapping[str, Any]
 _USER_AGENT: Final = f"rag-llm/{__version__}"
@@ -77,15 +77,15 @@ class OpenAIAPI:
         data = self._json(request, response).get("data")
         if not isinstance(data, list) or len(data) != count:
             got = len(data) if isinstance(data, list) else type(data).__name__
-            raise self._malformed(request, f"expected {count} embeddings in 'data', got {got}")
+            raise self.malformed(request, f"expected {count} embeddings in 'data', got {got}")
         try:
             ordered = sorted(data, key=lambda item: item["index"])
             vectors = [item["embedding"] for item in ordered]
         except (KeyError, TypeError):
-            raise self._malformed(request, "each 'data' item needs 'index' and 'embedding'") \
+            raise self.malformed(request, "each 'data' item needs 'index' and 'embedding'") \
                 from None
         if not all(isinstance(v, list) and v and isinstance(v[0], int | float) for v in vectors):
-            raise self._malformed(request, "'embedding' must be a non-empty list of numbers")
+            raise self.malformed(request, "'embedding' must be a non-empty list of numbers")
         return vectors
 
     # -- chat --------------------------------------------------------------------
@@ -101,36 +101,13 @@ class OpenAIAPI:
         try:
             content = self._json(request, response)["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise self._malformed(request, "no 'choices[0].message.content'") from None
+            raise self.malformed(request, "no 'choices[0].message.content'") from None
         if not isinstance(content, str):
-            raise self._malformed(request, "'choices[0].message.content' is not text")
+            raise self.malformed(request, "'choices[0].message.content' is not text")
         return content
 
-    def parse_stream_line(self, request: Request, line: str) -> str | None:
-        """The text delta a stream line carries, ``None`` for lines that carry none.
-
-        Raises :class:`StreamDone` at the ``[DONE]`` marker.
-        """
-        payload = sse_data(line)
-        if payload is None or not payload.strip():
-            return None
-        if payload.strip() == DONE:
-            raise StreamDone
-        try:
-            chunk = json.loads(payload)
-        except ValueError:
-            raise self._malformed(request, "a stream event is not JSON") from None
-        if not isinstance(chunk, dict):
-            raise self._malformed(request, "a stream event is not a JSON object")
-        if "error" in chunk:
-            raise upstream_error(provider=self.provider, endpoint=request.endpoint, status=200,
-                                 headers={}, content=payload.encode(), secret=self._secret)
-        choices = chunk.get("choices") or []
-        if not choices:
-            return None  # e.g. a final usage-only chunk
-        delta = choices[0].get("delta") or {}
-        text = delta.get("content") if isinstance(delta, dict) else None
-        return text if isinstance(text, str) and text else None
+    def stream_parser(self, request: Request) -> ChatStreamParser:
+        return ChatStreamParser(self, request)
 
     # -- shared ------------------------------------------------------------------
 
@@ -145,18 +122,52 @@ class OpenAIAPI:
         try:
             body = json.loads(response.content)
         except ValueError:
-            raise self._malformed(request, "the body is not JSON") from None
+            raise self.malformed(request, "the body is not JSON") from None
         if not isinstance(body, dict):
-            raise self._malformed(request, "the body is not a JSON object")
+            raise self.malformed(request, "the body is not a JSON object")
         return body
 
-    def _malformed(self, request: Request, detail: str) -> MalformedResponseError:
+    def malformed(self, request: Request, detail: str) -> MalformedResponseError:
         return MalformedResponseError(provider=self.provider, endpoint=request.endpoint,
                                       detail=detail)
 
 
-class StreamDone(Exception):
-    """Raised by ``parse_stream_line`` at the stream's ``[DONE]`` marker."""
+class ChatStreamParser:
+    """Turns the lines of one streamed chat completion into text deltas.
+
+    Lines after ``[DONE]`` are accepted and ignored: the caller reads the body to its end so
+    that the connection can go back to the pool.
+    """
+
+    __slots__ = ("_api", "_request", "done")
+
+    def __init__(self, api: OpenAIAPI, request: Request) -> None:
+        self._api = api
+        self._request = request
+        self.done = False
+
+    def feed(self, line: str) -> str | None:
+        """The text delta ``line`` carries, or None."""
+        payload = None if self.done else sse_data(line)
+        if payload is None or not payload.strip():
+            return None
+        if payload.strip() == DONE:
+            self.done = True
+            return None
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            raise self._api.malformed(self._request, "a stream event is not JSON") from None
+        if not isinstance(chunk, dict):
+            raise self._api.malformed(self._request, "a stream event is not a JSON object")
+        if "error" in chunk:
+            raise self._api.error(self._request, 200, {}, payload.encode())
+        choices = chunk.get("choices") or []
+        if not choices:
+            return None  # e.g. a final usage-only chunk
+        delta = choices[0].get("delta") or {}
+        text = delta.get("content") if isinstance(delta, dict) else None
+        return text if isinstance(text, str) and text else None
 
 
 class AzureOpenAIAPI(OpenAIAPI):
