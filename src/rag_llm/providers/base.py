@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from rag_llm.config import ProviderConfig
 from rag_llm.observability.events import get_logger
@@ -16,9 +16,37 @@ from rag_llm.pool import ClientPool, PoolSnapshot
 from rag_llm.providers.openai import Message, OpenAIAPI, endpoint_of
 from rag_llm.transport import Request, Response, TransportSettings, get_backend
 
-__all__ = ["BaseProvider", "ChatProvider", "EmbeddingProvider"]
+__all__ = ["BaseProvider", "ChatModel", "ChatProvider", "Embedder", "EmbeddingProvider"]
 
 _log = get_logger()
+
+
+class Embedder(Protocol):
+    """What the RAG pipeline needs of an embedding provider, pooled or in-process."""
+
+    name: str
+
+    async def aembed(self, texts: Sequence[str] | str) -> list[list[float]]: ...
+
+    def embed(self, texts: Sequence[str] | str) -> list[list[float]]: ...
+
+    async def aclose(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ChatModel(Protocol):
+    """What the RAG pipeline needs of a chat provider."""
+
+    name: str
+
+    async def achat(self, messages: Sequence[Message], **params: Any) -> str: ...
+
+    def astream(self, messages: Sequence[Message], **params: Any) -> AsyncIterator[str]: ...
+
+    async def aclose(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class BaseProvider:
