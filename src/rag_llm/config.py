@@ -36,7 +36,7 @@ DEFAULT_READ_TIMEOUT: Final = 60.0
 DEFAULT_WRITE_TIMEOUT: Final = 10.0
 # Seconds, not minutes: an exhausted pool must fail fast and say what to raise.
 DEFAULT_POOL_TIMEOUT: Final = 5.0
-TRANSPORTS: Final = ("httpx2", "httpx")
+TRANSPORTS: Final = ("httpx2", "auto", "aiohttp", "httpx")
 ENV_PREFIX: Final = "RAG_LLM_"
 
 

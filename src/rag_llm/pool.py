@@ -60,6 +60,7 @@ class ClientSnapshot:
     """Connections held by one client (``"sync"`` or ``"async"``) right now."""
 
     client: str
+    library: str
     active: int
     idle: int
 
@@ -189,7 +190,7 @@ class ClientPool:
             "connection_pool_created",
             provider=self.provider,
             client=client,
-            transport=self._backend.name,
+            transport=self._library(client),
             max_keepalive_connections=limits.max_keepalive_connections,
             max_connections=limits.max_connections,
             keepalive_expiry=limits.keepalive_expiry,
@@ -308,9 +309,9 @@ class ClientPool:
         clients: list[ClientSnapshot] = []
         sync = self._sync
         if sync is not None:
-            clients.append(_client_snapshot("sync", sync.connections()))
+            clients.append(self._client_snapshot("sync", sync.connections()))
         for entry in list(self._loops.values()):
-            clients.append(_client_snapshot("async", entry.transport.connections()))
+            clients.append(self._client_snapshot("async", entry.transport.connections()))
         limits = self._settings.limits
         return PoolSnapshot(
             provider=self.provider,
@@ -321,6 +322,13 @@ class ClientPool:
             keepalive_expiry=limits.keepalive_expiry,
             clients=tuple(clients),
         )
+
+    def _library(self, client: str) -> str:
+        return self._backend.async_library if client == "async" else self._backend.sync_library
+
+    def _client_snapshot(self, client: str, counts: ConnectionCounts) -> ClientSnapshot:
+        return ClientSnapshot(client=client, library=self._library(client),
+                              active=counts.active, idle=counts.idle)
 
     # -- close -------------------------------------------------------------------
 
@@ -379,10 +387,6 @@ class ClientPool:
         if self._sync is not None:
             with contextlib.suppress(Exception):
                 self._sync.close()
-
-
-def _client_snapshot(client: str, counts: ConnectionCounts) -> ClientSnapshot:
-    return ClientSnapshot(client=client, active=counts.active, idle=counts.idle)
 
 
 async def _finish(entry: _LoopClient) -> None:

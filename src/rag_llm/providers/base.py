@@ -66,7 +66,7 @@ class BaseProvider:
                 http2=config.http2,
                 verify=config.verify,
             ),
-            get_backend(config.transport),
+            get_backend(config.transport, http2=config.http2),
         )
         self._closed = False
 

@@ -118,17 +118,29 @@ class SyncTransport(Protocol):
 
 
 class Backend(Protocol):
-    """Opens transports of one HTTP library."""
+    """Opens the async and sync transports that a ``transport`` setting names."""
 
     name: str
+    async_library: str
+    sync_library: str
 
     def open_async(self, settings: TransportSettings) -> AsyncTransport: ...
 
     def open_sync(self, settings: TransportSettings) -> SyncTransport: ...
 
 
-def get_backend(name: str) -> Backend:
-    """The backend called ``name`` (a value of the ``transport`` setting)."""
+def get_backend(name: str, *, http2: bool = False) -> Backend:
+    """The backend a ``transport`` setting names; libraries are imported only when chosen.
+
+    ``auto`` is aiohttp for async (httpx2 when HTTP/2 is asked for, which aiohttp lacks)
+    and httpx2 for sync; ``aiohttp`` is aiohttp for async and httpx2 for sync.
+    """
     from rag_llm.transport._httpx import HttpxBackend
 
+    if name == "auto" and http2:
+        return HttpxBackend("httpx2", name="auto")
+    if name in ("auto", "aiohttp"):
+        from rag_llm.transport._aiohttp import AiohttpBackend
+
+        return AiohttpBackend(name, sync=HttpxBackend("httpx2"))
     return HttpxBackend(name)

@@ -7,30 +7,17 @@ exceptions are translated here, once, into rag-llm's exception tree.
 
 from __future__ import annotations
 
-import functools
 import importlib
-import ssl
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from types import ModuleType
 from typing import Any
 
 from rag_llm import errors
-from rag_llm.config import TRANSPORTS
 from rag_llm.transport import ConnectionCounts, Request, Response, TransportSettings
+from rag_llm.transport._tls import ssl_context
 
 __all__ = ["HttpxBackend"]
-
-
-@functools.cache
-def _ssl_context(verify: bool | str, http2: bool) -> ssl.SSLContext | bool:
-    """One context per process and setting: building one from a CA bundle costs ~40 ms of CPU.
-
-    Keyed by ``http2`` too, because httpcore sets ALPN protocols on the context it is given.
-    """
-    if verify is False:
-        return False
-    return ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
 
 
 class _ConnectionTrace:
@@ -182,7 +169,7 @@ class _AsyncHttpxTransport:
         self._translate = _Translator(module, settings)
         self._timeouts = _timeouts(settings)
         self._transport = module.AsyncHTTPTransport(
-            verify=_ssl_context(settings.verify, settings.http2),
+            verify=ssl_context(settings.verify, settings.http2),
             http2=settings.http2,
             limits=_limits(module, settings),
             trust_env=False,
@@ -244,7 +231,7 @@ class _SyncHttpxTransport:
         self._translate = _Translator(module, settings)
         self._timeouts = _timeouts(settings)
         self._transport = module.HTTPTransport(
-            verify=_ssl_context(settings.verify, settings.http2),
+            verify=ssl_context(settings.verify, settings.http2),
             http2=settings.http2,
             limits=_limits(module, settings),
             trust_env=False,
@@ -313,11 +300,12 @@ def _limits(module: ModuleType, settings: TransportSettings) -> Any:
 class HttpxBackend:
     """Backend for ``transport = "httpx2"`` or ``"httpx"`` (same API, different pool code)."""
 
-    def __init__(self, name: str) -> None:
-        if name not in TRANSPORTS:
-            raise errors.ConfigError("transport", name, f"must be one of {', '.join(TRANSPORTS)}")
-        self.name = name
-        self._module = _import(name)
+    def __init__(self, library: str, *, name: str | None = None) -> None:
+        if library not in ("httpx2", "httpx"):
+            raise errors.ConfigError("transport", library, "is not an httpx library")
+        self.name = name or library
+        self.async_library = self.sync_library = library
+        self._module = _import(library)
 
     def open_async(self, settings: TransportSettings) -> _AsyncHttpxTransport:
         _check_http2(settings)

@@ -1,0 +1,248 @@
+"""An async transport on aiohttp, the fastest pure-Python async HTTP client.
+
+aiohttp's connector has a connection cap but no cap on idle connections and no pool
+timeout of its own (its ``connect`` timeout mixes waiting for the pool with connecting).
+So requests are admitted by a fair semaphore of ``max_connections`` slots, waited for up
+to ``pool_timeout``, and a connector subclass closes idle connections beyond
+``max_keepalive_connections``. aiohttp has no write timeout: sending is bounded by
+``read_timeout`` together with waiting for the response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+
+from rag_llm import errors
+from rag_llm.transport import (
+    Backend,
+    ConnectionCounts,
+    Request,
+    Response,
+    SyncTransport,
+    TransportSettings,
+)
+from rag_llm.transport._tls import ssl_context
+
+__all__ = ["AiohttpBackend", "AiohttpTransport"]
+
+
+class _PoolConnector(aiohttp.TCPConnector):
+    """A connector that keeps at most ``max_idle`` idle connections.
+
+    The one place that reaches into aiohttp's connector internals (``_conns``,
+    ``_acquired``, ``_release``, ``_cleanup``); tests of the idle cap guard it.
+    """
+
+    def __init__(self, *, max_idle: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._max_idle = max_idle
+
+    def _release(self, key: Any, protocol: Any, *, should_close: bool = False) -> None:
+        super()._release(key, protocol, should_close=should_close)
+        surplus = self.idle_count() - self._max_idle
+        for conns in list(self._conns.values()):
+            while surplus > 0 and conns:
+                stale, _ = conns.popleft()  # the longest idle goes first
+                stale.close()
+                surplus -= 1
+
+    def idle_count(self) -> int:
+        return sum(len(conns) for conns in self._conns.values())
+
+    def active_count(self) -> int:
+        return len(self._acquired)
+
+    def prune(self) -> None:
+        """Close idle connections past keepalive or already closed by the server."""
+        if self._conns:
+            self._cleanup()
+
+
+class _RequestTrace:
+    """Per-request connection facts gathered from aiohttp's trace signals."""
+
+    __slots__ = ("reused",)
+
+    def __init__(self) -> None:
+        self.reused = False
+
+
+async def _on_reuse(session: Any, context: Any, params: Any) -> None:
+    trace = context.trace_request_ctx
+    if isinstance(trace, _RequestTrace):
+        trace.reused = True
+
+
+def _trace_config() -> aiohttp.TraceConfig:
+    config = aiohttp.TraceConfig()
+    config.on_connection_reuseconn.append(_on_reuse)
+    config.freeze()
+    return config
+
+
+class _Stream:
+    def __init__(self, response: aiohttp.ClientResponse, request: Request,
+                 translate: _Translator) -> None:
+        self._response = response
+        self._request = request
+        self._translate = translate
+        self.status: int = response.status
+        self.headers: Mapping[str, str] = response.headers
+
+    async def aiter_lines(self) -> AsyncIterator[str]:
+        try:
+            async for raw in self._response.content:
+                yield raw.decode("utf-8").rstrip("\r\n")
+        except aiohttp.ClientError as exc:
+            raise self._translate(exc, self._request) from exc
+        except TimeoutError as exc:
+            raise self._translate(exc, self._request) from exc
+
+    async def aread(self) -> bytes:
+        try:
+            return await self._response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._translate(exc, self._request) from exc
+
+
+class _Translator:
+    """Maps aiohttp exceptions to rag-llm's, naming provider and endpoint."""
+
+    def __init__(self, settings: TransportSettings) -> None:
+        self.settings = settings
+
+    def __call__(self, exc: BaseException, request: Request) -> errors.RagLLMError:
+        s = self.settings
+        where = {"provider": s.provider, "endpoint": request.endpoint}
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return errors.ConnectTimeoutError(
+                f"connecting took longer than connect_timeout={s.timeouts.connect:g}s", **where
+            )
+        if isinstance(exc, TimeoutError):  # aiohttp's socket read timeouts are TimeoutErrors
+            return errors.ReadTimeoutError(
+                f"no data within read_timeout={s.timeouts.read:g}s", **where
+            )
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return errors.ConnectError(f"cannot connect: {exc.os_error or exc}", **where)
+        if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError
+                      | aiohttp.ClientOSError):
+            return errors.ConnectionLostError(f"connection lost: {exc!r}", **where)
+        return errors.TransportError(f"{type(exc).__name__}: {exc}", **where)
+
+
+class AiohttpTransport:
+    """A pooled aiohttp session bound to the running event loop."""
+
+    def __init__(self, settings: TransportSettings) -> None:
+        limits, timeouts = settings.limits, settings.timeouts
+        self._settings = settings
+        self._translate = _Translator(settings)
+        self._slots = asyncio.Semaphore(limits.max_connections)
+        keep = limits.keepalive_expiry > 0 and limits.max_keepalive_connections > 0
+        self._connector = _PoolConnector(
+            max_idle=limits.max_keepalive_connections,
+            limit=limits.max_connections,
+            limit_per_host=0,
+            keepalive_timeout=limits.keepalive_expiry if keep else None,
+            force_close=not keep,
+            ssl=ssl_context(settings.verify),
+        )
+        self._session = aiohttp.ClientSession(
+            connector=self._connector,
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=None, sock_connect=timeouts.connect, sock_read=timeouts.read
+            ),
+            trace_configs=[_trace_config()],
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            raise_for_status=False,
+        )
+
+    async def _acquire_slot(self, request: Request) -> None:
+        try:
+            async with asyncio.timeout(self._settings.timeouts.pool):
+                await self._slots.acquire()
+        except TimeoutError:
+            s = self._settings
+            raise errors.PoolTimeoutError(
+                f"no pooled connection became free within pool_timeout={s.timeouts.pool:g}s "
+                f"(all max_connections={s.limits.max_connections} busy); raise max_connections "
+                "or pool_timeout, or lower the caller's concurrency",
+                provider=s.provider, endpoint=request.endpoint,
+            ) from None
+
+    async def _open(self, request: Request) -> aiohttp.ClientResponse:
+        """Send ``request``; resend once if a reused connection was dropped before a response."""
+        for attempt in (1, 2):
+            trace = _RequestTrace()
+            try:
+                return await self._session.request(
+                    request.method, request.url, headers=request.headers,
+                    data=request.content, trace_request_ctx=trace,
+                )
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                if attempt == 1 and trace.reused:
+                    continue
+                raise self._translate(exc, request) from exc
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise self._translate(exc, request) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def send(self, request: Request) -> Response:
+        await self._acquire_slot(request)
+        try:
+            response = await self._open(request)
+            try:
+                content = await response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise self._translate(exc, request) from exc
+            finally:
+                response.release()
+            return Response(response.status, response.headers, content)
+        finally:
+            self._slots.release()
+
+    @asynccontextmanager
+    async def stream(self, request: Request) -> AsyncIterator[_Stream]:
+        await self._acquire_slot(request)
+        try:
+            response = await self._open(request)
+            try:
+                yield _Stream(response, request, self._translate)
+            finally:
+                response.release()
+        finally:
+            self._slots.release()
+
+    async def prune(self) -> None:
+        self._connector.prune()
+
+    def connections(self) -> ConnectionCounts:
+        return ConnectionCounts(active=self._connector.active_count(),
+                                idle=self._connector.idle_count())
+
+    async def aclose(self) -> None:
+        await self._session.close()
+
+
+class AiohttpBackend:
+    """aiohttp for async; it has no sync client, so sync requests go through ``sync``."""
+
+    def __init__(self, name: str, sync: Backend) -> None:
+        self.name = name
+        self.async_library = "aiohttp"
+        self.sync_library = sync.sync_library
+        self._sync = sync
+
+    def open_async(self, settings: TransportSettings) -> AiohttpTransport:
+        if settings.http2:
+            raise errors.ConfigError("http2", True, "is not supported by aiohttp; use "
+                                     "transport='httpx2' (or 'auto', which does) for HTTP/2")
+        return AiohttpTransport(settings)
+
+    def open_sync(self, settings: TransportSettings) -> SyncTransport:
+        return self._sync.open_sync(settings)
