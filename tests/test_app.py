@@ -29,7 +29,7 @@ def test_health_reports_pools_and_shutdown_closes_them(upstream: UpstreamServer)
         pool = body["providers"]["embedding"]
         assert pool["state"] == "open"
         assert pool["max_connections"] == 100
-        assert pool["clients"] == [{"client": "sync", "active": 0, "idle": 1}]
+        assert pool["clients"] == [{"client": "sync", "library": "httpx2", "active": 0, "idle": 1}]
         assert KEY not in json.dumps(body)
     assert upstream.wait_until(lambda s: s.connections_open == 0, timeout=3.0)
     assert locator.providers() == {}
