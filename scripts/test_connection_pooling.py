@@ -147,7 +147,7 @@ def chat_provider(target: Target, **overrides: Any) -> ChatProvider:
 
 def connections_held(provider: BaseProvider, client: str | None = None) -> int:
     """Connections the pool holds (active + idle), for one client or all of them."""
-    return sum(c.active + c.idle for c in provider.pool_snapshot().clients
+    return sum(c.active + c.idle for c in provider.pool_stats().clients
                if client is None or c.client == client)
 
 
@@ -193,7 +193,7 @@ async def check_pool_settings(target: Target, options: Options) -> CheckResult:
     providers = (embedding_provider(target, **CONFIGURED_LIMITS),
                  chat_provider(target, **CONFIGURED_LIMITS))
     for provider in providers:
-        snapshot = provider.pool_snapshot()
+        snapshot = provider.pool_stats()
         for setting, configured in CONFIGURED_LIMITS.items():
             attribute = getattr(provider, setting)
             pooled = getattr(snapshot, setting)
@@ -201,7 +201,7 @@ async def check_pool_settings(target: Target, options: Options) -> CheckResult:
             rows.append([provider.kind, setting, str(configured), str(attribute), str(pooled),
                          verdict(ok)])
         await provider.aclose()
-    table = format_table(["kind", "setting", "configured", "attribute", "pool_snapshot()",
+    table = format_table(["kind", "setting", "configured", "attribute", "pool_stats()",
                           "result"], rows)
     return CheckResult(all(r[-1] == "ok" for r in rows), table)
 
@@ -473,7 +473,7 @@ async def check_cleanup(target: Target, options: Options) -> CheckResult:
     server_after = server.connections_open if server else None
     held_after = connections_held(emb) + connections_held(chat)
     fds_after = await fds_settle(fds_before)
-    states = {emb.pool_snapshot().state, chat.pool_snapshot().state}
+    states = {emb.pool_stats().state, chat.pool_stats().state}
     refused = await raises_closed(emb)
     rows = [
         cleanup_row("server: open connections", 0 if server else None, server_during,

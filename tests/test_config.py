@@ -70,7 +70,7 @@ def test_provider_exposes_pool_limits_from_config(limits: dict[str, Any]) -> Non
         assert provider.keepalive_expiry == expected.keepalive_expiry
         for name, value in limits.items():
             assert getattr(provider, name) == value
-        snapshot = provider.pool_snapshot()
+        snapshot = provider.pool_stats()
         assert snapshot.max_connections == expected.max_connections
         assert snapshot.max_keepalive_connections == expected.max_keepalive_connections
 

@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 from support import eventually, provider_config
 
 from rag_llm.errors import ConnectionLostError, PoolTimeoutError, ProviderClosedError
+from rag_llm.pool import ClientSnapshot
 from rag_llm.providers import EmbeddingProvider, create_provider
 from rag_llm.testing import Fault, UpstreamServer
 
@@ -137,7 +138,7 @@ async def test_idle_async_connection_is_closed_after_keepalive_expiry(
         assert upstream.connections_open == 1
         assert await eventually(lambda: upstream.connections_open == 0)
         assert upstream.connections_closed_by_client == 1
-        assert provider.pool_snapshot().clients[0].idle == 0
+        assert client(provider, "async").idle == 0
 
 
 def test_idle_sync_connection_is_closed_after_keepalive_expiry(
@@ -308,19 +309,25 @@ def test_unused_provider_needs_no_close(upstream: UpstreamServer, transport: str
     assert upstream.connections_accepted == 0
 
 
-async def test_pool_snapshot_reports_limits_and_connections(
+def client(provider: EmbeddingProvider, name: str) -> ClientSnapshot:
+    return next(c for c in provider.pool_stats().clients if c.client == name)
+
+
+async def test_pool_stats_report_limits_and_connections(
     upstream: UpstreamServer, transport: str,
 ) -> None:
     limited = embedder(upstream, transport, max_connections=7, max_keepalive_connections=3)
     async with limited as provider:
-        assert provider.pool_snapshot().state == "unopened"
+        assert provider.pool_stats().state == "unopened"
         await provider.aembed(["x"])
-        snapshot = provider.pool_snapshot()
+        snapshot = provider.pool_stats()
     assert snapshot.state == "open"
     assert (snapshot.max_connections, snapshot.max_keepalive_connections) == (7, 3)
-    assert [(c.client, c.active, c.idle) for c in snapshot.clients] == [("async", 0, 1)]
-    assert snapshot.clients[0].library == ("aiohttp" if transport == "aiohttp" else transport)
-    assert provider.pool_snapshot().state == "closed"
+    assert [(c.client, c.open, c.active, c.idle) for c in snapshot.clients] == [
+        ("sync", False, 0, 0), ("async", True, 0, 1)]
+    assert snapshot.clients[1].library == ("httpx" if transport == "httpx" else
+                                           "aiohttp" if transport == "aiohttp" else "httpx2")
+    assert provider.pool_stats().state == "closed"
 
 
 async def test_streamed_chats_reuse_one_connection(upstream: UpstreamServer, transport: str,

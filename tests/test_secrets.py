@@ -117,7 +117,7 @@ def exercise(server: UpstreamServer, tmp_path: Path) -> list[str]:
         with create_provider("embedding", cfg) as provider:
             assert provider.embed(["ok"]) == [server.expected_embedding("ok")]
             texts += [repr(provider), str(provider), repr(provider.pool),
-                      repr(provider.pool_snapshot())]
+                      repr(provider.pool_stats())]
     errors = bad_config_errors() + upstream_errors(server)
     errors += asyncio.run(async_upstream_errors(server))
     for exc in errors:

@@ -32,10 +32,10 @@ from typing import Any
 
 from rag_llm.errors import ProviderClosedError
 from rag_llm.observability.events import get_logger
+from rag_llm.observability.stats import ClientStats, ClientStatsSnapshot
 from rag_llm.transport import (
     AsyncTransport,
     Backend,
-    ConnectionCounts,
     SyncTransport,
     TransportSettings,
 )
@@ -57,12 +57,14 @@ class PoolState(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class ClientSnapshot:
-    """Connections held by one client (``"sync"`` or ``"async"``) right now."""
+    """One client (``"sync"`` or ``"async"``, across event loops): connections and stats."""
 
     client: str
     library: str
+    open: bool
     active: int
     idle: int
+    stats: ClientStatsSnapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +161,14 @@ class ClientPool:
             weakref.WeakKeyDictionary()
         )
         self._reset_locks()
+        self._reset_stats()
         _live_pools.add(self)
+
+    def _reset_stats(self) -> None:
+        self._stats = {
+            client: ClientStats(self._settings.provider, client, self._library(client))
+            for client in ("sync", "async")
+        }
 
     def _reset_locks(self) -> None:
         # _sync_lock guards sync transport creation; _loops_lock guards the per-loop
@@ -221,7 +230,7 @@ class ClientPool:
     async def _open_loop_client(self, loop: asyncio.AbstractEventLoop) -> _LoopClient:
         self._check_open()
         self._drop_dead_loops()
-        entry = _LoopClient(loop, self._backend.open_async(self._settings))
+        entry = _LoopClient(loop, self._backend.open_async(self._settings, self._stats["async"]))
         entry.guard = _loop_guard(weakref.ref(self), entry)
         await entry.guard.asend(None)  # registers the guard with the loop's shutdown hooks
         entry.reaper = loop.create_task(
@@ -269,7 +278,7 @@ class ClientPool:
         with self._sync_lock:
             self._check_open()
             if self._sync is None:
-                self._sync = self._backend.open_sync(self._settings)
+                self._sync = self._backend.open_sync(self._settings, self._stats["sync"])
                 self._sync_stop.clear()
                 self._sync_reaper = threading.Thread(
                     target=_reap_sync,
@@ -304,14 +313,27 @@ class ClientPool:
 
     # -- stats -------------------------------------------------------------------
 
+    def stats(self, client: str) -> ClientStats:
+        """The live counters of the ``"sync"`` or ``"async"`` client."""
+        return self._stats[client]
+
     def snapshot(self) -> PoolSnapshot:
-        """Limits, state and current connection counts, as a plain value."""
-        clients: list[ClientSnapshot] = []
-        sync = self._sync
-        if sync is not None:
-            clients.append(self._client_snapshot("sync", sync.connections()))
-        for entry in list(self._loops.values()):
-            clients.append(self._client_snapshot("async", entry.transport.connections()))
+        """Limits, state, current connections and statistics, as a plain value."""
+        by_client: dict[str, list[SyncTransport | AsyncTransport]] = {
+            "sync": [self._sync] if self._sync is not None else [],
+            "async": [entry.transport for entry in list(self._loops.values())],
+        }
+        clients = []
+        for client, transports in by_client.items():
+            held = [t.connections() for t in transports]
+            clients.append(ClientSnapshot(
+                client=client,
+                library=self._library(client),
+                open=bool(transports),
+                active=sum(c.active for c in held),
+                idle=sum(c.idle for c in held),
+                stats=self._stats[client].snapshot(),
+            ))
         limits = self._settings.limits
         return PoolSnapshot(
             provider=self.provider,
@@ -326,13 +348,11 @@ class ClientPool:
     def _library(self, client: str) -> str:
         return self._backend.async_library if client == "async" else self._backend.sync_library
 
-    def _client_snapshot(self, client: str, counts: ConnectionCounts) -> ClientSnapshot:
-        return ClientSnapshot(client=client, library=self._library(client),
-                              active=counts.active, idle=counts.idle)
-
     # -- close -------------------------------------------------------------------
 
     def _take_loop_clients(self) -> list[_LoopClient]:
+        for stats in self._stats.values():
+            stats.shutting_down = True
         with self._loops_lock:
             self._state = PoolState.CLOSED
             entries = list(self._loops.values())
@@ -376,6 +396,7 @@ class ClientPool:
         self._sync_reaper = None
         self._sync_stop = threading.Event()
         self._reset_locks()
+        self._reset_stats()  # the child's connections are its own
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
         if self._state is not PoolState.OPEN or (self._sync is None and not self._loops):

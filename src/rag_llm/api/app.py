@@ -35,9 +35,9 @@ def create_app(locator: ServiceLocator | None = None) -> FastAPI:
     async def health() -> dict[str, Any]:
         """Liveness, with the pool of every provider built so far (none is built here)."""
         providers = {
-            name: dataclasses.asdict(provider.pool_snapshot())
+            name: dataclasses.asdict(provider.pool_stats())
             for name, provider in current_locator().providers().items()
-            if hasattr(provider, "pool_snapshot")
+            if hasattr(provider, "pool_stats")
         }
         return {"status": "ok", "providers": providers}
 

@@ -6,12 +6,15 @@ through its :class:`~rag_llm.pool.ClientPool`, so sync and async share one code 
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self
 
 from rag_llm.config import ProviderConfig
+from rag_llm.errors import MalformedResponseError, RagLLMError, UpstreamError
 from rag_llm.observability.events import get_logger
+from rag_llm.observability.stats import ClientStats
 from rag_llm.pool import ClientPool, PoolSnapshot
 from rag_llm.providers.openai import Message, OpenAIAPI, endpoint_of
 from rag_llm.transport import Request, Response, TransportSettings, get_backend
@@ -86,14 +89,22 @@ class BaseProvider:
         return (f"<{type(self).__name__} name={self.name!r} model={self.config.model!r} "
                 f"base_url={endpoint_of(self.config.base_url)!r} pool={self.pool.state.value}>")
 
-    def pool_snapshot(self) -> PoolSnapshot:
+    def pool_stats(self) -> PoolSnapshot:
+        """Limits, connections and exact statistics of both clients, as a plain value."""
         return self.pool.snapshot()
 
-    async def _asend(self, request: Request) -> Response:
-        return await (await self.pool.async_transport()).send(request)
+    def _call(self, operation: str, client: str) -> _Call:
+        return _Call(self.pool.stats(client), operation)
 
-    def _send(self, request: Request) -> Response:
-        return self.pool.sync_transport().send(request)
+    async def _asend(self, call: _Call, request: Request) -> Response:
+        response = await (await self.pool.async_transport()).send(request)
+        call.status = response.status
+        return response
+
+    def _send(self, call: _Call, request: Request) -> Response:
+        response = self.pool.sync_transport().send(request)
+        call.status = response.status
+        return response
 
     async def aclose(self) -> None:
         """Close every pooled connection; idempotent."""
@@ -125,6 +136,45 @@ class BaseProvider:
         self.close()
 
 
+class _Call:
+    """Times one call and records its outcome: the HTTP status, or what went wrong."""
+
+    __slots__ = ("_first", "_operation", "_started", "_stats", "status")
+
+    def __init__(self, stats: ClientStats, operation: str) -> None:
+        self._stats = stats
+        self._operation = operation
+        self._started = time.perf_counter()
+        self._first = True
+        self.status = 0
+
+    def __enter__(self) -> _Call:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        seconds = time.perf_counter() - self._started
+        if exc is None:
+            self._stats.request_done(self._operation, str(self.status), seconds)
+        elif isinstance(exc, RagLLMError):
+            self._stats.request_done(self._operation, _outcome(exc), seconds, exc)
+        else:  # cancelled, or a stream abandoned by its reader
+            self._stats.request_done(self._operation, "cancelled", seconds)
+
+    def token(self) -> None:
+        if self._first:
+            self._first = False
+            self._stats.first_token(time.perf_counter() - self._started)
+
+
+def _outcome(exc: RagLLMError) -> str:
+    if isinstance(exc, UpstreamError):
+        return str(exc.status)
+    if isinstance(exc, MalformedResponseError):
+        return "malformed"
+    return type(exc).__name__
+
+
 def _texts(texts: Sequence[str] | str) -> list[str]:
     if isinstance(texts, str):
         return [texts]
@@ -145,14 +195,17 @@ class EmbeddingProvider(BaseProvider):
         if not items:
             return []
         request = self.api.embeddings_request(items)
-        return self.api.parse_embeddings(request, await self._asend(request), len(items))
+        with self._call("embeddings", "async") as call:
+            response = await self._asend(call, request)
+            return self.api.parse_embeddings(request, response, len(items))
 
     def embed(self, texts: Sequence[str] | str) -> list[list[float]]:
         items = _texts(texts)
         if not items:
             return []
         request = self.api.embeddings_request(items)
-        return self.api.parse_embeddings(request, self._send(request), len(items))
+        with self._call("embeddings", "sync") as call:
+            return self.api.parse_embeddings(request, self._send(call, request), len(items))
 
 
 class ChatProvider(BaseProvider):
@@ -162,32 +215,39 @@ class ChatProvider(BaseProvider):
 
     async def achat(self, messages: Sequence[Message], **params: Any) -> str:
         request = self.api.chat_request(messages, params)
-        return self.api.parse_chat(request, await self._asend(request))
+        with self._call("chat", "async") as call:
+            return self.api.parse_chat(request, await self._asend(call, request))
 
     def chat(self, messages: Sequence[Message], **params: Any) -> str:
         request = self.api.chat_request(messages, params)
-        return self.api.parse_chat(request, self._send(request))
+        with self._call("chat", "sync") as call:
+            return self.api.parse_chat(request, self._send(call, request))
 
     async def astream(self, messages: Sequence[Message], **params: Any) -> AsyncIterator[str]:
         """Yield text deltas as they arrive."""
         request = self.api.chat_request(messages, params, stream=True)
-        transport = await self.pool.async_transport()
-        async with transport.stream(request) as response:
-            if response.status >= 400:
-                raise self.api.error(request, response.status, response.headers,
-                                     await response.aread())
-            parser = self.api.stream_parser(request)
-            # Read to the end of the body, past [DONE]: only a connection whose response
-            # was read whole goes back to the pool.
-            async for line in response.aiter_lines():
-                text = parser.feed(line)
-                if text is not None:
-                    yield text
+        with self._call("chat_stream", "async") as call:
+            transport = await self.pool.async_transport()
+            async with transport.stream(request) as response:
+                call.status = response.status
+                if response.status >= 400:
+                    raise self.api.error(request, response.status, response.headers,
+                                         await response.aread())
+                parser = self.api.stream_parser(request)
+                # Read to the end of the body, past [DONE]: only a connection whose
+                # response was read whole goes back to the pool.
+                async for line in response.aiter_lines():
+                    text = parser.feed(line)
+                    if text is not None:
+                        call.token()
+                        yield text
 
     def stream(self, messages: Sequence[Message], **params: Any) -> Iterator[str]:
         """Sync twin of :meth:`astream`."""
         request = self.api.chat_request(messages, params, stream=True)
-        with self.pool.sync_transport().stream(request) as response:
+        with self._call("chat_stream", "sync") as call, \
+                self.pool.sync_transport().stream(request) as response:
+            call.status = response.status
             if response.status >= 400:
                 raise self.api.error(request, response.status, response.headers,
                                      response.read())
@@ -195,4 +255,5 @@ class ChatProvider(BaseProvider):
             for line in response.iter_lines():  # to the end of the body, as in astream
                 text = parser.feed(line)
                 if text is not None:
+                    call.token()
                     yield text

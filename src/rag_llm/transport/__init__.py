@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from rag_llm.config import PoolLimits, Timeouts
+from rag_llm.observability.stats import ClientStats
 
 __all__ = [
     "AsyncStreamResponse",
@@ -124,9 +125,9 @@ class Backend(Protocol):
     async_library: str
     sync_library: str
 
-    def open_async(self, settings: TransportSettings) -> AsyncTransport: ...
+    def open_async(self, settings: TransportSettings, stats: ClientStats) -> AsyncTransport: ...
 
-    def open_sync(self, settings: TransportSettings) -> SyncTransport: ...
+    def open_sync(self, settings: TransportSettings, stats: ClientStats) -> SyncTransport: ...
 
 
 def get_backend(name: str, *, http2: bool = False) -> Backend:

@@ -11,13 +11,17 @@ to ``pool_timeout``, and a connector subclass closes idle connections beyond
 from __future__ import annotations
 
 import asyncio
+import functools
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
 
 from rag_llm import errors
+from rag_llm.observability.stats import ClientStats
 from rag_llm.transport import (
     Backend,
     ConnectionCounts,
@@ -31,16 +35,60 @@ from rag_llm.transport._tls import ssl_context
 __all__ = ["AiohttpBackend", "AiohttpTransport"]
 
 
-class _PoolConnector(aiohttp.TCPConnector):
-    """A connector that keeps at most ``max_idle`` idle connections.
+class _CountedHandler(ResponseHandler):
+    """aiohttp's connection protocol, reporting when the connection opened and why it closed.
 
-    The one place that reaches into aiohttp's connector internals (``_conns``,
-    ``_acquired``, ``_release``, ``_cleanup``); tests of the idle cap guard it.
+    Attributes carry a ``_rag_`` prefix: aiohttp's own (``_eof`` among them) must not be
+    shadowed.
     """
 
-    def __init__(self, *, max_idle: int, **kwargs: Any) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, stats: ClientStats,
+                 expiry: float) -> None:
+        super().__init__(loop)
+        self._rag_stats = stats
+        self._rag_expiry = expiry
+        self._rag_last_io = time.monotonic()
+        self._rag_server_eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # after the TLS handshake, for https
+        self._rag_stats.connection_opened()
+
+    def data_received(self, data: bytes) -> None:
+        self._rag_last_io = time.monotonic()
+        super().data_received(data)
+
+    def eof_received(self) -> None:
+        self._rag_server_eof = True
+        super().eof_received()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if exc is not None:
+            reason = "error"
+        elif self._rag_server_eof:
+            reason = "server_closed"
+        elif time.monotonic() - self._rag_last_io >= self._rag_expiry:
+            reason = "expired"
+        else:
+            reason = "client"
+        self._rag_stats.connection_closed(reason)
+        super().connection_lost(exc)
+
+
+class _PoolConnector(aiohttp.TCPConnector):
+    """A connector that keeps at most ``max_idle`` idle connections and counts connections.
+
+    The one place that reaches into aiohttp's connector internals (``_conns``,
+    ``_acquired``, ``_factory``, ``_release``, ``_cleanup``); the pool tests guard it.
+    """
+
+    def __init__(self, *, max_idle: int, stats: ClientStats, expiry: float,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._max_idle = max_idle
+        self._factory = functools.partial(  # type: ignore[assignment]
+            _CountedHandler, loop=self._loop, stats=stats, expiry=expiry
+        )
 
     def _release(self, key: Any, protocol: Any, *, should_close: bool = False) -> None:
         super()._release(key, protocol, should_close=should_close)
@@ -66,10 +114,12 @@ class _PoolConnector(aiohttp.TCPConnector):
 class _RequestTrace:
     """Per-request connection facts gathered from aiohttp's trace signals."""
 
-    __slots__ = ("reused",)
+    __slots__ = ("connect_started", "reused", "stats")
 
-    def __init__(self) -> None:
+    def __init__(self, stats: ClientStats) -> None:
+        self.stats = stats
         self.reused = False
+        self.connect_started = 0.0
 
 
 async def _on_reuse(session: Any, context: Any, params: Any) -> None:
@@ -78,9 +128,23 @@ async def _on_reuse(session: Any, context: Any, params: Any) -> None:
         trace.reused = True
 
 
+async def _on_create_start(session: Any, context: Any, params: Any) -> None:
+    trace = context.trace_request_ctx
+    if isinstance(trace, _RequestTrace):
+        trace.connect_started = time.monotonic()
+
+
+async def _on_create_end(session: Any, context: Any, params: Any) -> None:
+    trace = context.trace_request_ctx
+    if isinstance(trace, _RequestTrace):
+        trace.stats.connect_timed(time.monotonic() - trace.connect_started)
+
+
 def _trace_config() -> aiohttp.TraceConfig:
     config = aiohttp.TraceConfig()
     config.on_connection_reuseconn.append(_on_reuse)
+    config.on_connection_create_start.append(_on_create_start)
+    config.on_connection_create_end.append(_on_create_end)
     config.freeze()
     return config
 
@@ -138,14 +202,17 @@ class _Translator:
 class AiohttpTransport:
     """A pooled aiohttp session bound to the running event loop."""
 
-    def __init__(self, settings: TransportSettings) -> None:
+    def __init__(self, settings: TransportSettings, stats: ClientStats) -> None:
         limits, timeouts = settings.limits, settings.timeouts
         self._settings = settings
+        self._stats = stats
         self._translate = _Translator(settings)
         self._slots = asyncio.Semaphore(limits.max_connections)
         keep = limits.keepalive_expiry > 0 and limits.max_keepalive_connections > 0
         self._connector = _PoolConnector(
             max_idle=limits.max_keepalive_connections,
+            stats=stats,
+            expiry=limits.keepalive_expiry,
             limit=limits.max_connections,
             limit_per_host=0,
             keepalive_timeout=limits.keepalive_expiry if keep else None,
@@ -163,10 +230,13 @@ class AiohttpTransport:
         )
 
     async def _acquire_slot(self, request: Request) -> None:
+        started = time.monotonic()
+        self._stats.wait_started()
         try:
             async with asyncio.timeout(self._settings.timeouts.pool):
                 await self._slots.acquire()
         except TimeoutError:
+            self._stats.wait_ended(time.monotonic() - started)
             s = self._settings
             raise errors.PoolTimeoutError(
                 f"no pooled connection became free within pool_timeout={s.timeouts.pool:g}s "
@@ -174,11 +244,15 @@ class AiohttpTransport:
                 "or pool_timeout, or lower the caller's concurrency",
                 provider=s.provider, endpoint=request.endpoint,
             ) from None
+        except BaseException:
+            self._stats.wait_ended(time.monotonic() - started)
+            raise
+        self._stats.wait_ended(time.monotonic() - started)
 
     async def _open(self, request: Request) -> aiohttp.ClientResponse:
         """Send ``request``; resend once if a reused connection was dropped before a response."""
         for attempt in (1, 2):
-            trace = _RequestTrace()
+            trace = _RequestTrace(self._stats)
             try:
                 return await self._session.request(
                     request.method, request.url, headers=request.headers,
@@ -186,6 +260,7 @@ class AiohttpTransport:
                 )
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                 if attempt == 1 and trace.reused:
+                    self._stats.request_resent()
                     continue
                 raise self._translate(exc, request) from exc
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -238,11 +313,11 @@ class AiohttpBackend:
         self.sync_library = sync.sync_library
         self._sync = sync
 
-    def open_async(self, settings: TransportSettings) -> AiohttpTransport:
+    def open_async(self, settings: TransportSettings, stats: ClientStats) -> AiohttpTransport:
         if settings.http2:
             raise errors.ConfigError("http2", True, "is not supported by aiohttp; use "
                                      "transport='httpx2' (or 'auto', which does) for HTTP/2")
-        return AiohttpTransport(settings)
+        return AiohttpTransport(settings, stats)
 
-    def open_sync(self, settings: TransportSettings) -> SyncTransport:
-        return self._sync.open_sync(settings)
+    def open_sync(self, settings: TransportSettings, stats: ClientStats) -> SyncTransport:
+        return self._sync.open_sync(settings, stats)

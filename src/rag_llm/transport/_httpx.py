@@ -8,13 +8,16 @@ exceptions are translated here, once, into rag-llm's exception tree.
 from __future__ import annotations
 
 import importlib
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from types import ModuleType
 from typing import Any
 
 from rag_llm import errors
+from rag_llm.observability.stats import ClientStats
 from rag_llm.transport import ConnectionCounts, Request, Response, TransportSettings
+from rag_llm.transport._counting import AsyncCountingBackend, SyncCountingBackend
 from rag_llm.transport._tls import ssl_context
 
 __all__ = ["HttpxBackend"]
@@ -26,22 +29,37 @@ class _ConnectionTrace:
     ``reused`` stays true unless a new TCP connection was opened for the request, and
     ``answered`` turns true once response headers arrived: a failure on a reused connection
     before that is the server having closed an idle keep-alive connection, safe to resend.
+    The time until a connection is assigned (a new one starts connecting, or request
+    headers start on a reused one) is the request's wait for the pool.
     """
 
-    __slots__ = ("answered", "reused")
+    __slots__ = ("_started", "_stats", "answered", "assigned", "reused")
 
-    def __init__(self) -> None:
+    def __init__(self, stats: ClientStats) -> None:
+        self._stats = stats
+        self._started = time.monotonic()
         self.reused = True
         self.answered = False
+        self.assigned = False
+        stats.wait_started()
 
     def __call__(self, name: str, info: Mapping[str, Any]) -> None:
-        if name.startswith("connection.connect_tcp"):
+        if name.startswith("connection.connect_tcp.started"):
             self.reused = False
+            self.end_wait()
+        elif name.endswith("send_request_headers.started"):
+            self.end_wait()
         elif name.endswith("receive_response_headers.complete"):
             self.answered = True
 
     async def atrace(self, name: str, info: Mapping[str, Any]) -> None:
         self(name, info)
+
+    def end_wait(self) -> None:
+        """Called at assignment, or when the request fails before it (e.g. pool timeout)."""
+        if not self.assigned:
+            self.assigned = True
+            self._stats.wait_ended(time.monotonic() - self._started)
 
     def resendable(self) -> bool:
         return self.reused and not self.answered
@@ -164,8 +182,10 @@ class _SyncStream:
 
 
 class _AsyncHttpxTransport:
-    def __init__(self, module: ModuleType, settings: TransportSettings) -> None:
+    def __init__(self, module: ModuleType, settings: TransportSettings,
+                 stats: ClientStats) -> None:
         self._module = module
+        self._stats = stats
         self._translate = _Translator(module, settings)
         self._timeouts = _timeouts(settings)
         self._transport = module.AsyncHTTPTransport(
@@ -175,6 +195,9 @@ class _AsyncHttpxTransport:
             trust_env=False,
         )
         self._pool = self._transport._pool
+        self._pool._network_backend = AsyncCountingBackend(
+            self._pool._network_backend, stats, settings.limits.keepalive_expiry
+        )
 
     async def _open(self, request: Request) -> Any:
         """Send ``request`` and return once response headers arrive.
@@ -183,17 +206,20 @@ class _AsyncHttpxTransport:
         the server closed that idle connection just as it was reused.
         """
         for attempt in (1, 2):
-            trace = _ConnectionTrace()
+            trace = _ConnectionTrace(self._stats)
             try:
                 return await self._transport.handle_async_request(
                     _request(self._module, request, self._timeouts, trace.atrace)
                 )
             except self._translate.stale as exc:
                 if attempt == 1 and trace.resendable():
+                    self._stats.request_resent()
                     continue
                 raise self._translate(exc, request) from exc
             except self._translate.all as exc:
                 raise self._translate(exc, request) from exc
+            finally:
+                trace.end_wait()
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def send(self, request: Request) -> Response:
@@ -226,8 +252,10 @@ class _AsyncHttpxTransport:
 
 
 class _SyncHttpxTransport:
-    def __init__(self, module: ModuleType, settings: TransportSettings) -> None:
+    def __init__(self, module: ModuleType, settings: TransportSettings,
+                 stats: ClientStats) -> None:
         self._module = module
+        self._stats = stats
         self._translate = _Translator(module, settings)
         self._timeouts = _timeouts(settings)
         self._transport = module.HTTPTransport(
@@ -237,21 +265,27 @@ class _SyncHttpxTransport:
             trust_env=False,
         )
         self._pool = self._transport._pool
+        self._pool._network_backend = SyncCountingBackend(
+            self._pool._network_backend, stats, settings.limits.keepalive_expiry
+        )
 
     def _open(self, request: Request) -> Any:
         """Sync twin of ``_AsyncHttpxTransport._open``: resend once on a stale connection."""
         for attempt in (1, 2):
-            trace = _ConnectionTrace()
+            trace = _ConnectionTrace(self._stats)
             try:
                 return self._transport.handle_request(
                     _request(self._module, request, self._timeouts, trace)
                 )
             except self._translate.stale as exc:
                 if attempt == 1 and trace.resendable():
+                    self._stats.request_resent()
                     continue
                 raise self._translate(exc, request) from exc
             except self._translate.all as exc:
                 raise self._translate(exc, request) from exc
+            finally:
+                trace.end_wait()
         raise AssertionError("unreachable")  # pragma: no cover
 
     def send(self, request: Request) -> Response:
@@ -307,13 +341,14 @@ class HttpxBackend:
         self.async_library = self.sync_library = library
         self._module = _import(library)
 
-    def open_async(self, settings: TransportSettings) -> _AsyncHttpxTransport:
+    def open_async(self, settings: TransportSettings,
+                   stats: ClientStats) -> _AsyncHttpxTransport:
         _check_http2(settings)
-        return _AsyncHttpxTransport(self._module, settings)
+        return _AsyncHttpxTransport(self._module, settings, stats)
 
-    def open_sync(self, settings: TransportSettings) -> _SyncHttpxTransport:
+    def open_sync(self, settings: TransportSettings, stats: ClientStats) -> _SyncHttpxTransport:
         _check_http2(settings)
-        return _SyncHttpxTransport(self._module, settings)
+        return _SyncHttpxTransport(self._module, settings, stats)
 
 
 def _import(name: str) -> ModuleType:

@@ -1,0 +1,205 @@
+"""Exact pool and request statistics, fed by the transports' own connection events.
+
+A :class:`ClientStats` belongs to one client (sync or async) of one provider. Transports
+call its ``connection_*`` and ``wait_*`` methods from their connection hooks; providers
+call ``request_done``. Everything is counted, nothing estimated, and a snapshot is a
+plain value that the Prometheus exporter, the health endpoint and the dashboard read.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Final
+
+__all__ = [
+    "CLOSE_REASONS",
+    "ClientStats",
+    "ClientStatsSnapshot",
+    "Histogram",
+    "HistogramSnapshot",
+]
+
+# Why a connection closed.
+# "client": closed by the client for its own reasons, such as the keep-alive cap or a
+# response abandoned before its end.
+CLOSE_REASONS: Final = ("expired", "server_closed", "error", "shutdown", "client")
+# Seconds: from sub-millisecond loopback calls to multi-minute generations.
+LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                          1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+# Seconds to wait for a pooled connection or to open one.
+WAIT_BUCKETS: Final = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                       2.5, 5.0, 10.0)
+# Recent request latencies kept for percentiles on the dashboard.
+_RECENT: Final = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramSnapshot:
+    buckets: tuple[float, ...]
+    counts: tuple[int, ...]  # per bucket, not cumulative; one more for +Inf
+    count: int
+    sum: float
+
+
+class Histogram:
+    """Fixed-bucket histogram (Prometheus semantics); not thread-safe on its own."""
+
+    __slots__ = ("_buckets", "_counts", "_sum")
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self._buckets = buckets
+        self._counts = [0] * (len(buckets) + 1)
+        self._sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect.bisect_left(self._buckets, value)] += 1
+        self._sum += value
+
+    def snapshot(self) -> HistogramSnapshot:
+        return HistogramSnapshot(self._buckets, tuple(self._counts), sum(self._counts),
+                                 self._sum)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStatsSnapshot:
+    """The statistics of one client of one provider at one moment."""
+
+    provider: str
+    client: str
+    library: str
+    connections_opened: int
+    connections_closed: dict[str, int]
+    requests_waiting: int
+    requests: dict[tuple[str, str], int]  # (operation, outcome) -> count
+    errors: dict[str, int]  # exception type -> count
+    resent: int
+    pool_wait: HistogramSnapshot
+    connect: HistogramSnapshot
+    tls: HistogramSnapshot
+    latency: dict[str, HistogramSnapshot]  # operation -> latency
+    time_to_first_token: HistogramSnapshot
+    recent_latencies: tuple[float, ...] = field(default=())
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_success_at: float | None = None
+
+    @property
+    def requests_total(self) -> int:
+        return sum(self.requests.values())
+
+    @property
+    def reuse_ratio(self) -> float:
+        """Requests served per connection opened."""
+        return self.requests_total / self.connections_opened if self.connections_opened else 0.0
+
+
+class ClientStats:
+    """Counters of one client, updated from any thread under one lock."""
+
+    def __init__(self, provider: str, client: str, library: str) -> None:
+        self.provider = provider
+        self.client = client
+        self.library = library
+        # Set while the pool closes its transports: closes then count as "shutdown".
+        self.shutting_down = False
+        self._lock = threading.Lock()
+        self._opened = 0
+        self._closed: Counter[str] = Counter()
+        self._waiting = 0
+        self._requests: Counter[tuple[str, str]] = Counter()
+        self._errors: Counter[str] = Counter()
+        self._resent = 0
+        self._pool_wait = Histogram(WAIT_BUCKETS)
+        self._connect = Histogram(WAIT_BUCKETS)
+        self._tls = Histogram(WAIT_BUCKETS)
+        self._latency: dict[str, Histogram] = {}
+        self._ttft = Histogram(LATENCY_BUCKETS)
+        self._recent: deque[float] = deque(maxlen=_RECENT)
+        self._last_error: str | None = None
+        self._last_error_at: float | None = None
+        self._last_success_at: float | None = None
+
+    # -- connection events (transports) ---------------------------------------------
+
+    def connection_opened(self, connect_s: float | None = None) -> None:
+        with self._lock:
+            self._opened += 1
+            if connect_s is not None:
+                self._connect.observe(connect_s)
+
+    def connect_timed(self, seconds: float) -> None:
+        """How long opening a connection took, where the transport reports it apart."""
+        with self._lock:
+            self._connect.observe(seconds)
+
+    def tls_handshake_timed(self, seconds: float) -> None:
+        with self._lock:
+            self._tls.observe(seconds)
+
+    def connection_closed(self, reason: str) -> None:
+        with self._lock:
+            self._closed["shutdown" if self.shutting_down else reason] += 1
+
+    def wait_started(self) -> None:
+        with self._lock:
+            self._waiting += 1
+
+    def wait_ended(self, seconds: float) -> None:
+        with self._lock:
+            self._waiting -= 1
+            self._pool_wait.observe(seconds)
+
+    def request_resent(self) -> None:
+        with self._lock:
+            self._resent += 1
+
+    # -- request events (providers) -----------------------------------------------
+
+    def request_done(self, operation: str, outcome: str, seconds: float,
+                     error: BaseException | None = None) -> None:
+        """Record one call; ``outcome`` is an HTTP status or an error kind."""
+        now = time.time()
+        with self._lock:
+            self._requests[(operation, outcome)] += 1
+            histogram = self._latency.get(operation)
+            if histogram is None:
+                histogram = self._latency[operation] = Histogram(LATENCY_BUCKETS)
+            histogram.observe(seconds)
+            self._recent.append(seconds)
+            if error is None:
+                self._last_success_at = now
+            else:
+                self._errors[type(error).__name__] += 1
+                self._last_error = f"{type(error).__name__}: {error}"
+                self._last_error_at = now
+
+    def first_token(self, seconds: float) -> None:
+        with self._lock:
+            self._ttft.observe(seconds)
+
+    def snapshot(self) -> ClientStatsSnapshot:
+        with self._lock:
+            return ClientStatsSnapshot(
+                provider=self.provider,
+                client=self.client,
+                library=self.library,
+                connections_opened=self._opened,
+                connections_closed=dict(self._closed),
+                requests_waiting=self._waiting,
+                requests=dict(self._requests),
+                errors=dict(self._errors),
+                resent=self._resent,
+                pool_wait=self._pool_wait.snapshot(),
+                connect=self._connect.snapshot(),
+                tls=self._tls.snapshot(),
+                latency={op: h.snapshot() for op, h in self._latency.items()},
+                time_to_first_token=self._ttft.snapshot(),
+                recent_latencies=tuple(self._recent),
+                last_error=self._last_error,
+                last_error_at=self._last_error_at,
+                last_success_at=self._last_success_at,
+            )

@@ -1,0 +1,190 @@
+"""Wrappers around httpcore's network backends that report every connection's life.
+
+httpcore has no hook for a connection closing, so the socket streams themselves are
+wrapped: each reports when it opened, how long TCP and TLS took, and, when closed, why
+(the server had closed it, an I/O error, keep-alive expiry, or the client's own choice).
+"""
+
+# ruff: noqa: ASYNC109 - the signatures are httpcore's network-backend interface
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from rag_llm.observability.stats import ClientStats
+
+__all__ = ["AsyncCountingBackend", "SyncCountingBackend"]
+
+
+class _Connection:
+    """What is known about one connection when it closes."""
+
+    __slots__ = ("closed", "eof", "error", "expiry", "last_io", "stats")
+
+    def __init__(self, stats: ClientStats, expiry: float) -> None:
+        self.stats = stats
+        self.expiry = expiry
+        self.last_io = time.monotonic()
+        self.eof = False
+        self.error = False
+        self.closed = False
+
+    def read_done(self, data: bytes) -> None:
+        self.last_io = time.monotonic()
+        self.eof = self.eof or not data
+
+    def close(self, stream: Any) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.error:
+            reason = "error"
+        elif self.eof or _readable(stream):
+            reason = "server_closed"  # the server's FIN was waiting on an idle socket
+        elif time.monotonic() - self.last_io >= self.expiry:
+            reason = "expired"
+        else:
+            reason = "client"
+        self.stats.connection_closed(reason)
+
+
+def _readable(stream: Any) -> bool:
+    try:
+        return bool(stream.get_extra_info("is_readable"))
+    except Exception:
+        return False
+
+
+class AsyncCountingStream:
+    def __init__(self, inner: Any, connection: _Connection) -> None:
+        self._inner = inner
+        self._connection = connection
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        try:
+            data: bytes = await self._inner.read(max_bytes, timeout)
+        except BaseException:
+            self._connection.error = True
+            raise
+        self._connection.read_done(data)
+        return data
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        try:
+            await self._inner.write(buffer, timeout)
+        except BaseException:
+            self._connection.error = True
+            raise
+
+    async def aclose(self) -> None:
+        self._connection.close(self._inner)
+        await self._inner.aclose()
+
+    async def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                        timeout: float | None = None) -> AsyncCountingStream:
+        started = time.monotonic()
+        try:
+            inner = await self._inner.start_tls(ssl_context, server_hostname, timeout)
+        except BaseException:
+            self._connection.error = True
+            raise
+        self._connection.stats.tls_handshake_timed(time.monotonic() - started)
+        return AsyncCountingStream(inner, self._connection)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class AsyncCountingBackend:
+    def __init__(self, inner: Any, stats: ClientStats, expiry: float) -> None:
+        self._inner = inner
+        self._stats = stats
+        self._expiry = expiry
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                          local_address: str | None = None,
+                          socket_options: Iterable[Any] | None = None) -> AsyncCountingStream:
+        started = time.monotonic()
+        inner = await self._inner.connect_tcp(host, port, timeout=timeout,
+                                              local_address=local_address,
+                                              socket_options=socket_options)
+        self._stats.connection_opened(time.monotonic() - started)
+        return AsyncCountingStream(inner, _Connection(self._stats, self._expiry))
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,
+                                  socket_options: Iterable[Any] | None = None) -> Any:
+        return await self._inner.connect_unix_socket(path, timeout=timeout,
+                                                     socket_options=socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class SyncCountingStream:
+    """Sync twin of :class:`AsyncCountingStream`."""
+
+    def __init__(self, inner: Any, connection: _Connection) -> None:
+        self._inner = inner
+        self._connection = connection
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        try:
+            data: bytes = self._inner.read(max_bytes, timeout)
+        except BaseException:
+            self._connection.error = True
+            raise
+        self._connection.read_done(data)
+        return data
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        try:
+            self._inner.write(buffer, timeout)
+        except BaseException:
+            self._connection.error = True
+            raise
+
+    def close(self) -> None:
+        self._connection.close(self._inner)
+        self._inner.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                  timeout: float | None = None) -> SyncCountingStream:
+        started = time.monotonic()
+        try:
+            inner = self._inner.start_tls(ssl_context, server_hostname, timeout)
+        except BaseException:
+            self._connection.error = True
+            raise
+        self._connection.stats.tls_handshake_timed(time.monotonic() - started)
+        return SyncCountingStream(inner, self._connection)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class SyncCountingBackend:
+    """Sync twin of :class:`AsyncCountingBackend`."""
+
+    def __init__(self, inner: Any, stats: ClientStats, expiry: float) -> None:
+        self._inner = inner
+        self._stats = stats
+        self._expiry = expiry
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                    local_address: str | None = None,
+                    socket_options: Iterable[Any] | None = None) -> SyncCountingStream:
+        started = time.monotonic()
+        inner = self._inner.connect_tcp(host, port, timeout=timeout,
+                                        local_address=local_address,
+                                        socket_options=socket_options)
+        self._stats.connection_opened(time.monotonic() - started)
+        return SyncCountingStream(inner, _Connection(self._stats, self._expiry))
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Iterable[Any] | None = None) -> Any:
+        return self._inner.connect_unix_socket(path, timeout=timeout,
+                                               socket_options=socket_options)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
