@@ -40,7 +40,7 @@ from rag_llm.transport import (
     TransportSettings,
 )
 
-__all__ = ["ClientPool", "ClientSnapshot", "PoolSnapshot", "PoolState"]
+__all__ = ["ClientPool", "ClientSnapshot", "PoolSnapshot", "PoolState", "live_pools"]
 
 _log = get_logger()
 # Transports inherited across fork(): kept referenced so they are never closed or
@@ -95,7 +95,9 @@ class _LoopClient:
 
 
 def _reap_interval(keepalive_expiry: float) -> float:
-    return min(max(keepalive_expiry / 4, 0.05), 5.0)
+    # At least once a second: a connection the server closed is noticed (and counted)
+    # soon, not only when it would have expired.
+    return min(max(keepalive_expiry / 4, 0.05), 1.0)
 
 
 async def _reap_async(transport: AsyncTransport, interval: float) -> None:
@@ -440,6 +442,11 @@ def _close_elsewhere(entry: _LoopClient) -> concurrent.futures.Future[None]:
     done: concurrent.futures.Future[None] = concurrent.futures.Future()
     done.set_result(None)
     return done
+
+
+def live_pools() -> list[ClientPool]:
+    """Every pool of this process that has not been collected, closed ones included."""
+    return list(_live_pools)
 
 
 def _reset_pools_in_child() -> None:

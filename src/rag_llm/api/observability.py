@@ -1,0 +1,94 @@
+"""``/metrics``, ``/health`` and ``/health/ready``: what the pools are doing, read-only.
+
+None of these calls a model endpoint: they read the statistics the pools already keep.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+
+from rag_llm.observability.metrics import CONTENT_TYPE, render_metrics
+from rag_llm.pool import PoolSnapshot
+
+__all__ = ["observability_router", "pool_readiness"]
+
+# A provider whose latest call failed within this many seconds, with no success since,
+# is failing.
+FAILING_WINDOW_S: Final = 30.0
+
+
+def pool_readiness(snapshot: PoolSnapshot, now: float | None = None) -> dict[str, Any]:
+    """One provider's pool for ``/health/ready``: limits, connections, errors, verdict."""
+    now = time.time() if now is None else now
+    active = sum(c.active for c in snapshot.clients)
+    idle = sum(c.idle for c in snapshot.clients)
+    waiting = sum(c.stats.requests_waiting for c in snapshot.clients)
+    last_error_at = max((c.stats.last_error_at or 0.0 for c in snapshot.clients), default=0.0)
+    last_success_at = max((c.stats.last_success_at or 0.0 for c in snapshot.clients),
+                          default=0.0)
+    last_error = next((c.stats.last_error for c in snapshot.clients
+                       if c.stats.last_error_at == last_error_at and last_error_at), None)
+    problems = []
+    if waiting and active >= snapshot.max_connections:
+        problems.append(f"saturated: {active} of max_connections={snapshot.max_connections} "
+                        f"busy, {waiting} waiting")
+    if last_error_at > last_success_at and now - last_error_at < FAILING_WINDOW_S:
+        problems.append(f"failing: {last_error}")
+    if snapshot.state == "closed":
+        problems.append("closed")
+    return {
+        "ready": not problems,
+        "problems": problems,
+        "state": snapshot.state,
+        "transport": snapshot.transport,
+        "max_connections": snapshot.max_connections,
+        "max_keepalive_connections": snapshot.max_keepalive_connections,
+        "keepalive_expiry": snapshot.keepalive_expiry,
+        "active": active,
+        "idle": idle,
+        "waiting": waiting,
+        "last_error": last_error,
+        "last_error_at": last_error_at or None,
+        "last_success_at": last_success_at or None,
+    }
+
+
+def observability_router(providers: Callable[[], Mapping[str, Any]]) -> APIRouter:
+    """Routes over ``providers()`` (the locator's providers built so far)."""
+    router = APIRouter(tags=["observability"])
+
+    def snapshots() -> dict[str, PoolSnapshot]:
+        return {name: provider.pool_stats() for name, provider in providers().items()
+                if hasattr(provider, "pool_stats")}
+
+    @router.get("/metrics", response_class=Response)
+    def metrics() -> Response:
+        """Prometheus metrics of every connection pool in this process."""
+        return Response(render_metrics(), media_type=CONTENT_TYPE)
+
+    @router.get("/health")
+    def health() -> dict[str, Any]:
+        """Liveness, with the state and connections of each provider's pool."""
+        pools = {
+            name: {"state": s.state, "clients": [
+                {"client": c.client, "library": c.library, "active": c.active, "idle": c.idle,
+                 "connections_opened": c.stats.connections_opened} for c in s.clients]}
+            for name, s in snapshots().items()
+        }
+        return {"status": "ok", "providers": pools}
+
+    @router.get("/health/ready")
+    def ready() -> JSONResponse:
+        """Ready unless a provider's pool is saturated, failing or closed (then 503)."""
+        pools = {name: pool_readiness(s) for name, s in snapshots().items()}
+        is_ready = all(p["ready"] for p in pools.values())
+        return JSONResponse({"ready": is_ready, "providers": pools},
+                            status_code=200 if is_ready else 503)
+
+    return router
+
