@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 from support import eventually, provider_config
 
 from rag_llm.errors import ServerError
@@ -158,3 +159,22 @@ async def test_tls_handshakes_are_timed(tls_upstream: UpstreamServer) -> None:
         stats = stats_of(provider, "async")
     assert stats.tls.count == 1
     assert stats.connect.count == 1
+
+
+async def test_slow_requests_and_pool_saturation_are_logged_once_per_interval(
+    upstream: UpstreamServer, transport: str,
+) -> None:
+    upstream.delay = 0.15
+    async with embedder(upstream, transport, max_connections=1, max_keepalive_connections=1,
+                        slow_request_seconds=0.1) as provider:
+        with capture_logs() as logs:
+            await asyncio.gather(*(provider.aembed([f"t{i}"]) for i in range(3)))
+    slow = [e for e in logs if e["event"] == "slow_request"]
+    saturated = [e for e in logs if e["event"] == "pool_saturated"]
+    assert len(slow) == 1  # three slow calls, one warning per interval
+    assert slow[0]["operation"] == "embeddings"
+    assert slow[0]["threshold_s"] == 0.1
+    assert slow[0]["log_level"] == "warning"
+    assert len(saturated) == 1
+    assert saturated[0]["max_connections"] == 1
+    assert saturated[0]["waited_s"] >= 0.1

@@ -36,6 +36,8 @@ DEFAULT_READ_TIMEOUT: Final = 60.0
 DEFAULT_WRITE_TIMEOUT: Final = 10.0
 # Seconds, not minutes: an exhausted pool must fail fast and say what to raise.
 DEFAULT_POOL_TIMEOUT: Final = 5.0
+# A call that takes longer is logged as slow_request.
+DEFAULT_SLOW_REQUEST_SECONDS: Final = 10.0
 TRANSPORTS: Final = ("httpx2", "auto", "aiohttp", "httpx")
 ENV_PREFIX: Final = "RAG_LLM_"
 
@@ -157,6 +159,7 @@ FIELD_TYPES: Final[Mapping[str, type]] = {
     "verify": str,
     "transport": str,
     "headers": dict,
+    "slow_request_seconds": float,
 }
 
 
@@ -214,6 +217,7 @@ class ProviderConfig:
     verify: bool | str = True
     transport: str = "httpx2"
     headers: Mapping[str, str] = field(default_factory=dict)
+    slow_request_seconds: float = DEFAULT_SLOW_REQUEST_SECONDS
 
     def __repr__(self) -> str:
         # Header values may hold credentials: show only their names.
@@ -270,6 +274,10 @@ class ProviderConfig:
             verify=_verify(config.get("verify", True)),
             transport=_choice(config, "transport", TRANSPORTS),
             headers=_headers(config.get("headers", {})),
+            slow_request_seconds=float(_number(
+                "slow_request_seconds",
+                config.get("slow_request_seconds", DEFAULT_SLOW_REQUEST_SECONDS),
+                integer=False, minimum=0)),
         )
 
 

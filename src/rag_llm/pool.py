@@ -168,7 +168,9 @@ class ClientPool:
 
     def _reset_stats(self) -> None:
         self._stats = {
-            client: ClientStats(self._settings.provider, client, self._library(client))
+            client: ClientStats(self._settings.provider, client, self._library(client),
+                                max_connections=self._settings.limits.max_connections,
+                                slow_request_s=self._settings.slow_request_s)
             for client in ("sync", "async")
         }
 

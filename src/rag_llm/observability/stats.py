@@ -15,6 +15,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Final
 
+from rag_llm.observability.events import get_logger
+
 __all__ = [
     "CLOSE_REASONS",
     "ClientStats",
@@ -35,6 +37,30 @@ WAIT_BUCKETS: Final = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2
                        2.5, 5.0, 10.0)
 # Recent request latencies kept for percentiles on the dashboard.
 _RECENT: Final = 2048
+# A wait for a pooled connection this long means the pool is saturated.
+SATURATION_WAIT_S: Final = 0.1
+# Each kind of warning is logged at most once per this many seconds per client.
+WARN_INTERVAL_S: Final = 10.0
+
+_log = get_logger()
+
+
+class _Throttle:
+    """Lets a warning through at most once per interval, counting what it held back."""
+
+    __slots__ = ("_interval", "_next", "held_back")
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._next = 0.0
+        self.held_back = 0
+
+    def allow(self, now: float) -> bool:
+        if now < self._next:
+            self.held_back += 1
+            return False
+        self._next = now + self._interval
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +126,15 @@ class ClientStatsSnapshot:
 class ClientStats:
     """Counters of one client, updated from any thread under one lock."""
 
-    def __init__(self, provider: str, client: str, library: str) -> None:
+    def __init__(self, provider: str, client: str, library: str, *,
+                 max_connections: int = 0, slow_request_s: float = 10.0) -> None:
         self.provider = provider
         self.client = client
         self.library = library
+        self.max_connections = max_connections
+        self.slow_request_s = slow_request_s
+        self._saturated = _Throttle(WARN_INTERVAL_S)
+        self._slow = _Throttle(WARN_INTERVAL_S)
         # Set while the pool closes its transports: closes then count as "shutdown".
         self.shutting_down = False
         self._lock = threading.Lock()
@@ -152,6 +183,14 @@ class ClientStats:
         with self._lock:
             self._waiting -= 1
             self._pool_wait.observe(seconds)
+            waiting = self._waiting
+            warn = seconds >= SATURATION_WAIT_S and self._saturated.allow(time.monotonic())
+        if warn:
+            _log.warning("pool_saturated", provider=self.provider, client=self.client,
+                         waited_s=round(seconds, 4), still_waiting=waiting,
+                         max_connections=self.max_connections,
+                         similar_since_last=self._saturated.held_back)
+            self._saturated.held_back = 0
 
     def request_resent(self) -> None:
         with self._lock:
@@ -176,6 +215,13 @@ class ClientStats:
                 self._errors[type(error).__name__] += 1
                 self._last_error = f"{type(error).__name__}: {error}"
                 self._last_error_at = now
+            warn = seconds >= self.slow_request_s and self._slow.allow(time.monotonic())
+        if warn:
+            _log.warning("slow_request", provider=self.provider, client=self.client,
+                         operation=operation, outcome=outcome, duration_s=round(seconds, 3),
+                         threshold_s=self.slow_request_s,
+                         similar_since_last=self._slow.held_back)
+            self._slow.held_back = 0
 
     def first_token(self, seconds: float) -> None:
         with self._lock:

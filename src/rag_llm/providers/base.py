@@ -68,6 +68,7 @@ class BaseProvider:
                 timeouts=config.timeouts,
                 http2=config.http2,
                 verify=config.verify,
+                slow_request_s=config.slow_request_seconds,
             ),
             get_backend(config.transport, http2=config.http2),
         )

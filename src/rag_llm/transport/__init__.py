@@ -68,6 +68,7 @@ class TransportSettings:
     timeouts: Timeouts
     http2: bool
     verify: bool | str
+    slow_request_s: float = 10.0
 
 
 class AsyncStreamResponse(Protocol):
