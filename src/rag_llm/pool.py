@@ -83,11 +83,13 @@ class PoolSnapshot:
 class _LoopClient:
     """The async transport of one event loop, with its close guard and reaper task."""
 
-    __slots__ = ("guard", "inherited", "loop", "reaper", "transport")
+    __slots__ = ("guard", "inherited", "loop", "provider", "reaper", "transport")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, transport: AsyncTransport) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, transport: AsyncTransport,
+                 provider: str) -> None:
         self.loop = loop
         self.transport = transport
+        self.provider = provider
         # True in a forked child: the parent's sockets, never to be closed here.
         self.inherited = False
         self.guard: AsyncGenerator[None, None] | None = None
@@ -135,7 +137,7 @@ async def _loop_guard(pool_ref: weakref.ref[ClientPool], entry: _LoopClient,
         if pool is not None:
             pool._forget_loop(entry)
         if not entry.inherited:
-            await _close_async(entry.transport, pool.provider if pool else "?")
+            await _close_async(entry.transport, entry.provider)
 
 
 async def _close_async(transport: AsyncTransport, provider: str) -> None:
@@ -234,7 +236,8 @@ class ClientPool:
     async def _open_loop_client(self, loop: asyncio.AbstractEventLoop) -> _LoopClient:
         self._check_open()
         self._drop_dead_loops()
-        entry = _LoopClient(loop, self._backend.open_async(self._settings, self._stats["async"]))
+        entry = _LoopClient(loop, self._backend.open_async(self._settings, self._stats["async"]),
+                            self.provider)
         entry.guard = _loop_guard(weakref.ref(self), entry)
         await entry.guard.asend(None)  # registers the guard with the loop's shutdown hooks
         entry.reaper = loop.create_task(
