@@ -11,7 +11,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import structlog
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from support import KEY, closed_port, provider_config
 
 from rag_llm.api import create_app
@@ -32,10 +34,45 @@ def test_health_reports_pools_and_shutdown_closes_them(upstream: UpstreamServer)
         sync = pool["clients"][0]
         assert (sync["client"], sync["library"], sync["active"], sync["idle"]) == (
             "sync", "httpx2", 0, 1)
-        assert sync["stats"]["connections_opened"] == 1
+        assert sync["connections_opened"] == 1
         assert KEY not in json.dumps(body)
     assert upstream.wait_until(lambda s: s.connections_open == 0, timeout=3.0)
     assert locator.providers() == {}
+
+
+def test_metrics_and_readiness_are_served(upstream: UpstreamServer) -> None:
+    locator = ServiceLocator(Settings(providers={"embedding": provider_config(upstream)}))
+    with TestClient(create_app(locator)) as client:
+        locator.get("embedding").embed(["x"])
+        metrics = client.get("/metrics")
+        ready = client.get("/health/ready")
+    assert metrics.status_code == 200
+    assert metrics.headers["content-type"].startswith("text/plain")
+    families = {f.name for f in text_string_to_metric_families(metrics.text)}
+    assert "rag_llm_connections_opened" in families
+    assert KEY not in metrics.text
+    assert ready.status_code == 200
+    body = ready.json()
+    assert body["ready"] is True
+    assert body["providers"]["embedding"]["idle"] == 1
+
+
+def test_every_response_carries_a_request_id_bound_to_its_log_context() -> None:
+    app = create_app(ServiceLocator(Settings()))
+
+    @app.get("/probe")
+    def probe() -> dict[str, object]:
+        return dict(structlog.contextvars.get_contextvars())
+
+    with TestClient(app) as client:
+        kept = client.get("/probe", headers={"X-Request-ID": "req-42.a"})
+        replaced = client.get("/probe", headers={"X-Request-ID": "no spaces\nor newlines"})
+        made = client.get("/probe")
+    assert kept.headers["x-request-id"] == "req-42.a"
+    assert kept.json() == {"request_id": "req-42.a"}
+    assert replaced.headers["x-request-id"] != "no spaces\nor newlines"
+    assert len(made.headers["x-request-id"]) == 32
+    assert made.json() == {"request_id": made.headers["x-request-id"]}
 
 
 def test_rag_llm_serve_closes_pools_on_sigterm(upstream: UpstreamServer, tmp_path: Path) -> None:

@@ -1,54 +1,270 @@
-"""The ``rag-llm`` command line."""
+"""The ``rag-llm`` command line: ingest, list, delete and query documents; serve the API;
+watch its connection pools with ``top``.
+
+Importing this module needs no extra; each command imports what it uses and names the
+extra to install when that is missing.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from rag_llm.config import Settings
+    from rag_llm.locator import ServiceLocator
+    from rag_llm.rag import IngestReport, RagService, RagSettings
 
 __all__ = ["main"]
 
 
-def _serve(args: argparse.Namespace) -> int:
+class _MissingExtraError(Exception):
+    """A command needs an optional dependency that is not installed."""
+
+
+def _settings(args: argparse.Namespace) -> tuple[Settings, RagSettings]:
+    from rag_llm.config import Settings
+    from rag_llm.observability import configure_logging
+
+    try:
+        from rag_llm.rag import RagSettings, resolve_settings
+    except ImportError as exc:
+        raise _MissingExtraError(f"needs the rag extra ({exc.name} is missing): "
+                                 "pip install 'rag-llm[rag,local]'") from None
+    settings = resolve_settings(Settings.load(args.config))
+    rag = RagSettings.load(args.config).with_overrides(data_dir=args.data_dir)
+    # Commands other than serve stay quiet unless a log level is asked for.
+    level = settings.log_level if args.command == "serve" or os.environ.get(
+        "RAG_LLM_LOG_LEVEL") else "warning"
+    configure_logging(settings.log_format, level)
+    return settings, rag
+
+
+@contextmanager
+def _service(args: argparse.Namespace) -> Iterator[tuple[ServiceLocator, RagService]]:
+    from rag_llm.locator import ServiceLocator
+    from rag_llm.rag import RagService
+
+    settings, rag = _settings(args)
+    locator = ServiceLocator(settings)
+    try:
+        with RagService.from_locator(locator, rag) as service:
+            yield locator, service
+    finally:
+        asyncio.run(locator.cleanup())
+
+
+def _shown(source: str) -> str:
+    """``source`` relative to the working directory when it lies under it."""
+    try:
+        return str(Path(source).relative_to(Path.cwd()))
+    except ValueError:
+        return source
+
+
+async def _ingest(service: RagService, paths: Sequence[str], out: TextIO) -> IngestReport:
+    bar: Any = None
+
+    def on_total(total: int) -> None:
+        nonlocal bar
+        if not total or not sys.stderr.isatty():
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:  # the bar is a nicety; ingestion works without it
+            return
+        bar = tqdm(total=total, unit="chunk", desc="embedding", file=sys.stderr)
+
+    def progress(done: int) -> None:
+        if bar is not None:
+            bar.update(done)
+
+    try:
+        report = await service.ingest_paths(paths, progress, on_total)
+    finally:
+        if bar is not None:
+            bar.close()
+    for document in report.documents:
+        print(f"{document.status:<10} {document.id}  {document.chunks:>5} chunks  "
+              f"{_shown(document.source)}", file=out)
+    for failure in report.failures:
+        print(f"{'failed':<10} {_shown(failure.source)}: {failure.error}", file=out)
+    print(f"{len(report.documents)} documents ({report.count('added')} added, "
+          f"{report.count('updated')} updated, {report.count('unchanged')} unchanged), "
+          f"{len(report.failures)} failed, {report.chunks_stored} chunks stored", file=out)
+    return report
+
+
+def _run_ingest(args: argparse.Namespace) -> int:
+    with _service(args) as (_, service):
+        report = asyncio.run(_ingest(service, args.paths, sys.stdout))
+    return 1 if report.failures else 0
+
+
+def _run_documents(args: argparse.Namespace) -> int:
+    with _service(args) as (_, service):
+        documents = asyncio.run(service.documents())
+    if args.json:
+        print(json.dumps([asdict(d) for d in documents], indent=2))
+        return 0
+    if not documents:
+        print("no documents; add some with: rag-llm ingest PATH...")
+    for d in documents:
+        print(f"{d.id}  {d.chunks:>5} chunks  {d.ingested_at}  {_shown(d.source)}")
+    return 0
+
+
+def _run_delete(args: argparse.Namespace) -> int:
+    with _service(args) as (_, service):
+        deleted = asyncio.run(service.delete(args.id))
+    print(f"deleted {args.id}" if deleted else f"no document with id {args.id}",
+          file=sys.stdout if deleted else sys.stderr)
+    return 0 if deleted else 1
+
+
+async def _query(service: RagService, args: argparse.Namespace) -> None:
+    if args.json:
+        answer = await service.query(args.question, args.top_k)
+        print(json.dumps(asdict(answer), indent=2))
+        return
+    citations: list[dict[str, Any]] = []
+    text: list[str] = []
+    async for event in service.stream(args.question, args.top_k):
+        if event.kind == "citations":
+            citations = event.data
+        elif event.kind == "delta" and args.stream:
+            print(event.data, end="", flush=True)
+        elif event.kind == "delta":
+            text.append(event.data)
+    print("".join(text), end="\n\n")
+    if citations:
+        print("Sources:")
+    for c in citations:
+        print(f"[{c['number']}] {c['score']:.3f}  {_shown(c['source'])} "
+              f"(chunk {c['chunk_index']}, document {c['document_id']})")
+
+
+def _run_query(args: argparse.Namespace) -> int:
+    if not args.question.strip():
+        print("rag-llm: error: the question is empty", file=sys.stderr)
+        return 2
+    with _service(args) as (_, service):
+        asyncio.run(_query(service, args))
+    return 0
+
+
+def _run_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
         from rag_llm.api import create_app
     except ImportError:
-        print("rag-llm serve needs the server extra: pip install 'rag-llm[server]'",
-              file=sys.stderr)
-        return 2
-    from rag_llm.config import Settings
+        raise _MissingExtraError("needs the server extra: pip install 'rag-llm[server]'") from None
     from rag_llm.locator import ServiceLocator
-    from rag_llm.observability import configure_logging
 
-    settings = Settings.load(args.config)
-    configure_logging(settings.log_format, settings.log_level)
-    uvicorn.run(create_app(ServiceLocator(settings)), host=args.host, port=args.port,
+    settings, rag = _settings(args)
+    locator = ServiceLocator(settings)
+    if args.ingest:
+        from rag_llm.rag import RagService
+
+        with RagService.from_locator(locator, rag) as service:
+            asyncio.run(_ingest(service, args.ingest, sys.stderr))
+    print(f"rag-llm: serving on http://{args.host}:{args.port} (API docs at /docs)",
+          file=sys.stderr)
+    uvicorn.run(create_app(locator, rag_settings=rag), host=args.host, port=args.port,
                 log_level=settings.log_level)
     return 0
 
 
+def _run_top(args: argparse.Namespace) -> int:
+    from rag_llm.observability.top import run_top
+
+    return run_top(args.url, interval=args.interval)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rag-llm", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="TOML or YAML config file (default: $RAG_LLM_CONFIG)")
+    common.add_argument("--data-dir", type=Path,
+                        help="where the store lives (default: $RAG_LLM_DATA_DIR or ./.rag-llm)")
+    parser = argparse.ArgumentParser(
+        prog="rag-llm", description="Answer questions from your documents: ingest, list, "
+                                    "delete and query them, or serve the HTTP API.")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the HTTP service with uvicorn")
+
+    serve = commands.add_parser("serve", parents=[common], help="run the HTTP service")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--config", help="TOML or YAML config file (default: $RAG_LLM_CONFIG)")
-    serve.set_defaults(run=_serve)
+    serve.add_argument("--ingest", nargs="+", metavar="PATH",
+                       help="ingest these files and folders before serving")
+    serve.set_defaults(run=_run_serve)
+
+    ingest = commands.add_parser("ingest", parents=[common],
+                                 help="add or update files and folders in the store")
+    ingest.add_argument("paths", nargs="+", metavar="PATH")
+    ingest.set_defaults(run=_run_ingest)
+
+    documents = commands.add_parser("documents", parents=[common], help="list stored documents")
+    documents.add_argument("--json", action="store_true", help="print JSON")
+    documents.set_defaults(run=_run_documents)
+
+    delete = commands.add_parser("delete", parents=[common],
+                                 help="remove a document and its chunks")
+    delete.add_argument("id", help="the document id, as `rag-llm documents` shows it")
+    delete.set_defaults(run=_run_delete)
+
+    query = commands.add_parser("query", parents=[common],
+                                help="answer a question from the stored documents")
+    query.add_argument("question")
+    query.add_argument("--top-k", type=_positive, default=None,
+                       help="chunks to retrieve (default 5)")
+    query.add_argument("--stream", action="store_true", help="print the answer as it arrives")
+    query.add_argument("--json", action="store_true", help="print the answer as JSON")
+    query.set_defaults(run=_run_query)
+
+    top = commands.add_parser("top", help="watch a running service's connection pools live")
+    top.add_argument("--url", default="http://127.0.0.1:8000",
+                     help="the service (default http://127.0.0.1:8000)")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between updates")
+    top.set_defaults(run=_run_top)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from rag_llm.errors import ConfigError
+    from rag_llm.errors import ConfigError, RagLLMError
 
     try:
         return int(args.run(args))
     except ConfigError as exc:
         print(f"rag-llm: configuration error: {exc}", file=sys.stderr)
         return 2
+    except _MissingExtraError as exc:
+        print(f"rag-llm {args.command} {exc}", file=sys.stderr)
+        return 2
+    except RagLLMError as exc:
+        print(f"rag-llm: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,44 +1,79 @@
-"""``create_app()``: the FastAPI application whose lifespan closes every connection pool."""
+"""``create_app()``: the FastAPI application whose lifespan closes every connection pool.
+
+Routes: ``/v1/documents`` (ingest, list, delete), ``/v1/query`` (answers with citations,
+optionally streamed), ``/v1/status``; the pools' ``/health``, ``/health/ready``,
+``/metrics`` and live ``/dashboard``; OpenAPI docs at ``/docs``.
+The ``/v1`` routes need the ``rag`` extra and, when ``api_key`` is set, that key.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from rag_llm import __version__
+from rag_llm.api import documents, query
+from rag_llm.api.dashboard import dashboard_router
+from rag_llm.api.dependencies import ServiceHolder
+from rag_llm.api.errors import install_error_handlers
+from rag_llm.api.observability import observability_router
+from rag_llm.api.request_id import RequestIdMiddleware
+from rag_llm.api.security import BodyLimitMiddleware, api_key_dependency
 from rag_llm.locator import ServiceLocator, cleanup_service_locator, get_service_locator
+
+if TYPE_CHECKING:
+    from rag_llm.rag import RagService, RagSettings
 
 __all__ = ["create_app"]
 
 
-def create_app(locator: ServiceLocator | None = None) -> FastAPI:
-    """The service. With no ``locator`` it uses the process-wide one and cleans it at shutdown."""
+def _rag_settings() -> RagSettings:
+    from rag_llm.rag.settings import RagSettings
+
+    return RagSettings.load()
+
+
+def create_app(locator: ServiceLocator | None = None, *, rag: RagService | None = None,
+               rag_settings: RagSettings | None = None) -> FastAPI:
+    """The service. With no ``locator`` it uses the process-wide one and cleans it at shutdown.
+
+    The RAG service is ``rag`` if given (the caller closes it), else built on first use from
+    the locator's providers and ``rag_settings`` (default: ``RagSettings.load()``).
+    """
 
     def current_locator() -> ServiceLocator:
         return locator if locator is not None else get_service_locator()
 
+    settings = rag.settings if rag is not None else rag_settings or _rag_settings()
+    holder = ServiceHolder(current_locator(), settings, rag)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        holder.close()
         if locator is not None:
             await locator.cleanup()
         else:
             await cleanup_service_locator()
 
-    app = FastAPI(title="rag-llm", version=__version__, lifespan=lifespan)
-
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        """Liveness, with the pool of every provider built so far (none is built here)."""
-        providers = {
-            name: dataclasses.asdict(provider.pool_stats())
-            for name, provider in current_locator().providers().items()
-            if hasattr(provider, "pool_stats")
-        }
-        return {"status": "ok", "providers": providers}
+    app = FastAPI(title="rag-llm", version=__version__, lifespan=lifespan,
+                  description="Retrieval-augmented answers over your documents, through "
+                              "pooled model providers.")
+    app.state.rag = holder
+    install_error_handlers(app)
+    uploads = settings.max_upload_bytes
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit_for=lambda method, path: uploads if (method, path) == ("POST", "/v1/documents")
+        else settings.max_request_bytes)
+    guard = [Depends(api_key_dependency(settings.api_key))]
+    app.include_router(documents.router, dependencies=guard)
+    app.include_router(query.router, dependencies=guard)
+    app.include_router(dashboard_router())
+    app.include_router(observability_router(lambda: current_locator().providers()))
+    app.add_middleware(RequestIdMiddleware)
 
     return app

@@ -75,7 +75,8 @@ def observability_router(providers: Callable[[], Mapping[str, Any]]) -> APIRoute
     def health() -> dict[str, Any]:
         """Liveness, with the state and connections of each provider's pool."""
         pools = {
-            name: {"state": s.state, "clients": [
+            name: {"state": s.state, "max_connections": s.max_connections,
+                   "max_keepalive_connections": s.max_keepalive_connections, "clients": [
                 {"client": c.client, "library": c.library, "active": c.active, "idle": c.idle,
                  "connections_opened": c.stats.connections_opened} for c in s.clients]}
             for name, s in snapshots().items()

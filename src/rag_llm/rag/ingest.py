@@ -1,0 +1,212 @@
+"""Ingestion: read, chunk, embed concurrently and store documents; report each by name.
+
+A run has two phases. First every file is read, hashed and chunked in a worker thread; one
+whose content hash matches the stored version is skipped, and one that cannot be read or
+parsed is reported and left out. Then the chunks are embedded in batches, several batches
+in flight at once (bounded by ``concurrency``), and each document is stored, replacing its
+earlier version, as soon as its group of batches is done, so memory stays bounded however
+many files a run takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal
+
+from rag_llm.errors import RagLLMError
+from rag_llm.providers import Embedder
+from rag_llm.rag.chunking import Chunk, Chunker
+from rag_llm.rag.loaders import DocumentError, discover, load_bytes, read_file
+from rag_llm.rag.store import DocumentStore, NewDocument
+
+__all__ = ["IngestFailure", "IngestReport", "IngestedDocument", "Ingestor", "document_id"]
+
+Progress = Callable[[int], None]
+Status = Literal["added", "updated", "unchanged"]
+# Batches per group: how far embedding runs ahead of storing.
+_GROUP_BATCHES: Final = 4
+
+
+def document_id(source: str) -> str:
+    """The stable id of the document named ``source``: it survives re-ingestion."""
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class IngestedDocument:
+    """A document the run stored or found unchanged."""
+
+    id: str
+    source: str
+    title: str
+    status: Status
+    chunks: int
+
+
+@dataclass(frozen=True, slots=True)
+class IngestFailure:
+    """A document the run could not store, and why."""
+
+    source: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class IngestReport:
+    """What one ingestion run did, document by document."""
+
+    documents: tuple[IngestedDocument, ...] = ()
+    failures: tuple[IngestFailure, ...] = ()
+
+    def count(self, status: Status) -> int:
+        return sum(1 for d in self.documents if d.status == status)
+
+    @property
+    def chunks_stored(self) -> int:
+        return sum(d.chunks for d in self.documents if d.status != "unchanged")
+
+
+@dataclass(slots=True)
+class _Prepared:
+    document: NewDocument
+    chunks: list[Chunk]
+    replaces: bool
+    vectors: list[list[float]] = field(default_factory=list)
+    error: str | None = None
+
+
+class Ingestor:
+    """Runs ingestion into ``store`` with ``embedder``; vectors are tagged ``embedding_model``."""
+
+    def __init__(self, store: DocumentStore, embedder: Embedder, chunker: Chunker, *,
+                 embedding_model: str, batch_size: int, concurrency: int,
+                 max_bytes: int) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.chunker = chunker
+        self.embedding_model = embedding_model
+        self.batch_size = batch_size
+        self.concurrency = max(1, concurrency)
+        self.max_bytes = max_bytes
+
+    async def ingest_paths(self, paths: Iterable[str | Path],
+                           progress: Progress | None = None,
+                           on_total: Callable[[int], None] | None = None) -> IngestReport:
+        """Ingest files and folders (searched recursively for supported files)."""
+        items: list[tuple[str, Path | bytes]] = []
+        failures: list[IngestFailure] = []
+        for found in await asyncio.to_thread(lambda: list(discover(paths))):
+            if isinstance(found, DocumentError):
+                failures.append(IngestFailure(found.source, found.reason))
+            else:
+                items.append((str(found), found))
+        return await self._run(items, failures, progress, on_total)
+
+    async def ingest_files(self, files: Sequence[tuple[str, bytes]],
+                           progress: Progress | None = None) -> IngestReport:
+        """Ingest in-memory files, each a (name, content) pair; the name picks the format."""
+        return await self._run(list(files), [], progress, None)
+
+    async def _run(self, items: list[tuple[str, Path | bytes]], failures: list[IngestFailure],
+                   progress: Progress | None,
+                   on_total: Callable[[int], None] | None) -> IngestReport:
+        done: list[IngestedDocument] = []
+        pending: list[_Prepared] = []
+        seen: set[str] = set()
+        for source, content in items:
+            if source in seen:
+                continue
+            seen.add(source)
+            try:
+                prepared = await asyncio.to_thread(self._prepare, source, content)
+            except DocumentError as exc:
+                failures.append(IngestFailure(source, exc.reason))
+                continue
+            if isinstance(prepared, IngestedDocument):
+                done.append(prepared)
+            else:
+                pending.append(prepared)
+        if on_total is not None:
+            on_total(sum(len(p.chunks) for p in pending))
+        for group in self._groups(pending):
+            await self._embed(group, progress)
+            for prepared in group:
+                outcome = await self._store(prepared)
+                if isinstance(outcome, IngestedDocument):
+                    done.append(outcome)
+                else:
+                    failures.append(outcome)
+        return IngestReport(tuple(done), tuple(failures))
+
+    def _prepare(self, source: str, content: Path | bytes) -> _Prepared | IngestedDocument:
+        """Read, hash and chunk one file (in a worker thread)."""
+        data = read_file(content, self.max_bytes) if isinstance(content, Path) else content
+        if len(data) > self.max_bytes:
+            raise DocumentError(source, f"is {len(data)} bytes, over the limit of "
+                                        f"{self.max_bytes}")
+        digest = hashlib.sha256(data).hexdigest()
+        stored = self.store.document_by_source(source)
+        if stored is not None and stored.sha256 == digest:
+            return IngestedDocument(stored.id, source, stored.title, "unchanged", stored.chunks)
+        loaded = load_bytes(source, data)
+        chunks = self.chunker.split(loaded.text)
+        if not chunks:
+            raise DocumentError(source, "has no text to index")
+        document = NewDocument(id=document_id(source), source=source, title=loaded.title,
+                               media_type=loaded.media_type, sha256=digest, size=len(data))
+        return _Prepared(document, chunks, replaces=stored is not None)
+
+    def _groups(self, pending: list[_Prepared]) -> Iterable[list[_Prepared]]:
+        limit = self.batch_size * self.concurrency * _GROUP_BATCHES
+        group: list[_Prepared] = []
+        size = 0
+        for prepared in pending:
+            group.append(prepared)
+            size += len(prepared.chunks)
+            if size >= limit:
+                yield group
+                group, size = [], 0
+        if group:
+            yield group
+
+    async def _embed(self, group: list[_Prepared], progress: Progress | None) -> None:
+        """Embed every chunk of ``group``, ``concurrency`` batches in flight at most."""
+        texts = [(prepared, chunk.text) for prepared in group for chunk in prepared.chunks]
+        batches = [texts[i:i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
+        vectors: list[list[list[float]] | None] = [None] * len(batches)
+        slots = asyncio.Semaphore(self.concurrency)
+
+        async def embed(number: int) -> None:
+            batch = batches[number]
+            async with slots:
+                try:
+                    vectors[number] = await self.embedder.aembed([text for _, text in batch])
+                except RagLLMError as exc:
+                    for prepared, _ in batch:
+                        prepared.error = f"embedding failed: {exc}"
+            if progress is not None:
+                progress(len(batch))
+
+        await asyncio.gather(*(embed(n) for n in range(len(batches))))
+        for batch, batch_vectors in zip(batches, vectors, strict=True):
+            if batch_vectors is not None:
+                for (prepared, _), vector in zip(batch, batch_vectors, strict=True):
+                    prepared.vectors.append(vector)
+
+    async def _store(self, prepared: _Prepared) -> IngestedDocument | IngestFailure:
+        source = prepared.document.source
+        if prepared.error is not None:
+            return IngestFailure(source, prepared.error)
+        try:
+            record = await asyncio.to_thread(
+                self.store.replace_document, prepared.document,
+                [c.text for c in prepared.chunks], [c.tokens for c in prepared.chunks],
+                prepared.vectors, self.embedding_model)
+        except RagLLMError as exc:
+            return IngestFailure(source, str(exc))
+        status: Status = "updated" if prepared.replaces else "added"
+        return IngestedDocument(record.id, source, record.title, status, record.chunks)

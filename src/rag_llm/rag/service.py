@@ -1,0 +1,167 @@
+"""``RagService``: the RAG service's operations, shared by the command line and the HTTP API.
+
+It owns the store and borrows the providers: the embedding and chat providers belong to a
+:class:`~rag_llm.locator.ServiceLocator`, which closes them; ``close()`` closes only the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from rag_llm.errors import ConfigError
+from rag_llm.locator import ServiceLocator
+from rag_llm.providers import ChatModel, Embedder
+from rag_llm.rag import defaults
+from rag_llm.rag.answer import (
+    Answer,
+    AnswerEvent,
+    Citation,
+    Mode,
+    build_messages,
+    citations_of,
+    extractive_answer,
+)
+from rag_llm.rag.chunking import Chunker, approximate_tokens
+from rag_llm.rag.ingest import Ingestor, IngestReport, Progress
+from rag_llm.rag.settings import RagSettings
+from rag_llm.rag.sqlite_store import SQLiteStore
+from rag_llm.rag.store import DocumentRecord, DocumentStore
+
+__all__ = ["RagService", "embedding_model_of"]
+
+
+def embedding_model_of(embedder: Embedder) -> str:
+    """``type/model`` of an embedder: what the store records its vectors came from."""
+    config = getattr(embedder, "config", None)
+    kind = getattr(config, "type", None) or embedder.name
+    model = getattr(config, "model", None) or getattr(embedder, "model", None) or "?"
+    return f"{kind}/{model}"
+
+
+def _concurrency(embedder: Embedder, configured: int) -> int:
+    """Batches in flight: the configured bound, never above what the provider can serve."""
+    limit = getattr(embedder, "max_concurrency", None) or getattr(embedder, "max_connections",
+                                                                   None)
+    return max(1, min(configured, int(limit))) if isinstance(limit, int) else configured
+
+
+class RagService:
+    """Ingest, list, delete and query documents with one embedder, chat model and store."""
+
+    def __init__(self, settings: RagSettings, embedder: Embedder, chat: ChatModel | None,
+                 store: DocumentStore) -> None:
+        self.settings = settings
+        self.embedder = embedder
+        self.chat = chat
+        self.store = store
+        self.embedding_model = embedding_model_of(embedder)
+        count = getattr(embedder, "count_tokens", None)
+        chunker = Chunker(settings.chunk_size, settings.chunk_overlap,
+                          count if callable(count) else approximate_tokens)
+        self._ingestor = Ingestor(store, embedder, chunker,
+                                  embedding_model=self.embedding_model,
+                                  batch_size=settings.embed_batch_size,
+                                  concurrency=_concurrency(embedder, settings.embed_concurrency),
+                                  max_bytes=settings.max_upload_bytes)
+
+    @classmethod
+    def from_locator(cls, locator: ServiceLocator, settings: RagSettings,
+                     environ: Mapping[str, str] | None = None) -> RagService:
+        """The service over ``locator``'s providers (defaults filled in) and the SQLite store."""
+        embedder = defaults.embedder(locator, environ)
+        chat = defaults.chat_model(locator, environ)
+        return cls(settings, embedder, chat, SQLiteStore(settings.data_dir))
+
+    def __repr__(self) -> str:
+        chat = self.chat.name if self.chat is not None else None
+        return (f"<RagService store={self.store!r} embedding={self.embedding_model!r} "
+                f"chat={chat!r}>")
+
+    @property
+    def mode(self) -> str:
+        """``generated`` with a chat model, ``extractive`` without."""
+        return "generated" if self.chat is not None else "extractive"
+
+    def _check_model(self) -> None:
+        stored = self.store.embedding_model
+        if stored is not None and stored != self.embedding_model and self.store.chunk_count():
+            raise ConfigError(
+                "embedding", self.embedding_model,
+                f"differs from {stored!r} that the stored vectors came from; use another "
+                "data_dir (RAG_LLM_DATA_DIR) or delete the store and ingest again")
+
+    async def ingest_paths(self, paths: Iterable[str | Path], progress: Progress | None = None,
+                           on_total: Callable[[int], None] | None = None) -> IngestReport:
+        """Ingest files and folders; see :class:`~rag_llm.rag.ingest.Ingestor`."""
+        await asyncio.to_thread(self._check_model)
+        return await self._ingestor.ingest_paths(paths, progress, on_total)
+
+    async def ingest_files(self, files: Sequence[tuple[str, bytes]]) -> IngestReport:
+        """Ingest uploaded (name, content) pairs."""
+        await asyncio.to_thread(self._check_model)
+        return await self._ingestor.ingest_files(files)
+
+    async def documents(self) -> list[DocumentRecord]:
+        return await asyncio.to_thread(self.store.documents)
+
+    async def document(self, document_id: str) -> DocumentRecord | None:
+        return await asyncio.to_thread(self.store.document, document_id)
+
+    async def delete(self, document_id: str) -> bool:
+        """Remove a document and its chunks; False if there was none."""
+        return await asyncio.to_thread(self.store.delete_document, document_id)
+
+    async def retrieve(self, question: str, top_k: int | None = None) -> tuple[Citation, ...]:
+        """The ``top_k`` chunks closest to ``question``, as numbered citations."""
+        await asyncio.to_thread(self._check_model)
+        k = top_k or self.settings.top_k
+        if not await asyncio.to_thread(self.store.chunk_count):
+            return ()
+        vector = (await self.embedder.aembed([question]))[0]
+        hits = await asyncio.to_thread(self.store.search, vector, k)
+        return citations_of(hits)
+
+    async def query(self, question: str, top_k: int | None = None) -> Answer:
+        """Retrieve, then answer with the chat model, or extractively without one."""
+        citations = await self.retrieve(question, top_k)
+        if not citations or self.chat is None:
+            mode: Mode = "no_sources" if not citations else "extractive"
+            return Answer(question, extractive_answer(citations), mode, citations)
+        text = await self.chat.achat(build_messages(question, citations))
+        return Answer(question, text, "generated", citations)
+
+    async def stream(self, question: str, top_k: int | None = None,
+                     ) -> AsyncIterator[AnswerEvent]:
+        """:meth:`query` as events: the citations, the answer's text deltas, then done."""
+        citations = await self.retrieve(question, top_k)
+        yield AnswerEvent("citations", [asdict(c) for c in citations])
+        if not citations or self.chat is None:
+            yield AnswerEvent("delta", extractive_answer(citations))
+            mode = "no_sources" if not citations else "extractive"
+        else:
+            async for delta in self.chat.astream(build_messages(question, citations)):
+                yield AnswerEvent("delta", delta)
+            mode = "generated"
+        yield AnswerEvent("done", {"mode": mode})
+
+    def status(self) -> dict[str, Any]:
+        """What the service runs with: for health reports and the command line."""
+        return {"embedding": self.embedding_model,
+                "chat": getattr(self.chat, "name", None), "mode": self.mode,
+                "documents": len(self.store.documents()), "chunks": self.store.chunk_count()}
+
+    def close(self) -> None:
+        """Close the store; the providers belong to the locator."""
+        self.store.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None,
+                 exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()

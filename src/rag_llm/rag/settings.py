@@ -1,0 +1,135 @@
+"""``RagSettings``: where the store lives, how documents are chunked, what the API accepts.
+
+Read from the ``[rag]`` table of the config file (the one :class:`~rag_llm.config.Settings`
+reads its providers from), then from ``RAG_LLM_<FIELD>`` environment variables, which win.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Final
+
+from rag_llm.config import ENV_PREFIX, Secret
+from rag_llm.errors import ConfigError
+
+__all__ = ["DEFAULT_DATA_DIR", "RagSettings"]
+
+DEFAULT_DATA_DIR: Final = ".rag-llm"
+# Below the local model's 256-wordpiece window, so no chunk is truncated when embedded.
+DEFAULT_CHUNK_SIZE: Final = 200
+DEFAULT_CHUNK_OVERLAP: Final = 40
+DEFAULT_TOP_K: Final = 5
+DEFAULT_EMBED_BATCH_SIZE: Final = 64
+DEFAULT_EMBED_CONCURRENCY: Final = 8
+DEFAULT_MAX_UPLOAD_BYTES: Final = 20 * 1024 * 1024
+DEFAULT_MAX_REQUEST_BYTES: Final = 64 * 1024
+
+_INT_FIELDS: Final = ("chunk_size", "chunk_overlap", "top_k", "embed_batch_size",
+                      "embed_concurrency", "max_upload_bytes", "max_request_bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class RagSettings:
+    """Validated settings of the RAG service.
+
+    ``chunk_size`` and ``chunk_overlap`` count tokens; ``api_key``, when set, is required by
+    every ``/v1`` endpoint of the HTTP service.
+
+    >>> RagSettings(data_dir=Path("/tmp/rag"), chunk_size=200, chunk_overlap=40).top_k
+    5
+    """
+
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    chunk_overlap: int = DEFAULT_CHUNK_OVERLAP
+    top_k: int = DEFAULT_TOP_K
+    embed_batch_size: int = DEFAULT_EMBED_BATCH_SIZE
+    embed_concurrency: int = DEFAULT_EMBED_CONCURRENCY
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    api_key: Secret | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.data_dir, Path):
+            object.__setattr__(self, "data_dir", Path(_text("data_dir", self.data_dir)))
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            minimum = 0 if name == "chunk_overlap" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(name, value, f"must be an integer >= {minimum}")
+        if self.chunk_size < 16:
+            raise ConfigError("chunk_size", self.chunk_size, "must be at least 16 tokens")
+        if self.chunk_overlap >= self.chunk_size:
+            raise ConfigError("chunk_overlap", self.chunk_overlap,
+                              f"must be smaller than chunk_size={self.chunk_size}")
+        if isinstance(self.api_key, str):
+            object.__setattr__(self, "api_key", Secret(self.api_key) if self.api_key else None)
+        elif self.api_key is not None and not isinstance(self.api_key, Secret):
+            raise ConfigError("api_key", type(self.api_key).__name__, "must be a string")
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
+        return f"RagSettings({shown})"
+
+    def with_overrides(self, **values: Any) -> RagSettings:
+        """A copy with the given fields replaced (``None`` values are ignored)."""
+        return replace(self, **{k: v for k, v in values.items() if v is not None})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None,
+             environ: Mapping[str, str] | None = None) -> RagSettings:
+        """The ``[rag]`` table of the config file (``path`` or ``$RAG_LLM_CONFIG``), then env."""
+        env = os.environ if environ is None else environ
+        file_path = path if path is not None else env.get(f"{ENV_PREFIX}CONFIG")
+        values: dict[str, Any] = dict(_rag_table(Path(file_path))) if file_path else {}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"rag.{unknown[0]}", "<set>",
+                              f"is not a known setting; known: {', '.join(sorted(known))}")
+        for name in known:
+            raw = env.get(f"{ENV_PREFIX}{name.upper()}")
+            if raw is not None:
+                values[name] = _coerce(name, raw)
+        return cls(**values)
+
+
+def _text(name: str, value: object) -> str:
+    if not isinstance(value, str | os.PathLike) or not str(value).strip():
+        raise ConfigError(name, value, "must be a non-empty path")
+    return str(value)
+
+
+def _coerce(name: str, raw: str) -> object:
+    if name not in _INT_FIELDS:
+        return raw
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(name, raw, "must be an integer") from None
+
+
+def _rag_table(path: Path) -> Mapping[str, Any]:
+    """The ``[rag]`` table of ``path``; the file itself is validated by ``Settings.load``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("config_file", str(path), f"cannot be read: {exc.strerror}") from None
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data: object = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+    except Exception as exc:  # TOMLDecodeError or yaml.YAMLError
+        raise ConfigError("config_file", str(path), f"is not valid: {exc}") from None
+    table = data.get("rag", {}) if isinstance(data, dict) else {}
+    if not isinstance(table, dict):
+        raise ConfigError("rag", type(table).__name__, "must be a table")
+    return table

@@ -1,0 +1,100 @@
+"""The storage interface of the RAG service and the records that cross it.
+
+:class:`DocumentStore` is the plug point: the embedded default is
+:class:`~rag_llm.rag.sqlite_store.SQLiteStore`; a server-grade store (Postgres with pgvector,
+Qdrant, ...) implements the same methods. Vectors cross the interface as plain sequences of
+floats, unit length; scores are cosine similarities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["ChunkRecord", "DocumentRecord", "DocumentStore", "NewDocument", "SearchHit"]
+
+
+@dataclass(frozen=True, slots=True)
+class NewDocument:
+    """A document about to be stored: identity, content hash and descriptive metadata."""
+
+    id: str
+    source: str
+    title: str
+    media_type: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentRecord:
+    """A stored document."""
+
+    id: str
+    source: str
+    title: str
+    media_type: str
+    sha256: str
+    size: int
+    chunks: int
+    ingested_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRecord:
+    """A stored chunk of a document."""
+
+    id: int
+    document_id: str
+    index: int
+    text: str
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    """A chunk found by vector search, with its document and its cosine ``score``."""
+
+    chunk: ChunkRecord
+    document: DocumentRecord
+    score: float
+
+
+class DocumentStore(Protocol):
+    """Documents, their chunks and the chunks' vectors, with top-k search.
+
+    Implementations are safe to call from several threads; the RAG service calls them off
+    the event loop.
+    """
+
+    @property
+    def embedding_model(self) -> str | None:
+        """The embedding model the stored vectors came from; ``None`` while empty."""
+        ...
+
+    def document(self, document_id: str) -> DocumentRecord | None: ...
+
+    def document_by_source(self, source: str) -> DocumentRecord | None: ...
+
+    def documents(self) -> list[DocumentRecord]: ...
+
+    def chunks(self, document_id: str) -> list[ChunkRecord]: ...
+
+    def replace_document(self, document: NewDocument, texts: Sequence[str],
+                         tokens: Sequence[int], vectors: Sequence[Sequence[float]],
+                         embedding_model: str) -> DocumentRecord:
+        """Store ``document`` with its chunks, replacing any earlier version, atomically."""
+        ...
+
+    def delete_document(self, document_id: str) -> bool:
+        """Remove a document and its chunks; False if there was none."""
+        ...
+
+    def search(self, vector: Sequence[float], k: int) -> list[SearchHit]:
+        """The ``k`` chunks closest to ``vector``, best first."""
+        ...
+
+    def chunk_count(self) -> int: ...
+
+    def close(self) -> None: ...

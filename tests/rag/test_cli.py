@@ -1,0 +1,128 @@
+"""The command line: ingest, documents, query, delete and serve --ingest."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from ragkit import SAMPLE_NAMES, SAMPLES
+from support import closed_port
+
+from rag_llm.cli import main
+from rag_llm.testing import UpstreamServer
+
+
+@pytest.fixture
+def config(upstream: UpstreamServer, tmp_path: Path) -> Path:
+    path = tmp_path / "rag-llm.toml"
+    path.write_text(
+        f'[providers.embedding]\ntype = "openai"\nmodel = "m"\nbase_url = "{upstream.base_url}"\n'
+        f'[providers.llm]\ntype = "openai"\nmodel = "c"\nbase_url = "{upstream.base_url}"\n'
+        f'[rag]\ndata_dir = "{tmp_path / "data"}"\n')
+    return path
+
+
+def test_ingest_lists_each_file_and_exits_1_when_one_failed(
+    config: Path, corpus: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    (corpus / "broken.pdf").write_bytes(b"not a pdf")
+    assert main(["ingest", str(corpus), "--config", str(config)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert sorted(line.split()[0] for line in out[:-1]) == ["added"] * 7 + ["failed"]
+    assert any(line.startswith("failed") and "broken.pdf: is not a readable PDF" in line
+               for line in out)
+    assert out[-1].startswith("7 documents (7 added, 0 updated, 0 unchanged), 1 failed, ")
+
+    (corpus / "broken.pdf").unlink()
+    assert main(["ingest", str(corpus), "--config", str(config)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith(
+        "7 documents (0 added, 0 updated, 7 unchanged), 0 failed, 0 chunks stored")
+
+
+def test_documents_query_and_delete(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    main(["ingest", str(SAMPLES), "--config", str(config)])
+    capsys.readouterr()
+    assert main(["documents", "--json", "--config", str(config)]) == 0
+    documents = json.loads(capsys.readouterr().out)
+    assert sorted(Path(d["source"]).name for d in documents) == sorted(SAMPLE_NAMES)
+
+    assert main(["query", "How long do bees live?", "--top-k", "2", "--config",
+                 str(config)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("echo: Sources:")
+    assert "\nSources:\n[1] " in out
+    assert out.rstrip().splitlines()[-1].startswith("[2] ")
+
+    assert main(["query", "bees", "--stream", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.startswith("echo: Sources:")
+
+    target = documents[0]["id"]
+    assert main(["delete", target, "--config", str(config)]) == 0
+    assert main(["delete", target, "--config", str(config)]) == 1
+    assert f"no document with id {target}" in capsys.readouterr().err
+
+
+def test_bad_arguments_are_refused_with_a_message(
+    config: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["query", "  ", "--config", str(config)]) == 2
+    assert "the question is empty" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["query", "q", "--top-k", "0"])
+    assert "must be a positive integer" in capsys.readouterr().err
+
+
+def test_a_store_built_with_another_model_is_named(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    main(["ingest", str(SAMPLES / "espresso.txt"), "--config", str(config)])
+    config.write_text(config.read_text().replace('model = "m"', 'model = "other"'))
+    assert main(["query", "espresso", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "configuration error: embedding='openai/other'" in err
+    assert "'openai/m'" in err
+
+
+def test_serve_ingests_first_then_serves_the_api(
+    config: Path, upstream: UpstreamServer,
+) -> None:
+    port = closed_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAG_LLM_", "OPENAI_"))}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rag_llm.cli", "serve", "--port", str(port), "--config",
+         str(config), "--ingest", str(SAMPLES)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/v1/documents", timeout=1) as response:
+                    documents = json.load(response)
+                    break
+            except OSError:
+                assert process.poll() is None, process.communicate()
+                assert time.monotonic() < deadline, "the service did not start"
+                time.sleep(0.1)
+        request = urllib.request.Request(
+            f"{base}/v1/query", data=json.dumps({"question": "espresso"}).encode(),
+            headers={"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            answer = json.load(response)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=20)
+    assert len(documents) == len(SAMPLE_NAMES)
+    assert answer["mode"] == "generated"
+    assert "7 documents (7 added, 0 updated, 0 unchanged), 0 failed" in stderr
+    assert process.returncode in (0, -signal.SIGTERM)

@@ -1,0 +1,147 @@
+"""The SQLite store: atomic replace, delete, exact top-k search, slot reuse, other processes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rag_llm.errors import ConfigError
+from rag_llm.rag.sqlite_store import VECTORS_FILE, SQLiteStore
+from rag_llm.rag.store import NewDocument
+
+MODEL = "test/model"
+
+
+def document(source: str, sha: str = "0" * 64) -> NewDocument:
+    return NewDocument(id=f"id-{source}", source=source, title=source.title(),
+                       media_type="text/plain", sha256=sha, size=10)
+
+
+def axis(i: int, dims: int = 4) -> list[float]:
+    vector = [0.0] * dims
+    vector[i] = 1.0
+    return vector
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    with SQLiteStore(tmp_path) as opened:
+        yield opened
+
+
+def test_search_returns_the_closest_chunks_best_first(store: SQLiteStore) -> None:
+    store.replace_document(document("a"), ["a0", "a1"], [1, 1], [axis(0), axis(1)], MODEL)
+    store.replace_document(document("b"), ["b0"], [1], [[1.0, 1.0, 0.0, 0.0]], MODEL)
+    hits = store.search([2.0, 0.1, 0.0, 0.0], k=2)
+    assert [(h.chunk.text, h.document.source) for h in hits] == [("a0", "a"), ("b0", "b")]
+    assert hits[0].score == pytest.approx(2.0 / math.sqrt(4.01))
+    assert hits[0].chunk.index == 0
+    assert hits[0].document.chunks == 2
+    assert len(store.search(axis(3), k=10)) == 3
+
+
+def test_replacing_a_document_swaps_its_chunks_and_reuses_their_slots(
+    store: SQLiteStore, tmp_path: Path,
+) -> None:
+    store.replace_document(document("a"), ["old0", "old1"], [1, 1], [axis(0), axis(1)], MODEL)
+    size = (tmp_path / VECTORS_FILE).stat().st_size
+    record = store.replace_document(document("a", "1" * 64), ["new0", "new1"], [2, 2],
+                                    [axis(2), axis(3)], MODEL)
+    store.replace_document(document("a", "2" * 64), ["new0", "new1"], [2, 2],
+                           [axis(2), axis(3)], MODEL)
+    assert record.chunks == 2
+    assert [c.text for c in store.chunks("id-a")] == ["new0", "new1"]
+    assert store.chunk_count() == 2
+    assert {h.chunk.text for h in store.search(axis(0), k=5)} == {"new0", "new1"}
+    # Two replacements: the first reused nothing (the old slots were not free yet), the
+    # second reused the first version's slots. The file holds four rows, never six.
+    assert (tmp_path / VECTORS_FILE).stat().st_size == 2 * size
+    assert store.document_by_source("a").sha256 == "2" * 64
+
+
+def test_delete_removes_the_document_and_its_chunks_from_search(store: SQLiteStore) -> None:
+    store.replace_document(document("a"), ["a0"], [1], [axis(0)], MODEL)
+    store.replace_document(document("b"), ["b0"], [1], [axis(1)], MODEL)
+    assert store.delete_document("id-a") is True
+    assert store.delete_document("id-a") is False
+    assert [d.source for d in store.documents()] == ["b"]
+    assert [h.chunk.text for h in store.search(axis(0), k=5)] == ["b0"]
+
+
+def test_each_write_shows_in_the_next_search(store: SQLiteStore) -> None:
+    assert store.search(axis(0), k=3) == []
+    store.replace_document(document("a"), ["a0"], [1], [axis(0)], MODEL)
+    assert [h.chunk.text for h in store.search(axis(0), k=3)] == ["a0"]
+    store.replace_document(document("b"), ["b0", "b1"], [1, 1], [axis(1), axis(2)], MODEL)
+    assert [h.chunk.text for h in store.search(axis(2), k=1)] == ["b1"]
+    store.replace_document(document("a"), ["a0 again"], [1], [axis(3)], MODEL)
+    assert [h.chunk.text for h in store.search(axis(3), k=1)] == ["a0 again"]
+    assert len(store.search(axis(3), k=9)) == 3
+    store.delete_document("id-b")
+    assert [h.chunk.text for h in store.search(axis(1), k=9)] == ["a0 again"]
+
+
+def test_a_second_store_on_the_same_directory_sees_each_write(tmp_path: Path) -> None:
+    with SQLiteStore(tmp_path) as first, SQLiteStore(tmp_path) as second:
+        assert second.search(axis(0), k=1) == []
+        first.replace_document(document("a"), ["a0"], [1], [axis(0)], MODEL)
+        assert [h.chunk.text for h in second.search(axis(0), k=1)] == ["a0"]
+        first.delete_document("id-a")
+        assert second.search(axis(0), k=1) == []
+
+
+def test_the_store_persists_across_reopening(tmp_path: Path) -> None:
+    with SQLiteStore(tmp_path) as store:
+        store.replace_document(document("a"), ["a0"], [3], [axis(1)], MODEL)
+    with SQLiteStore(tmp_path) as store:
+        assert store.embedding_model == MODEL
+        assert store.dimensions == 4
+        [hit] = store.search(axis(1), k=1)
+        assert (hit.chunk.text, hit.chunk.tokens, hit.score) == ("a0", 3, pytest.approx(1.0))
+
+
+def test_vectors_of_another_model_or_size_are_refused_while_chunks_exist(
+    store: SQLiteStore,
+) -> None:
+    store.replace_document(document("a"), ["a0"], [1], [axis(0)], MODEL)
+    with pytest.raises(ConfigError, match="test/model") as caught:
+        store.replace_document(document("b"), ["b0"], [1], [axis(0, 8)], "other/model")
+    assert caught.value.field == "embedding"
+    assert [d.source for d in store.documents()] == ["a"]  # the failed write left no trace
+    with pytest.raises(ConfigError, match="dimensions"):
+        store.search(axis(0, 8), k=1)
+    store.delete_document("id-a")
+    store.replace_document(document("b"), ["b0"], [1], [axis(0, 8)], "other/model")
+    assert store.embedding_model == "other/model"
+    assert store.dimensions == 8
+
+
+def test_mismatched_lengths_are_rejected_before_anything_is_written(store: SQLiteStore) -> None:
+    with pytest.raises(ValueError, match="must match"):
+        store.replace_document(document("a"), ["a0", "a1"], [1, 1], [axis(0)], MODEL)
+    assert store.documents() == []
+    assert store.embedding_model is None
+
+
+def test_search_at_scale_stays_exact(store: SQLiteStore) -> None:
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((2000, 16)).astype(np.float32)
+    for start in range(0, 2000, 500):
+        store.replace_document(document(f"d{start}"), [f"c{i}" for i in range(start, start + 500)],
+                               [1] * 500, vectors[start:start + 500].tolist(), MODEL)
+    query = rng.standard_normal(16)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    expected = [f"c{i}" for i in np.argsort(-(unit @ query))[:10]]
+    assert [h.chunk.text for h in store.search(query.tolist(), k=10)] == expected
+
+
+def test_use_after_close_is_a_clear_error(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path)
+    store.close()
+    store.close()
+    with pytest.raises(RuntimeError, match="is closed"):
+        store.documents()
