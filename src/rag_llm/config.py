@@ -26,6 +26,7 @@ __all__ = [
     "Secret",
     "Settings",
     "Timeouts",
+    "read_config_file",
 ]
 
 DEFAULT_MAX_KEEPALIVE_CONNECTIONS: Final = 20
@@ -396,7 +397,8 @@ class Settings:
         return cls(providers=providers, log_format=log_format, log_level=log_level)
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The parsed TOML or YAML file at ``path``, as a mapping of its top-level tables."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -414,6 +416,13 @@ def _read_file(path: Path) -> dict[str, Any]:
             data = yaml.safe_load(text) or {}
     except Exception as exc:  # TOMLDecodeError or yaml.YAMLError
         raise ConfigError("config_file", str(path), f"is not valid: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("providers", {}), dict):
+    if not isinstance(data, dict):
+        raise ConfigError("config_file", str(path), "must hold tables such as [providers]")
+    return data
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    data = read_config_file(path)
+    if not isinstance(data.get("providers", {}), dict):
         raise ConfigError("config_file", str(path), "must hold a 'providers' table")
     return data

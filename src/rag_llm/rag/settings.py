@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Final
 
-from rag_llm.config import ENV_PREFIX, Secret
+from rag_llm.config import ENV_PREFIX, Secret, read_config_file
 from rag_llm.errors import ConfigError
 
 __all__ = ["DEFAULT_DATA_DIR", "RagSettings"]
@@ -114,22 +114,8 @@ def _coerce(name: str, raw: str) -> object:
 
 def _rag_table(path: Path) -> Mapping[str, Any]:
     """The ``[rag]`` table of ``path``; the file itself is validated by ``Settings.load``."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError("config_file", str(path), f"cannot be read: {exc.strerror}") from None
-    try:
-        if path.suffix == ".toml":
-            import tomllib
-
-            data: object = tomllib.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-    except Exception as exc:  # TOMLDecodeError or yaml.YAMLError
-        raise ConfigError("config_file", str(path), f"is not valid: {exc}") from None
-    table = data.get("rag", {}) if isinstance(data, dict) else {}
+    data = read_config_file(path)
+    table = data.get("rag", {})
     if not isinstance(table, dict):
         raise ConfigError("rag", type(table).__name__, "must be a table")
     return table
