@@ -54,7 +54,7 @@ def test_defaults_match_documented_pool_limits() -> None:
     assert 0 < cfg.timeouts.pool <= 10
     assert cfg.http2 is False
     assert cfg.verify is True
-    assert cfg.transport == "httpx2"
+    assert cfg.transport == "auto"  # aiohttp for async, httpx2 for sync
 
 
 @pytest.mark.parametrize("limits", [

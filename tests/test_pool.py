@@ -341,3 +341,15 @@ async def test_streamed_chats_reuse_one_connection(upstream: UpstreamServer, tra
             assert "".join(llm.stream(messages)) == "echo: stream this reply"
     assert upstream.requests_served == 40
     assert upstream.connections_accepted == 2  # one async, one sync
+
+
+async def test_idle_connections_beyond_max_keepalive_are_closed_after_a_burst(
+    upstream: UpstreamServer, transport: str,
+) -> None:
+    upstream.delay = 0.05
+    async with embedder(upstream, transport, max_keepalive_connections=2) as provider:
+        await asyncio.gather(*(provider.aembed([f"t{i}"]) for i in range(10)))
+        assert upstream.connections_accepted == 10
+        assert await eventually(lambda: client(provider, "async").idle == 2)
+        assert await eventually(lambda: upstream.connections_open == 2)
+        assert client(provider, "async").stats.connections_closed == {"client": 8}

@@ -39,7 +39,9 @@ DEFAULT_WRITE_TIMEOUT: Final = 10.0
 DEFAULT_POOL_TIMEOUT: Final = 5.0
 # A call that takes longer is logged as slow_request.
 DEFAULT_SLOW_REQUEST_SECONDS: Final = 10.0
-TRANSPORTS: Final = ("httpx2", "auto", "aiohttp", "httpx")
+# The first is the default: aiohttp for async and httpx2 for sync measured fastest
+# (benchmarks/: python -m benchmarks --scenarios throughput,sync).
+TRANSPORTS: Final = ("auto", "aiohttp", "httpx2", "httpx")
 ENV_PREFIX: Final = "RAG_LLM_"
 
 
@@ -216,7 +218,7 @@ class ProviderConfig:
     timeouts: Timeouts = field(default_factory=Timeouts)
     http2: bool = False
     verify: bool | str = True
-    transport: str = "httpx2"
+    transport: str = TRANSPORTS[0]
     headers: Mapping[str, str] = field(default_factory=dict)
     slow_request_seconds: float = DEFAULT_SLOW_REQUEST_SECONDS
 

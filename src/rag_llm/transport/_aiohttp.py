@@ -76,28 +76,20 @@ class _CountedHandler(ResponseHandler):
 
 
 class _PoolConnector(aiohttp.TCPConnector):
-    """A connector that keeps at most ``max_idle`` idle connections and counts connections.
+    """A connector that trims idle connections to ``max_idle`` and counts connections.
 
     The one place that reaches into aiohttp's connector internals (``_conns``,
-    ``_acquired``, ``_factory``, ``_release``, ``_cleanup``); the pool tests guard it.
+    ``_acquired``, ``_factory``, ``_cleanup``); the pool tests guard it.
     """
 
     def __init__(self, *, max_idle: int, stats: ClientStats, expiry: float,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._max_idle = max_idle
+        self._grace = min(1.0, expiry)
         self._factory = functools.partial(  # type: ignore[assignment]
             _CountedHandler, loop=self._loop, stats=stats, expiry=expiry
         )
-
-    def _release(self, key: Any, protocol: Any, *, should_close: bool = False) -> None:
-        super()._release(key, protocol, should_close=should_close)
-        surplus = self.idle_count() - self._max_idle
-        for conns in list(self._conns.values()):
-            while surplus > 0 and conns:
-                stale, _ = conns.popleft()  # the longest idle goes first
-                stale.close()
-                surplus -= 1
 
     def idle_count(self) -> int:
         return sum(len(conns) for conns in self._conns.values())
@@ -106,9 +98,27 @@ class _PoolConnector(aiohttp.TCPConnector):
         return len(self._acquired)
 
     def prune(self) -> None:
-        """Close idle connections past keepalive or already closed by the server."""
-        if self._conns:
-            self._cleanup()
+        """Close idle connections that expired, that the server closed, or that are surplus.
+
+        Surplus idle connections (beyond ``max_idle``) are closed only once they have sat
+        idle for ``grace`` seconds: under load a released connection is taken again within
+        moments, and closing it at release would churn connections.
+        """
+        if not self._conns:
+            return
+        self._cleanup()
+        surplus = self.idle_count() - self._max_idle
+        if surplus <= 0:
+            return
+        deadline = time.monotonic() - self._grace
+        oldest = sorted(((t0, key, proto) for key, conns in self._conns.items()
+                         for proto, t0 in conns if t0 <= deadline), key=lambda item: item[0])
+        for t0, key, proto in oldest[:surplus]:
+            conns = self._conns[key]
+            conns.remove((proto, t0))
+            if not conns:
+                del self._conns[key]
+            proto.close()
 
 
 class _RequestTrace:
