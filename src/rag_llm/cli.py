@@ -190,6 +190,18 @@ def _run_top(args: argparse.Namespace) -> int:
     return run_top(args.url, interval=args.interval)
 
 
+def _run_bench(options: Sequence[str]) -> int:
+    """``python -m benchmarks`` with ``options``: the suite lives in the source checkout."""
+    import subprocess
+
+    if not Path("benchmarks/__main__.py").is_file():
+        print("rag-llm bench runs the suite in benchmarks/ of a source checkout: run it from "
+              "the repository root (see benchmarks/README.md)", file=sys.stderr)
+        return 2
+    command = [sys.executable, "-m", "benchmarks", *options]
+    return subprocess.call(command)  # noqa: S603 - this Python, the caller's own options
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -245,10 +257,17 @@ def _parser() -> argparse.ArgumentParser:
                      help="the service (default http://127.0.0.1:8000)")
     top.add_argument("--interval", type=float, default=1.0, help="seconds between updates")
     top.set_defaults(run=_run_top)
+
+    # Listed for --help; main() hands everything after "bench" to the suite untouched.
+    commands.add_parser("bench", help="run the benchmark suite from a source checkout; "
+                                      "options go to python -m benchmarks")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        return _run_bench(argv[1:])
     args = _parser().parse_args(argv)
     from rag_llm.errors import ConfigError, RagLLMError
 
