@@ -14,7 +14,10 @@ MODULES = ["rag_llm", "rag_llm.errors", "rag_llm.config", "rag_llm.providers",
            "rag_llm.rag", "rag_llm.rag.answer", "rag_llm.rag.chunking", "rag_llm.rag.defaults",
            "rag_llm.rag.ingest", "rag_llm.rag.loaders", "rag_llm.rag.service",
            "rag_llm.rag.settings", "rag_llm.rag.sqlite_store", "rag_llm.rag.store",
-           "rag_llm.providers.local", "rag_llm.api", "rag_llm.api.schemas", "rag_llm.cli"]
+           "rag_llm.providers.local", "rag_llm.api", "rag_llm.api.schemas", "rag_llm.cli",
+           "rag_llm.resilience", "rag_llm.resilience.retry", "rag_llm.resilience.budget",
+           "rag_llm.resilience.breaker", "rag_llm.resilience.balancer",
+           "rag_llm.resilience.limiter"]
 
 
 def isort_order(name: str) -> tuple[int, str]:
