@@ -40,7 +40,14 @@ from rag_llm.transport import (
     TransportSettings,
 )
 
-__all__ = ["ClientPool", "ClientSnapshot", "PoolSnapshot", "PoolState", "live_pools"]
+__all__ = [
+    "ClientPool",
+    "ClientSnapshot",
+    "PoolSnapshot",
+    "PoolState",
+    "all_snapshots",
+    "live_pools",
+]
 
 _log = get_logger()
 # Transports inherited across fork(): kept referenced so they are never closed or
@@ -452,6 +459,11 @@ def _close_elsewhere(entry: _LoopClient) -> concurrent.futures.Future[None]:
 def live_pools() -> list[ClientPool]:
     """Every pool of this process that has not been collected, closed ones included."""
     return list(_live_pools)
+
+
+def all_snapshots() -> list[PoolSnapshot]:
+    """A snapshot of every live pool: what metrics and the dashboard show by default."""
+    return [pool.snapshot() for pool in live_pools()]
 
 
 def _reset_pools_in_child() -> None:

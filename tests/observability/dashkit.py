@@ -12,9 +12,9 @@ from types import TracebackType
 import uvicorn
 from fastapi import FastAPI
 
-from rag_llm.api.dashboard import all_snapshots, dashboard_router
+from rag_llm.api.dashboard import dashboard_router
 from rag_llm.errors import RagLLMError
-from rag_llm.pool import PoolSnapshot
+from rag_llm.pool import PoolSnapshot, all_snapshots
 from rag_llm.providers import EmbeddingProvider
 
 

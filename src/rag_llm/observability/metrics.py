@@ -22,15 +22,11 @@ from prometheus_client.core import (
 
 from rag_llm.observability.events import scrub_text
 from rag_llm.observability.stats import HistogramSnapshot
-from rag_llm.pool import PoolSnapshot, live_pools
+from rag_llm.pool import PoolSnapshot, all_snapshots
 
 __all__ = ["CONTENT_TYPE", "PoolCollector", "render_metrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def _all_snapshots() -> list[PoolSnapshot]:
-    return [pool.snapshot() for pool in live_pools()]
 
 
 @dataclass
@@ -100,7 +96,7 @@ def _histogram(family: HistogramMetricFamily, labels: list[str],
 class PoolCollector:
     """A prometheus_client collector over every live pool (or ``source``'s snapshots)."""
 
-    def __init__(self, source: Callable[[], list[PoolSnapshot]] = _all_snapshots) -> None:
+    def __init__(self, source: Callable[[], list[PoolSnapshot]] = all_snapshots) -> None:
         self._source = source
 
     def collect(self) -> Iterator[Metric]:
@@ -162,7 +158,7 @@ class PoolCollector:
                     *histograms.values(), max_connections, max_keepalive)
 
 
-def render_metrics(source: Callable[[], list[PoolSnapshot]] = _all_snapshots) -> bytes:
+def render_metrics(source: Callable[[], list[PoolSnapshot]] = all_snapshots) -> bytes:
     """The Prometheus text exposition of every live pool."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PoolCollector(source))

@@ -7,6 +7,6 @@ Needs the ``server`` extra. Include it in an app with
 from __future__ import annotations
 
 from rag_llm.api.dashboard.feed import dashboard_frame
-from rag_llm.api.dashboard.router import all_snapshots, dashboard_router
+from rag_llm.api.dashboard.router import dashboard_router
 
-__all__ = ["all_snapshots", "dashboard_frame", "dashboard_router"]
+__all__ = ["dashboard_frame", "dashboard_router"]

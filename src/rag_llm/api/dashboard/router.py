@@ -17,9 +17,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 
 from rag_llm.api.dashboard.feed import dashboard_frame, encode_event
 from rag_llm.api.dashboard.page import asset, page_html
-from rag_llm.pool import PoolSnapshot, live_pools
+from rag_llm.pool import PoolSnapshot, all_snapshots
 
-__all__ = ["DEFAULT_INTERVAL", "DEFAULT_STREAM_LIFETIME", "all_snapshots", "dashboard_router"]
+__all__ = ["DEFAULT_INTERVAL", "DEFAULT_STREAM_LIFETIME", "dashboard_router"]
 
 DEFAULT_INTERVAL: Final = 1.0
 DEFAULT_STREAM_LIFETIME: Final = 5.0
@@ -30,11 +30,6 @@ _STREAM_HEADERS: Final = {
     "Cache-Control": "no-store",
     "X-Accel-Buffering": "no",  # tells nginx not to buffer the stream
 }
-
-
-def all_snapshots() -> list[PoolSnapshot]:
-    """A snapshot of every live pool of this process."""
-    return [pool.snapshot() for pool in live_pools()]
 
 
 async def _events(source: Callable[[], list[PoolSnapshot]], interval: float,
