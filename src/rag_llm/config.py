@@ -39,6 +39,8 @@ DEFAULT_WRITE_TIMEOUT: Final = 10.0
 DEFAULT_POOL_TIMEOUT: Final = 5.0
 # A call that takes longer is logged as slow_request.
 DEFAULT_SLOW_REQUEST_SECONDS: Final = 10.0
+# Inputs per embeddings request: OpenAI's limit (TEI's default is 32).
+DEFAULT_MAX_BATCH_SIZE: Final = 2048
 # The first is the default: aiohttp for async and httpx2 for sync measured fastest
 # (benchmarks/: python -m benchmarks --scenarios throughput,sync).
 TRANSPORTS: Final = ("auto", "aiohttp", "httpx2", "httpx")
@@ -163,6 +165,8 @@ FIELD_TYPES: Final[Mapping[str, type]] = {
     "transport": str,
     "headers": dict,
     "slow_request_seconds": float,
+    "max_batch_size": int,
+    "coalesce_window": float,
 }
 
 
@@ -221,6 +225,8 @@ class ProviderConfig:
     transport: str = TRANSPORTS[0]
     headers: Mapping[str, str] = field(default_factory=dict)
     slow_request_seconds: float = DEFAULT_SLOW_REQUEST_SECONDS
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    coalesce_window: float | None = None
 
     def __repr__(self) -> str:
         # Header values may hold credentials: show only their names.
@@ -281,6 +287,11 @@ class ProviderConfig:
                 "slow_request_seconds",
                 config.get("slow_request_seconds", DEFAULT_SLOW_REQUEST_SECONDS),
                 integer=False, minimum=0)),
+            max_batch_size=int(_number(
+                "max_batch_size", config.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE),
+                integer=True, minimum=1)),
+            coalesce_window=None if config.get("coalesce_window") is None else float(_number(
+                "coalesce_window", config["coalesce_window"], integer=False, minimum=0)),
         )
 
 

@@ -6,7 +6,9 @@ through its :class:`~rag_llm.pool.ClientPool`, so sync and async share one code 
 
 from __future__ import annotations
 
+import asyncio
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -16,6 +18,7 @@ from rag_llm.errors import MalformedResponseError, RagLLMError, UpstreamError
 from rag_llm.observability.events import get_logger
 from rag_llm.observability.stats import ClientStats
 from rag_llm.pool import ClientPool, PoolSnapshot
+from rag_llm.providers.batching import EmbeddingBatcher, split
 from rag_llm.providers.openai import Message, OpenAIAPI, endpoint_of
 from rag_llm.transport import Request, Response, TransportSettings, get_backend
 
@@ -187,23 +190,54 @@ def _texts(texts: Sequence[str] | str) -> list[str]:
 
 
 class EmbeddingProvider(BaseProvider):
-    """Turns texts into vectors: ``await aembed(texts)`` or ``embed(texts)``."""
+    """Turns texts into vectors: ``await aembed(texts)`` or ``embed(texts)``.
+
+    A list longer than ``max_batch_size`` goes out as several requests, concurrently for
+    ``aembed``. With ``coalesce_window`` set, concurrent ``aembed`` calls also share
+    requests (see :mod:`rag_llm.providers.batching`).
+    """
 
     kind = "embedding"
+
+    def __init__(self, config: ProviderConfig, api: OpenAIAPI) -> None:
+        super().__init__(config, api)
+        self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                                  EmbeddingBatcher] = weakref.WeakKeyDictionary()
 
     async def aembed(self, texts: Sequence[str] | str) -> list[list[float]]:
         items = _texts(texts)
         if not items:
             return []
+        if self.config.coalesce_window is not None:
+            return await self._batcher().embed(items)
+        if len(items) <= self.config.max_batch_size:
+            return await self._aembed_request(items)
+        batches = await asyncio.gather(
+            *(self._aembed_request(b) for b in split(items, self.config.max_batch_size)))
+        return [vector for batch in batches for vector in batch]
+
+    def embed(self, texts: Sequence[str] | str) -> list[list[float]]:
+        items = _texts(texts)
+        return [vector for batch in split(items, self.config.max_batch_size)
+                for vector in self._embed_request(batch)]
+
+    def _batcher(self) -> EmbeddingBatcher:
+        # One per loop, made in it: an event loop's futures cannot be shared.
+        loop = asyncio.get_running_loop()
+        batcher = self._batchers.get(loop)
+        if batcher is None:
+            batcher = self._batchers[loop] = EmbeddingBatcher(
+                self._aembed_request, max_inputs=self.config.max_batch_size,
+                window=self.config.coalesce_window or 0.0)
+        return batcher
+
+    async def _aembed_request(self, items: list[str]) -> list[list[float]]:
         request = self.api.embeddings_request(items)
         with self._call("embeddings", "async") as call:
             response = await self._asend(call, request)
             return self.api.parse_embeddings(request, response, len(items))
 
-    def embed(self, texts: Sequence[str] | str) -> list[list[float]]:
-        items = _texts(texts)
-        if not items:
-            return []
+    def _embed_request(self, items: list[str]) -> list[list[float]]:
         request = self.api.embeddings_request(items)
         with self._call("embeddings", "sync") as call:
             return self.api.parse_embeddings(request, self._send(call, request), len(items))
