@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from rag_llm.config import PoolLimits, Timeouts
+from rag_llm.errors import PoolTimeoutError
 from rag_llm.observability.stats import ClientStats
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "SyncTransport",
     "TransportSettings",
     "get_backend",
+    "pool_timeout_error",
 ]
 
 
@@ -129,6 +131,16 @@ class Backend(Protocol):
     def open_async(self, settings: TransportSettings, stats: ClientStats) -> AsyncTransport: ...
 
     def open_sync(self, settings: TransportSettings, stats: ClientStats) -> SyncTransport: ...
+
+
+def pool_timeout_error(settings: TransportSettings, request: Request) -> PoolTimeoutError:
+    """The error for a request that found no free connection: it names the limits to change."""
+    return PoolTimeoutError(
+        f"no pooled connection became free within pool_timeout={settings.timeouts.pool:g}s "
+        f"(all max_connections={settings.limits.max_connections} busy); raise max_connections "
+        "or pool_timeout, or lower the caller's concurrency",
+        provider=settings.provider, endpoint=request.endpoint,
+    )
 
 
 def get_backend(name: str, *, http2: bool = False) -> Backend:

@@ -29,6 +29,7 @@ from rag_llm.transport import (
     Response,
     SyncTransport,
     TransportSettings,
+    pool_timeout_error,
 )
 from rag_llm.transport._tls import ssl_context
 
@@ -246,18 +247,9 @@ class AiohttpTransport:
             async with asyncio.timeout(self._settings.timeouts.pool):
                 await self._slots.acquire()
         except TimeoutError:
+            raise pool_timeout_error(self._settings, request) from None
+        finally:
             self._stats.wait_ended(time.monotonic() - started)
-            s = self._settings
-            raise errors.PoolTimeoutError(
-                f"no pooled connection became free within pool_timeout={s.timeouts.pool:g}s "
-                f"(all max_connections={s.limits.max_connections} busy); raise max_connections "
-                "or pool_timeout, or lower the caller's concurrency",
-                provider=s.provider, endpoint=request.endpoint,
-            ) from None
-        except BaseException:
-            self._stats.wait_ended(time.monotonic() - started)
-            raise
-        self._stats.wait_ended(time.monotonic() - started)
 
     async def _open(self, request: Request) -> aiohttp.ClientResponse:
         """Send ``request``; resend once if a reused connection was dropped before a response."""

@@ -16,7 +16,13 @@ from typing import Any
 
 from rag_llm import errors
 from rag_llm.observability.stats import ClientStats
-from rag_llm.transport import ConnectionCounts, Request, Response, TransportSettings
+from rag_llm.transport import (
+    ConnectionCounts,
+    Request,
+    Response,
+    TransportSettings,
+    pool_timeout_error,
+)
 from rag_llm.transport._counting import AsyncCountingBackend, SyncCountingBackend
 from rag_llm.transport._tls import ssl_context
 
@@ -83,12 +89,7 @@ class _Translator:
         m, s = self.module, self.settings
         where = {"provider": s.provider, "endpoint": request.endpoint}
         if isinstance(exc, m.PoolTimeout):
-            return errors.PoolTimeoutError(
-                f"no pooled connection became free within pool_timeout={s.timeouts.pool:g}s "
-                f"(all max_connections={s.limits.max_connections} busy); raise max_connections "
-                "or pool_timeout, or lower the caller's concurrency",
-                **where,
-            )
+            return pool_timeout_error(s, request)
         if isinstance(exc, m.ConnectTimeout):
             return errors.ConnectTimeoutError(
                 f"connecting took longer than connect_timeout={s.timeouts.connect:g}s", **where
