@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +64,7 @@ async def _coalesced(server: UpstreamServer, texts: list[str], batch: int) -> No
         await asyncio.gather(*(provider.aembed([t]) for t in texts))
 
 
-STRATEGIES: dict[str, Callable[[UpstreamServer, list[str], int], Awaitable[None]]] = {
+STRATEGIES: dict[str, Callable[[UpstreamServer, list[str], int], Coroutine[Any, Any, None]]] = {
     "per-text": _per_text,
     "sequential": _sequential,
     "split": _split,

@@ -76,6 +76,8 @@ class ClientSpec:
     factory: Callable[[Target, int], Any] = field(repr=False)
     scenarios: frozenset[str] = frozenset()
     rag_llm: bool = False
+    # Further modules the client needs (h2 for HTTP/2): missing means "not measured".
+    requires: tuple[str, ...] = ()
 
 
 @functools.cache
@@ -102,7 +104,7 @@ def _ok(status: int, content: bytes) -> Vectors:
 # -- rag-llm -----------------------------------------------------------------------
 
 
-def _provider_config(target: Target, transport: str) -> dict[str, Any]:
+def _provider_config(target: Target, transport: str, http2: bool = False) -> dict[str, Any]:
     return {
         "type": "openai_compatible",
         "base_url": target.base_url,
@@ -110,12 +112,13 @@ def _provider_config(target: Target, transport: str) -> dict[str, Any]:
         "api_key": API_KEY,
         "verify": target.ca_path,
         "transport": transport,
+        "http2": http2,
     }
 
 
 class _RagLLMAsync:
-    def __init__(self, target: Target, transport: str) -> None:
-        self._config = _provider_config(target, transport)
+    def __init__(self, target: Target, transport: str, http2: bool = False) -> None:
+        self._config = _provider_config(target, transport, http2)
         self._provider: Any = None
 
     async def open(self) -> None:
@@ -153,20 +156,25 @@ class _RagLLMSync:
 
 
 class _HttpxAsync:
-    """``AsyncClient`` of ``module`` (httpx or httpx2), reused, or new per request."""
+    """``AsyncClient`` of ``module`` (httpx or httpx2), reused, or new per request; ``http2``
+    offers h2 by ALPN (needs the h2 package)."""
 
-    def __init__(self, target: Target, module: str, *, per_request: bool = False) -> None:
+    def __init__(self, target: Target, module: str, *, per_request: bool = False,
+                 http2: bool = False) -> None:
         self._target = target
         self._url = f"{target.base_url}/embeddings"
         self._module_name = module
         self._per_request = per_request
+        self._http2 = http2
         self._module: Any = None
         self._client: Any = None
 
     async def open(self) -> None:
         self._module = importlib.import_module(self._module_name)
         if not self._per_request:
-            self._client = self._module.AsyncClient(verify=_context(self._target.ca_path))
+            # httpcore sets ALPN on the context it is given: fine, one client per process.
+            self._client = self._module.AsyncClient(verify=_context(self._target.ca_path),
+                                                    http2=self._http2)
 
     async def embed(self) -> Vectors:
         if self._per_request:
@@ -374,6 +382,10 @@ class _RawFloor:
 
 _POOLED_ASYNC: Final = frozenset({"latency", "throughput", "memory"})
 _SYNC: Final = frozenset({"sync", "memory"})
+# HTTP/2 against HTTP/1.1 keep-alive: the h2 clients, the same libraries over HTTP/1.1
+# (ragllm-httpx2, httpx2: only the protocol differs) and the async default (ragllm-auto).
+_HTTP2: Final = "http2"
+_HTTP2_PEERS: Final = frozenset({"ragllm-auto", "ragllm-httpx2", "httpx2"})
 
 
 def rag_llm_transports() -> tuple[str, ...]:
@@ -387,10 +399,11 @@ def client_specs() -> dict[str, ClientSpec]:
     """Every client by name, rag-llm's first (one async and one sync per transport)."""
     specs: list[ClientSpec] = []
     for transport in rag_llm_transports():
+        name = f"ragllm-{transport}"
         specs.append(ClientSpec(
-            f"ragllm-{transport}", "async", f"rag-llm aembed(), transport={transport}",
-            "rag-llm", "rag_llm",
-            functools.partial(_rag_async, transport=transport), _POOLED_ASYNC, rag_llm=True,
+            name, "async", f"rag-llm aembed(), transport={transport}",
+            "rag-llm", "rag_llm", functools.partial(_rag_async, transport=transport),
+            _POOLED_ASYNC | ({_HTTP2} if name in _HTTP2_PEERS else set()), rag_llm=True,
         ))
         specs.append(ClientSpec(
             f"ragllm-{transport}-sync", "sync", f"rag-llm embed() in threads, transport="
@@ -398,6 +411,10 @@ def client_specs() -> dict[str, ClientSpec]:
             functools.partial(_rag_sync, transport=transport), _SYNC, rag_llm=True,
         ))
     specs += [
+        ClientSpec("ragllm-h2", "async", "rag-llm aembed(), http2=true (transport auto: "
+                   "httpx2 with HTTP/2)", "rag-llm", "rag_llm",
+                   functools.partial(_rag_async, transport="auto", http2=True),
+                   frozenset({_HTTP2}), rag_llm=True, requires=("h2",)),
         ClientSpec("floor", "async", "raw asyncio streams, prebuilt request (reference floor)",
                    "python", "asyncio", lambda t, c: _RawFloor(t),
                    frozenset({"latency", "proxy"})),
@@ -410,7 +427,10 @@ def client_specs() -> dict[str, ClientSpec]:
                    lambda t, c: _HttpxAsync(t, "httpx", per_request=True),
                    frozenset({"latency"})),
         ClientSpec("httpx2", "async", "httpx2 AsyncClient, reused", "httpx2", "httpx2",
-                   lambda t, c: _HttpxAsync(t, "httpx2"), _POOLED_ASYNC),
+                   lambda t, c: _HttpxAsync(t, "httpx2"), _POOLED_ASYNC | {_HTTP2}),
+        ClientSpec("httpx2-h2", "async", "httpx2 AsyncClient(http2=True), reused", "httpx2",
+                   "httpx2", lambda t, c: _HttpxAsync(t, "httpx2", http2=True),
+                   frozenset({_HTTP2}), requires=("h2",)),
         ClientSpec("openai", "async", "openai AsyncOpenAI, SDK default http client", "openai",
                    "openai", lambda t, c: _OpenAI(t), _POOLED_ASYNC),
         ClientSpec("openai-aiohttp", "async", "openai AsyncOpenAI, DefaultAioHttpClient",
@@ -427,8 +447,9 @@ def client_specs() -> dict[str, ClientSpec]:
     return {spec.name: spec for spec in specs}
 
 
-def _rag_async(target: Target, concurrency: int, *, transport: str) -> _RagLLMAsync:
-    return _RagLLMAsync(target, transport)
+def _rag_async(target: Target, concurrency: int, *, transport: str,
+               http2: bool = False) -> _RagLLMAsync:
+    return _RagLLMAsync(target, transport, http2)
 
 
 def _rag_sync(target: Target, concurrency: int, *, transport: str) -> _RagLLMSync:

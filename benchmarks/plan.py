@@ -34,6 +34,10 @@ class Plan:
     memory_connections: int
     import_repeats: int
     schemes: tuple[str, ...] = ("https",)
+    # http2: HTTP/2 against HTTP/1.1 keep-alive, HTTPS; by concurrency at RTT 0, and at c=1
+    # by emulated RTT (c=1 at RTT 0 is one cell, measured with the throughput bounds)
+    http2_concurrency: tuple[int, ...] = (1, 16, 128)
+    http2_rtts_ms: tuple[int, ...] = (0, 20)
     # Whole-run bound: cells not started by then are reported as skipped.
     budget_s: float = 900.0
 
@@ -45,7 +49,7 @@ class Plan:
 
 
 PLANS: Final[dict[str, Plan]] = {
-    # About 9-10 minutes on 2 cores with every client; the plan for numbers you quote.
+    # About 10 minutes on 2 cores with every client; the plan for numbers you quote.
     "default": Plan(
         name="default",
         repeats=3,
@@ -61,7 +65,7 @@ PLANS: Final[dict[str, Plan]] = {
         import_repeats=5,
         budget_s=900.0,
     ),
-    # About 2-3 minutes with every client: 2 repeats, the targets' cells only.
+    # About 3 minutes with every client: 2 repeats, the targets' cells and a few HTTP/2 ones.
     "quick": Plan(
         name="quick",
         repeats=2,
@@ -75,7 +79,9 @@ PLANS: Final[dict[str, Plan]] = {
         warmup_s=0.1,
         memory_connections=16,
         import_repeats=2,
-        budget_s=240.0,
+        http2_concurrency=(16, 128),
+        http2_rtts_ms=(20,),
+        budget_s=270.0,
     ),
     # Seconds: checks that the harness works (tests/bench), measures nothing meaningful.
     "smoke": Plan(
@@ -91,6 +97,7 @@ PLANS: Final[dict[str, Plan]] = {
         warmup_s=0.05,
         memory_connections=4,
         import_repeats=1,
+        http2_concurrency=(4,),
         budget_s=60.0,
     ),
 }

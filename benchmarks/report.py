@@ -14,6 +14,12 @@ __all__ = ["best_transport", "render", "write_report"]
 # Not "peers" in ratios: the floor is a reference, httpx-new is the pattern being replaced.
 _REFERENCES: Final = frozenset({"floor", "httpx-new"})
 _DASH: Final = "\u2013"  # en dash, between min and max
+# HTTP/2 against HTTP/1.1: (HTTP/2 client, HTTP/1.1 client, what differs between them).
+_HTTP2_PAIRS: Final = (
+    ("ragllm-h2", "ragllm-httpx2", "rag-llm, httpx2 both: h2 / h1"),
+    ("httpx2-h2", "httpx2", "bare httpx2: h2 / h1"),
+    ("ragllm-h2", "ragllm-auto", "rag-llm: h2 / default (aiohttp h1)"),
+)
 
 
 def _num(value: float, digits: int = 1) -> str:
@@ -187,6 +193,71 @@ class _Report:
         ]
         return "\n".join(parts)
 
+    def http2(self) -> str:
+        clients = self.index.clients("http2")
+        if not clients:
+            return ""
+        entries = [e for e in self.results["summary"] if e["scenario"] == "http2"]
+        concurrencies = sorted({e["concurrency"] for e in entries if e["rtt_ms"] == 0})
+        rtts = sorted({e["rtt_ms"] for e in entries if e["concurrency"] == 1})
+        by_c = [(f"c={c}", {"concurrency": c, "rtt_ms": 0}) for c in concurrencies]
+        by_rtt = [(f"RTT {r} ms", {"concurrency": 1, "rtt_ms": r}) for r in rtts]
+
+        def table(metric: str, columns: Sequence[tuple[str, dict[str, Any]]],
+                  digits: int) -> str:
+            return _table(["client", *(h for h, _ in columns)], [
+                [f"`{c}`", *(_with_spread(self.index, "http2", c, metric, digits, **p)
+                             for _, p in columns)] for c in clients])
+
+        def protocol(client: str) -> str:
+            share = self.index.get("http2", client, "http2_share", concurrency=max(
+                concurrencies, default=1), rtt_ms=0)
+            if math.isnan(share):
+                return "n/a"
+            return {0.0: "HTTP/1.1", 1.0: "HTTP/2"}.get(share, f"{share:.0%} HTTP/2")
+
+        connections = _table(["client", "protocol", *(h for h, _ in by_c)], [
+            [f"`{c}`", protocol(c),
+             *(f"{_num(self.index.get('http2', c, 'connections', **p), 0)}"
+               f" ({_num(self.index.get('http2', c, 'requests_per_connection', **p), 0)})"
+               for _, p in by_c)] for c in clients])
+        ratio_rows = []
+        points = ([("req/s", "rps", h, p) for h, p in by_c]
+                  + [("CPU ms/req", "cpu_ms_per_req", h, p) for h, p in by_c]
+                  + [("p50 c=1", "p50_ms", h, p) for h, p in by_rtt])
+        pairs = [(h2, h1, what) for h2, h1, what in _HTTP2_PAIRS
+                 if h2 in clients and h1 in clients]
+        for label, metric, where, params in points:
+            ratio_rows.append([f"{label} {where}", *(_ratio(
+                self.index.get("http2", h2, metric, **params),
+                self.index.get("http2", h1, metric, **params)) for h2, h1, _ in pairs)])
+        meta = self.results["meta"]
+        streams = meta.get("nginx_http2_streams")
+        nginx = ("HTTPS port offers h2 and http/1.1 by ALPN"
+                 + (f", at most {streams} streams per connection" if streams else "")
+                 if meta.get("nginx_http2", True) else
+                 "**this nginx has no HTTP/2 module: every client spoke HTTP/1.1**")
+        return "\n".join([
+            "## HTTP/2 vs HTTP/1.1 keep-alive (HTTPS)", "",
+            f"nginx: {nginx}. `ragllm-h2` is rag-llm "
+            "with `http2: true` (transport `auto`, hence httpx2 with h2) and `ragllm-httpx2` the "
+            "same transport over HTTP/1.1, so that only the protocol differs; `httpx2-h2` and "
+            "`httpx2` the same for the bare library; `ragllm-auto` is the async default "
+            "(aiohttp, HTTP/1.1). Pools: 100 connections at most (HTTP/1.1), 100 streams on "
+            "one connection (httpx2's h2 setting). Protocol: what nginx logged.", "",
+            "Requests per second, RTT 0:", "", table("rps", by_c, 0), "",
+            "p50 latency at c=1 (ms), by emulated RTT:", "", table("p50_ms", by_rtt, 2), "",
+            "p99 latency under load (ms), RTT 0:", "", table("p99_ms", by_c, 1), "",
+            "Client CPU per request (ms, user + system), RTT 0:", "",
+            table("cpu_ms_per_req", by_c, 3), "",
+            "Connections opened per cell (warm-up included) and, in brackets, requests per "
+            "connection, RTT 0:", "", connections, "",
+            "Ratio of medians (req/s: higher is better for the first client; CPU and p50: "
+            "lower is):", "",
+            _table(["measure", *(f"{what} (`{h2}` / `{h1}`)" for h2, h1, what in pairs)],
+                   ratio_rows),
+        ])
+
     def sync(self) -> str:
         concurrencies = self.index.values("sync", "concurrency")
         if not concurrencies:
@@ -288,7 +359,8 @@ def best_transport(results: Mapping[str, Any]) -> tuple[str, str]:
 def render(results: Mapping[str, Any]) -> str:
     report = _Report(results)
     sections: list[Callable[[], str]] = [report.header, report.targets, report.latency,
-                                         report.proxy, report.throughput, report.sync,
+                                         report.proxy, report.throughput, report.http2,
+                                         report.sync,
                                          report.memory, report.imports, report.errors]
     return "\n\n".join(text for text in (section() for section in sections) if text) + "\n"
 

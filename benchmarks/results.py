@@ -19,6 +19,8 @@ METRICS: Final[Mapping[str, tuple[str, ...]]] = {
     "proxy": ("p50_ms", "p90_ms", "p99_ms", "rps", "cpu_ms_per_req"),
     "throughput": ("rps", "p50_ms", "p90_ms", "p99_ms", "max_ms", "cpu_ms_per_req",
                    "connections", "requests_per_connection"),
+    "http2": ("rps", "p50_ms", "p90_ms", "p99_ms", "max_ms", "cpu_ms_per_req", "connections",
+              "connections_used", "requests_per_connection", "http2_share"),
     "sync": ("rps", "p50_ms", "p90_ms", "p99_ms", "cpu_ms_per_req", "connections"),
     "memory": ("rss_kb_per_conn", "py_kb_per_conn", "held"),
     "import": ("import_ms", "wall_ms"),

@@ -29,7 +29,7 @@ from benchmarks.proxy import LatencyProxy
 from benchmarks.results import Index, summarize, write_results
 from benchmarks.scenarios import SCENARIOS, Cell, build_cells, select_clients
 from benchmarks.targets import evaluate
-from benchmarks.upstream import Nginx
+from benchmarks.upstream import HTTP2_MAX_STREAMS, Nginx
 
 __all__ = ["RunOptions", "run"]
 
@@ -179,7 +179,9 @@ class _Run:
         window = self.nginx.log_window(mark, expect=expect)
         sample.update(result)
         sample.update(server_requests=window.requests, connections=window.connections_opened,
-                      connections_used=window.connections_used, non_200=window.non_200)
+                      connections_used=window.connections_used, non_200=window.non_200,
+                      http2_share=(window.http2_requests / window.requests if window.requests
+                                   else float("nan")))
         requests = int(result.get("requests", 0))
         if result.get("ok") and cell.scenario != "memory":
             elapsed = float(result["elapsed_s"])
@@ -253,6 +255,8 @@ class _Run:
             "nginx": self.nginx.version,
             "nginx_pid": self.nginx.pid,
             "nginx_taskset": self.nginx.pinned,
+            "nginx_http2": self.nginx.http2,
+            "nginx_http2_streams": HTTP2_MAX_STREAMS if self.nginx.http2 else None,
             "proxy_pid": self.proxy.pid if self.proxy else None,
             "event_loop": "asyncio (default)",
             "scenarios": list(self.options.scenarios),

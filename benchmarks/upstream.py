@@ -2,7 +2,10 @@
 
 nginx runs as a child process with a generated config in a temporary directory (one worker,
 ``keepalive_requests`` high, a self-signed CA made at start with trustme) and logs
-``$connection`` per request, so a cell's connections are counted at the server.
+``$connection`` and ``$server_protocol`` per request, so a cell's connections and the HTTP
+version it spoke are counted at the server. The HTTPS port offers HTTP/2 by ALPN where nginx
+has the module (``--with-http_v2_module``: Debian 12's nginx, which nginx-light installs); a
+client that does not ask for ``h2`` gets HTTP/1.1 on the same port.
 """
 
 from __future__ import annotations
@@ -19,11 +22,23 @@ from typing import Final
 
 from benchmarks.payload import CHAT_RESPONSE, EMBEDDINGS_RESPONSE
 
-__all__ = ["LogWindow", "Nginx", "NginxUnavailable", "free_port", "nginx_binary"]
+__all__ = [
+    "HTTP2_MAX_STREAMS",
+    "LogWindow",
+    "Nginx",
+    "NginxUnavailable",
+    "free_port",
+    "http2_style",
+    "nginx_binary",
+]
 
 # nginx rejects a config token longer than 4 KiB: the 19 KB body goes in as variables.
 _CHUNK: Final = 3000
 _START_TIMEOUT_S: Final = 10.0
+# nginx 1.25.1 replaced ``listen ... http2`` (deprecated since) with ``http2 on;``.
+_HTTP2_DIRECTIVE_SINCE: Final = (1, 25, 1)
+# Streams one HTTP/2 connection may carry at once: nginx's default, stated so the report can.
+HTTP2_MAX_STREAMS: Final = 128
 _TEMP_PATHS: Final = {
     "--http-client-body-temp-path": "client_body_temp_path",
     "--http-proxy-temp-path": "proxy_temp_path",
@@ -61,6 +76,22 @@ def _nginx_info(binary: str) -> tuple[str, str]:
     return version, text
 
 
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for part in version.split(".")[:3]:
+        digits = "".join(c for c in part if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def http2_style(version: str, configure: str) -> str | None:
+    """How this nginx turns HTTP/2 on: ``"listen"`` (before 1.25.1), ``"directive"``, or None
+    when it was built without the http_v2 module."""
+    if "--with-http_v2_module" not in configure:
+        return None
+    return "directive" if _version_tuple(version) >= _HTTP2_DIRECTIVE_SINCE else "listen"
+
+
 def _return_directives(body: str) -> str:
     for quote in ("'", "$", "\\"):
         if quote in body:
@@ -71,11 +102,17 @@ def _return_directives(body: str) -> str:
     return f'{sets} return 200 "{joined}";'
 
 
-def _config(workdir: Path, http_port: int, https_port: int, configure: str) -> str:
+def _config(workdir: Path, http_port: int, https_port: int, configure: str,
+            http2: str | None) -> str:
     temp_paths = "\n".join(
         f"    {directive} {workdir / directive};"
         for flag, directive in _TEMP_PATHS.items() if flag in configure
     )
+    # One port, both versions: ALPN picks h2 for a client that offers it, else HTTP/1.1.
+    https_listen = "ssl http2" if http2 == "listen" else "ssl"
+    http2_on = " ".join(
+        (["http2 on;"] if http2 == "directive" else [])
+        + ([f"http2_max_concurrent_streams {HTTP2_MAX_STREAMS};"] if http2 else []))
     return f"""
 daemon off;
 master_process on;
@@ -84,7 +121,7 @@ pid {workdir / "nginx.pid"};
 error_log {workdir / "error.log"} warn;
 events {{ worker_connections 16384; multi_accept on; }}
 http {{
-    log_format bench '$connection $connection_requests $status';
+    log_format bench '$connection $connection_requests $status $server_protocol';
     access_log {workdir / "access.log"} bench;
     keepalive_requests 1000000;
     keepalive_timeout 75s;
@@ -92,7 +129,8 @@ http {{
 {temp_paths}
     server {{
         listen 127.0.0.1:{http_port} backlog=4096;
-        listen 127.0.0.1:{https_port} ssl backlog=4096;
+        listen 127.0.0.1:{https_port} {https_listen} backlog=4096;
+        {http2_on}
         ssl_certificate {workdir / "server.pem"};
         ssl_certificate_key {workdir / "server.key"};
         ssl_protocols TLSv1.2 TLSv1.3;
@@ -120,13 +158,14 @@ class LogWindow:
     ``connections_used`` counts the distinct connections that served a request;
     ``connections_opened`` those among them that are new to this run (nginx numbers its
     connections in increasing order), so a client that kept connections from an earlier
-    cell is not charged for them again.
+    cell is not charged for them again. ``http2_requests`` were served over HTTP/2.
     """
 
     requests: int
     connections_used: int
     connections_opened: int
     non_200: int
+    http2_requests: int = 0
 
 
 class Nginx:
@@ -138,6 +177,8 @@ class Nginx:
             raise NginxUnavailable("nginx is not installed (Debian: apt-get install nginx-light)")
         self.binary = binary
         self.version, self._configure = _nginx_info(binary)
+        self._http2_style = http2_style(self.version, self._configure)
+        self.http2 = self._http2_style is not None  # the HTTPS port offers h2
         self.cpu = cpu
         self.pinned = cpu is not None and shutil.which("taskset") is not None
         self.http_port = 0
@@ -182,7 +223,8 @@ class Nginx:
         for _attempt in range(3):  # a port picked free may be taken before nginx binds it
             self.http_port, self.https_port = free_port(), free_port()
             (workdir / "nginx.conf").write_text(
-                _config(workdir, self.http_port, self.https_port, self._configure))
+                _config(workdir, self.http_port, self.https_port, self._configure,
+                        self._http2_style))
             command = [self.binary, "-p", str(workdir), "-c", str(workdir / "nginx.conf"),
                        "-e", str(workdir / "error.log")]
             if self.pinned:
@@ -260,15 +302,16 @@ class Nginx:
                 break
             time.sleep(0.02)
         connections: set[int] = set()
-        non_200 = 0
+        non_200 = http2 = 0
         for line in lines:
             fields = line.split()
             if len(fields) < 3 or not fields[0].isdigit():
                 continue
             connections.add(int(fields[0]))
             non_200 += fields[2] != b"200"
+            http2 += len(fields) > 3 and fields[3] == b"HTTP/2.0"
         opened = sum(1 for c in connections if c > self._newest_connection)
         self._newest_connection = max(connections, default=self._newest_connection)
         return LogWindow(requests=len(lines), connections_used=len(connections),
-                         connections_opened=opened, non_200=non_200)
+                         connections_opened=opened, non_200=non_200, http2_requests=http2)
 

@@ -80,11 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if spec is None:
         send({"ok": False, "error": f"unknown client {args.client!r}"})
         return 2
-    try:
-        importlib.import_module(spec.module)  # imported here, outside every measured window
-    except Exception as exc:
-        send({"ok": False, "error": f"cannot import {spec.module}: {exc}"})
-        return 0
+    for module in (spec.module, *spec.requires):
+        try:
+            importlib.import_module(module)  # imported here, outside every measured window
+        except Exception as exc:
+            send({"ok": False, "error": f"cannot import {module}: {exc}"})
+            return 0
     send({"ok": True, "version": _version(spec), "pid": os.getpid()})
     _serve(spec, sys.stdin, send)
     return 0
