@@ -12,6 +12,8 @@ import threading
 from pathlib import Path
 from typing import IO, Any, Final
 
+from benchmarks.processes import stop_process
+
 __all__ = ["REPO_ROOT", "WorkerError", "WorkerProcess", "child_env"]
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[1]
@@ -106,15 +108,7 @@ class WorkerProcess:
                     pass
                 with contextlib.suppress(OSError):
                     process.stdin.close()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.terminate()
-                try:
-                    process.wait(timeout=3)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(process, grace=10)
         if self._reader is not None:
             self._reader.join(timeout=2)
             self._reader = None

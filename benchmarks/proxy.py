@@ -20,6 +20,8 @@ import sys
 from collections.abc import Sequence
 from typing import Final
 
+from benchmarks.processes import stop_process
+
 __all__ = ["LatencyProxy", "main"]
 
 _CHUNK: Final = 65536
@@ -175,15 +177,7 @@ class LatencyProxy:
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.terminate()
-            try:
-                process.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, grace=5)
 
     def __enter__(self) -> LatencyProxy:
         return self.start()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Final
 
 from benchmarks.payload import CHAT_RESPONSE, EMBEDDINGS_RESPONSE
+from benchmarks.processes import stop_process
 
 __all__ = [
     "HTTP2_MAX_STREAMS",
@@ -259,11 +260,7 @@ class Nginx:
             return
         if process.poll() is None:
             process.terminate()  # SIGTERM: nginx's fast shutdown, workers included
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, grace=5)
 
     def stop(self) -> None:
         """Stop nginx and remove its directory; idempotent."""
