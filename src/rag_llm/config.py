@@ -26,6 +26,7 @@ __all__ = [
     "Secret",
     "Settings",
     "Timeouts",
+    "check_number",
     "read_config_file",
 ]
 
@@ -77,14 +78,30 @@ class Secret:
         return bool(self._value)
 
 
-def _number(name: str, value: object, *, integer: bool, minimum: float) -> Any:
+def check_number(
+    name: str,
+    value: object,
+    *,
+    minimum: float,
+    maximum: float | None = None,
+    integer: bool = False,
+    exclusive: bool = False,
+) -> float:
+    """``value`` if it is a finite number in range, else ``ConfigError`` naming ``name``.
+
+    An ``int`` comes back as the same ``int``.
+    """
     kinds: tuple[type, ...] = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
-        expected = "an integer" if integer else "a number"
-        raise ConfigError(name, value, f"must be {expected}")
-    if not math.isfinite(value) or value < minimum:  # type: ignore[arg-type, operator]
-        raise ConfigError(name, value, f"must be >= {minimum:g}")
-    return value
+        raise ConfigError(name, value, f"must be {'an integer' if integer else 'a number'}")
+    number: float = value  # type: ignore[assignment]
+    if not math.isfinite(number):
+        raise ConfigError(name, value, "must be finite")
+    if number < minimum or (exclusive and number == minimum):
+        raise ConfigError(name, value, f"must be {'>' if exclusive else '>='} {minimum:g}")
+    if maximum is not None and number > maximum:
+        raise ConfigError(name, value, f"must be <= {maximum:g}")
+    return number
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,10 +121,10 @@ class PoolLimits:
     keepalive_expiry: float = DEFAULT_KEEPALIVE_EXPIRY
 
     def __post_init__(self) -> None:
-        _number("max_keepalive_connections", self.max_keepalive_connections, integer=True,
-                minimum=0)
-        _number("max_connections", self.max_connections, integer=True, minimum=1)
-        _number("keepalive_expiry", self.keepalive_expiry, integer=False, minimum=0)
+        check_number("max_keepalive_connections", self.max_keepalive_connections, integer=True,
+                     minimum=0)
+        check_number("max_connections", self.max_connections, integer=True, minimum=1)
+        check_number("keepalive_expiry", self.keepalive_expiry, integer=False, minimum=0)
         if self.max_keepalive_connections > self.max_connections:
             raise ConfigError(
                 "max_keepalive_connections",
@@ -132,7 +149,7 @@ class Timeouts:
     def __post_init__(self) -> None:
         for name in ("connect", "read", "write", "pool"):
             value = getattr(self, name)
-            _number(f"{name}_timeout", value, integer=False, minimum=0)
+            check_number(f"{name}_timeout", value, integer=False, minimum=0)
             if value == 0:
                 raise ConfigError(f"{name}_timeout", value, "must be > 0")
 
@@ -283,15 +300,14 @@ class ProviderConfig:
             verify=_verify(config.get("verify", True)),
             transport=_choice(config, "transport", TRANSPORTS),
             headers=_headers(config.get("headers", {})),
-            slow_request_seconds=float(_number(
+            slow_request_seconds=check_number(
                 "slow_request_seconds",
-                config.get("slow_request_seconds", DEFAULT_SLOW_REQUEST_SECONDS),
-                integer=False, minimum=0)),
-            max_batch_size=int(_number(
+                config.get("slow_request_seconds", DEFAULT_SLOW_REQUEST_SECONDS), minimum=0),
+            max_batch_size=int(check_number(
                 "max_batch_size", config.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE),
                 integer=True, minimum=1)),
-            coalesce_window=None if config.get("coalesce_window") is None else float(_number(
-                "coalesce_window", config["coalesce_window"], integer=False, minimum=0)),
+            coalesce_window=None if config.get("coalesce_window") is None else check_number(
+                "coalesce_window", config["coalesce_window"], minimum=0),
         )
 
 
@@ -307,7 +323,7 @@ def _optional_text(config: Mapping[str, Any], name: str) -> str | None:
 
 def _optional_int(config: Mapping[str, Any], name: str, *, minimum: int) -> int | None:
     value = config.get(name)
-    return None if value is None else int(_number(name, value, integer=True, minimum=minimum))
+    return None if value is None else int(check_number(name, value, integer=True, minimum=minimum))
 
 
 def _flag(config: Mapping[str, Any], name: str, default: bool) -> bool:
