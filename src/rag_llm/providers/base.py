@@ -22,7 +22,14 @@ from rag_llm.providers.batching import EmbeddingBatcher, split
 from rag_llm.providers.openai import Message, OpenAIAPI, endpoint_of
 from rag_llm.transport import Request, Response, TransportSettings, get_backend
 
-__all__ = ["BaseProvider", "ChatModel", "ChatProvider", "Embedder", "EmbeddingProvider"]
+__all__ = [
+    "BaseProvider",
+    "ChatModel",
+    "ChatProvider",
+    "Embedder",
+    "EmbeddingProvider",
+    "as_texts",
+]
 
 _log = get_logger()
 
@@ -179,7 +186,8 @@ def _outcome(exc: RagLLMError) -> str:
     return type(exc).__name__
 
 
-def _texts(texts: Sequence[str] | str) -> list[str]:
+def as_texts(texts: Sequence[str] | str) -> list[str]:
+    """``texts`` as a list: a single string is one text; anything but strings is a TypeError."""
     if isinstance(texts, str):
         return [texts]
     items = list(texts)
@@ -205,7 +213,7 @@ class EmbeddingProvider(BaseProvider):
                                                   EmbeddingBatcher] = weakref.WeakKeyDictionary()
 
     async def aembed(self, texts: Sequence[str] | str) -> list[list[float]]:
-        items = _texts(texts)
+        items = as_texts(texts)
         if not items:
             return []
         if self.config.coalesce_window is not None:
@@ -217,7 +225,7 @@ class EmbeddingProvider(BaseProvider):
         return [vector for batch in batches for vector in batch]
 
     def embed(self, texts: Sequence[str] | str) -> list[list[float]]:
-        items = _texts(texts)
+        items = as_texts(texts)
         return [vector for batch in split(items, self.config.max_batch_size)
                 for vector in self._embed_request(batch)]
 

