@@ -184,6 +184,7 @@ FIELD_TYPES: Final[Mapping[str, type]] = {
     "slow_request_seconds": float,
     "max_batch_size": int,
     "coalesce_window": float,
+    "adaptive_concurrency": bool,
 }
 
 
@@ -244,6 +245,7 @@ class ProviderConfig:
     slow_request_seconds: float = DEFAULT_SLOW_REQUEST_SECONDS
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     coalesce_window: float | None = None
+    adaptive_concurrency: bool = False
 
     def __repr__(self) -> str:
         # Header values may hold credentials: show only their names.
@@ -308,6 +310,7 @@ class ProviderConfig:
                 integer=True, minimum=1)),
             coalesce_window=None if config.get("coalesce_window") is None else check_number(
                 "coalesce_window", config["coalesce_window"], minimum=0),
+            adaptive_concurrency=_flag(config, "adaptive_concurrency", False),
         )
 
 

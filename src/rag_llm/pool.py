@@ -194,6 +194,10 @@ class ClientPool:
         return self._settings.provider
 
     @property
+    def settings(self) -> TransportSettings:
+        return self._settings
+
+    @property
     def state(self) -> PoolState:
         return self._state
 

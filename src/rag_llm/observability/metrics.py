@@ -42,6 +42,7 @@ class _Merged:
     requests: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     histograms: dict[tuple[str, str], HistogramSnapshot] = field(default_factory=dict)
+    concurrency_limit: int | None = None
 
     def add_histogram(self, name: str, operation: str, value: HistogramSnapshot) -> None:
         key = (name, operation)
@@ -71,6 +72,8 @@ def _merge(snapshots: Iterable[PoolSnapshot]) -> tuple[dict[tuple[str, str], _Me
             m.idle += client.idle
             m.waiting += s.requests_waiting
             m.resent += s.resent
+            if s.concurrency_limit is not None:
+                m.concurrency_limit = (m.concurrency_limit or 0) + s.concurrency_limit
             for key, count in s.requests.items():
                 m.requests[key] += count
             for error, count in s.errors.items():
@@ -110,6 +113,9 @@ class PoolCollector:
                                  "Connections held now, by state", labels=[*pc, "state"])
         waiting = GaugeMetricFamily("rag_llm_pool_requests_waiting",
                                     "Requests waiting for a pooled connection", labels=pc)
+        limit = GaugeMetricFamily("rag_llm_concurrency_limit",
+                                  "Adaptive concurrency limit (adaptive_concurrency on)",
+                                  labels=pc)
         resent = CounterMetricFamily("rag_llm_requests_resent",
                                      "Requests resent after a stale keep-alive connection",
                                      labels=pc)
@@ -140,6 +146,8 @@ class PoolCollector:
             pool.add_metric([*labels, "idle"], m.idle)
             waiting.add_metric(labels, m.waiting)
             resent.add_metric(labels, m.resent)
+            if m.concurrency_limit is not None:
+                limit.add_metric(labels, m.concurrency_limit)
             for (operation, outcome), count in sorted(m.requests.items()):
                 requests.add_metric([*labels, operation, outcome], count)
             for error, count in sorted(m.errors.items()):
@@ -154,7 +162,7 @@ class PoolCollector:
         for provider, snapshot in sorted(limits.items()):
             max_connections.add_metric([provider], snapshot.max_connections)
             max_keepalive.add_metric([provider], snapshot.max_keepalive_connections)
-        yield from (opened, closed, pool, waiting, resent, requests, errors,
+        yield from (opened, closed, pool, waiting, limit, resent, requests, errors,
                     *histograms.values(), max_connections, max_keepalive)
 
 

@@ -112,6 +112,7 @@ class ClientStatsSnapshot:
     last_error: str | None = None
     last_error_at: float | None = None
     last_success_at: float | None = None
+    concurrency_limit: int | None = None  # set when adaptive_concurrency is on
 
     @property
     def requests_total(self) -> int:
@@ -153,6 +154,7 @@ class ClientStats:
         self._last_error: str | None = None
         self._last_error_at: float | None = None
         self._last_success_at: float | None = None
+        self.concurrency_limit: int | None = None
 
     # -- connection events (transports) ---------------------------------------------
 
@@ -248,4 +250,5 @@ class ClientStats:
                 last_error=self._last_error,
                 last_error_at=self._last_error_at,
                 last_success_at=self._last_success_at,
+                concurrency_limit=self.concurrency_limit,
             )

@@ -10,17 +10,33 @@ import asyncio
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Final, Protocol, Self
 
 from rag_llm.config import ProviderConfig
-from rag_llm.errors import MalformedResponseError, RagLLMError, UpstreamError
+from rag_llm.errors import (
+    ConnectTimeoutError,
+    MalformedResponseError,
+    RagLLMError,
+    ReadTimeoutError,
+    UpstreamError,
+)
 from rag_llm.observability.events import get_logger
 from rag_llm.observability.stats import ClientStats
 from rag_llm.pool import ClientPool, PoolSnapshot
 from rag_llm.providers.batching import EmbeddingBatcher, split
 from rag_llm.providers.openai import Message, OpenAIAPI, endpoint_of
-from rag_llm.transport import Request, Response, TransportSettings, get_backend
+from rag_llm.transport import (
+    Request,
+    Response,
+    TransportSettings,
+    get_backend,
+    pool_timeout_error,
+)
+
+if TYPE_CHECKING:
+    from rag_llm.resilience.adaptive import AdaptiveLimit, AdmissionGate
 
 __all__ = [
     "BaseProvider",
@@ -83,6 +99,18 @@ class BaseProvider:
             get_backend(config.transport, http2=config.http2),
         )
         self._closed = False
+        # With adaptive_concurrency, async calls pass a gate whose limit follows the upstream
+        # (imported only then: the resilience package costs ~50 ms to import).
+        self._adaptive: AdaptiveLimit | None = None
+        if config.adaptive_concurrency:
+            from rag_llm.resilience.adaptive import AdaptiveLimit, AdaptivePolicy
+
+            self._adaptive = AdaptiveLimit(AdaptivePolicy(
+                max_limit=config.limits.max_connections,
+                initial_limit=max(config.limits.max_keepalive_connections, 1),
+            ))
+        self._gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AdmissionGate] = (
+            weakref.WeakKeyDictionary())
 
     @property
     def max_keepalive_connections(self) -> int:
@@ -108,9 +136,39 @@ class BaseProvider:
         return _Call(self.pool.stats(client), operation)
 
     async def _asend(self, call: _Call, request: Request) -> Response:
-        response = await (await self.pool.async_transport()).send(request)
-        call.status = response.status
+        async with self._admitted(request) as admission:
+            response = await (await self.pool.async_transport()).send(request)
+            call.status = admission.status = response.status
         return response
+
+    @asynccontextmanager
+    async def _admitted(self, request: Request) -> AsyncIterator[_Admission]:
+        """Hold a slot of the adaptive gate (if any) for one call, and report how it went."""
+        admission = _Admission()
+        if self._adaptive is None:
+            yield admission
+            return
+        loop = asyncio.get_running_loop()
+        gate = self._gates.get(loop)
+        if gate is None:
+            from rag_llm.resilience.adaptive import AdmissionGate
+
+            gate = self._gates[loop] = AdmissionGate(self._adaptive)
+        try:
+            async with asyncio.timeout(self.config.timeouts.pool):
+                started = await gate.acquire()
+        except TimeoutError:
+            raise pool_timeout_error(self.pool.settings, request) from None
+        dropped = False
+        try:
+            yield admission
+        except (ReadTimeoutError, ConnectTimeoutError):
+            dropped = True
+            raise
+        finally:
+            dropped = dropped or admission.status in _DROPPED_STATUSES
+            gate.release(dropped=dropped, started=started)
+            self.pool.stats("async").concurrency_limit = self._adaptive.limit
 
     def _send(self, call: _Call, request: Request) -> Response:
         response = self.pool.sync_transport().send(request)
@@ -145,6 +203,19 @@ class BaseProvider:
     def __exit__(self, exc_type: type[BaseException] | None,
                  exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+# Answers that mean the upstream is over capacity: the adaptive limit backs off.
+_DROPPED_STATUSES: Final = frozenset({429, 503})
+
+
+class _Admission:
+    """The status of one admitted call, for the adaptive limit."""
+
+    __slots__ = ("status",)
+
+    def __init__(self) -> None:
+        self.status = 0
 
 
 class _Call:
@@ -271,8 +342,9 @@ class ChatProvider(BaseProvider):
         request = self.api.chat_request(messages, params, stream=True)
         with self._call("chat_stream", "async") as call:
             transport = await self.pool.async_transport()
-            async with transport.stream(request) as response:
-                call.status = response.status
+            async with self._admitted(request) as admission, \
+                    transport.stream(request) as response:
+                call.status = admission.status = response.status
                 if response.status >= 400:
                     raise self.api.error(request, response.status, response.headers,
                                          await response.aread())

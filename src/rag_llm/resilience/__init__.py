@@ -2,11 +2,13 @@
 
 Each works on an injected clock (and random source where it draws), holds no I/O, and is
 safe to share between threads. The provider call path composes them; see ``retry``,
-``budget``, ``breaker``, ``balancer`` and ``limiter`` for each one's defaults and sources.
+``budget``, ``breaker``, ``balancer``, ``limiter`` and ``adaptive`` for each one's defaults
+and sources.
 """
 
 from __future__ import annotations
 
+from rag_llm.resilience.adaptive import AdaptiveLimit, AdaptivePolicy, AdmissionGate
 from rag_llm.resilience.balancer import (
     STRATEGIES,
     Balancer,
@@ -45,6 +47,9 @@ from rag_llm.resilience.retry import (
 __all__ = [
     "LEGAL_TRANSITIONS",
     "STRATEGIES",
+    "AdaptiveLimit",
+    "AdaptivePolicy",
+    "AdmissionGate",
     "Balancer",
     "BalancerPolicy",
     "BreakerPolicy",

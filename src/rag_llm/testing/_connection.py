@@ -107,14 +107,19 @@ class Connection:
             nth += 1
             request = self._record(*received, nth)
             fault = self._faults.take(request.path, nth)
-            delay = self._server.delay + (fault.delay if fault is not None else 0.0)
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if fault is not None and fault.action != "respond":
-                await self._misbehave(fault, request, conn, reader, writer)
-                return
-            reply = _fault_reply(fault) if fault is not None else self._route(request)
-            await self._send_reply(conn, writer, reply, request)
+            overloaded = not self._server.admit()
+            try:
+                delay = self._server.delay + (fault.delay if fault is not None else 0.0)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if fault is not None and fault.action != "respond":
+                    await self._misbehave(fault, request, conn, reader, writer)
+                    return
+                reply = (_OVERLOADED if overloaded else _fault_reply(fault) if fault is not None
+                         else self._route(request))
+                await self._send_reply(conn, writer, reply, request)
+            finally:
+                self._server.leave()
             if conn.our_state is h11.MUST_CLOSE:
                 await self._close(writer)
                 return
@@ -282,11 +287,15 @@ class Connection:
 
 
 def _fault_reply(fault: Fault) -> Reply:
+    """The reply a ``respond`` fault asks for."""
     headers = list(fault.headers.items())
     if fault.status in (204, 304):
         return Reply(fault.status, tuple(headers))
     body = fault.body or error_body(fault.status, f"Injected fault: HTTP {fault.status}")
     return json_reply(fault.status, body, headers)
+
+
+_OVERLOADED = json_reply(503, error_body(503, "Over capacity: too many requests in flight"))
 
 
 def _reason(status: int) -> bytes:

@@ -53,6 +53,10 @@ class UpstreamServer:
         self.idle_timeout: float | None = None
         self.keep_alive_header: int | None = None
         self.stream_interval = 0.0
+        # Requests in flight beyond this many get 503 (None: no limit), like an overloaded
+        # model server; settable while running.
+        self.capacity: int | None = None
+        self._in_flight = 0
         self._stats = Stats()
         self._faults = FaultQueue()
         self._ca: trustme.CA | None = None
@@ -66,6 +70,14 @@ class UpstreamServer:
         self._start_error: BaseException | None = None
         self._connections: dict[int, Connection] = {}
         self._stopping = False
+
+    def admit(self) -> bool:
+        """Count a request in flight; False if it is over ``capacity`` (server thread only)."""
+        self._in_flight += 1
+        return self.capacity is None or self._in_flight <= self.capacity
+
+    def leave(self) -> None:
+        self._in_flight -= 1
 
     def __enter__(self) -> UpstreamServer:
         self.start()
