@@ -6,18 +6,15 @@ import math
 import statistics
 from collections.abc import Sequence
 
+from rag_llm.observability.stats import percentile as stats_percentile
+
 __all__ = ["latency_summary", "percentile", "spread"]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile (0-100) of ``values``, interpolated linearly; nan if empty."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100.0
-    low = math.floor(rank)
-    high = math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+    value = stats_percentile(sorted(values), q)
+    return math.nan if value is None else value
 
 
 def latency_summary(seconds: Sequence[float]) -> dict[str, float]:

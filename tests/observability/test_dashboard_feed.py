@@ -11,8 +11,9 @@ import pytest
 from support import KEY, eventually, provider_config
 
 from rag_llm.api.dashboard import dashboard_frame
-from rag_llm.api.dashboard.feed import encode_event, percentile
+from rag_llm.api.dashboard.feed import encode_event
 from rag_llm.errors import ServerError
+from rag_llm.observability.stats import percentile
 from rag_llm.providers import EmbeddingProvider, create_provider
 from rag_llm.testing import Fault, UpstreamServer
 

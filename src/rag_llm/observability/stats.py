@@ -9,9 +9,11 @@ plain value that the Prometheus exporter, the health endpoint and the dashboard 
 from __future__ import annotations
 
 import bisect
+import math
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -23,6 +25,7 @@ __all__ = [
     "ClientStatsSnapshot",
     "Histogram",
     "HistogramSnapshot",
+    "percentile",
 ]
 
 # Why a connection closed.
@@ -61,6 +64,16 @@ class _Throttle:
             return False
         self._next = now + self._interval
         return True
+
+
+def percentile(ordered: Sequence[float], q: float) -> float | None:
+    """The ``q``-th percentile (0-100) of sorted values, interpolated linearly; None if empty."""
+    if not ordered:
+        return None
+    rank = (len(ordered) - 1) * q / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 @dataclass(frozen=True, slots=True)

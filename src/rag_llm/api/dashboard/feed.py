@@ -11,17 +11,17 @@ their name; no URL is included and error text is scrubbed of credentials.
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from rag_llm.observability.events import scrub_text
+from rag_llm.observability.stats import percentile
 from rag_llm.pool import ClientSnapshot, PoolSnapshot
 
-__all__ = ["FRAME_VERSION", "PERCENTILES", "dashboard_frame", "encode_event", "percentile"]
+__all__ = ["FRAME_VERSION", "PERCENTILES", "dashboard_frame", "encode_event"]
 
 FRAME_VERSION: Final = 1
 PERCENTILES: Final = (50, 95, 99)
@@ -37,16 +37,6 @@ _QUERY_SECRET: Final = re.compile(
 def _scrub(text: str) -> str:
     text = _URL_USERINFO.sub("***@", text)
     return scrub_text(_QUERY_SECRET.sub(r"\1***", text))
-
-
-def percentile(ordered: Sequence[float], q: float) -> float | None:
-    """The ``q``-th percentile (0-100) of sorted values, interpolated linearly; None if empty."""
-    if not ordered:
-        return None
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 @dataclass
