@@ -106,3 +106,21 @@ async def eventually(predicate: Callable[[], bool], within: float = 3.0) -> bool
             return False
         await asyncio.sleep(0.02)
     return True
+
+
+async def embed_concurrently(provider: Any, calls: int, concurrency: int) -> int:
+    """Make ``calls`` one-text ``aembed`` calls from ``concurrency`` workers; how many returned.
+
+    Each call must return exactly one vector.
+    """
+    remaining = iter(range(calls))
+    done = 0
+
+    async def worker() -> None:
+        nonlocal done
+        for i in remaining:
+            assert len(await provider.aembed([f"text {i}"])) == 1
+            done += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done

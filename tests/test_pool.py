@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
-from support import eventually, provider_config
+from support import embed_concurrently, eventually, provider_config
 
 from rag_llm.errors import ConnectionLostError, PoolTimeoutError, ProviderClosedError
 from rag_llm.pool import ClientSnapshot
@@ -61,20 +61,6 @@ async def test_sequential_calls_over_https_open_one_connection(
     assert tls_upstream.connections_accepted == 1
 
 
-async def _run_concurrently(provider: EmbeddingProvider, calls: int, concurrency: int) -> int:
-    remaining = iter(range(calls))
-    done = 0
-
-    async def worker() -> None:
-        nonlocal done
-        for i in remaining:
-            assert len(await provider.aembed([f"text {i}"])) == 1
-            done += 1
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return done
-
-
 async def test_1000_calls_at_concurrency_50_open_at_most_50_connections(
     upstream: UpstreamServer, transport: str, request: pytest.FixtureRequest,
 ) -> None:
@@ -84,7 +70,7 @@ async def test_1000_calls_at_concurrency_50_open_at_most_50_connections(
             strict=False, reason="httpcore 1.0.9 counts busy connections against "
             "max_keepalive_connections and can churn connections under load"))
     async with embedder(upstream, transport) as provider:
-        assert await _run_concurrently(provider, 1000, 50) == 1000
+        assert await embed_concurrently(provider, 1000, 50) == 1000
     assert upstream.requests_served == 1000
     assert 1 <= upstream.connections_accepted <= 50
 
@@ -95,7 +81,7 @@ async def test_max_connections_caps_connections_and_every_call_succeeds(
     upstream.delay = 0.002  # keeps requests in flight, so the cap is what limits them
     capped = embedder(upstream, transport, max_connections=10, max_keepalive_connections=10)
     async with capped as provider:
-        assert await _run_concurrently(provider, 1000, 50) == 1000
+        assert await embed_concurrently(provider, 1000, 50) == 1000
     assert upstream.max_concurrent_connections <= 10
     assert upstream.connections_accepted <= 10
 

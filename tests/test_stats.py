@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
-from support import eventually, provider_config
+from support import embed_concurrently, eventually, provider_config
 
 from rag_llm.errors import ServerError
 from rag_llm.observability.stats import ClientStatsSnapshot
@@ -31,22 +31,12 @@ def stats_of(provider: EmbeddingProvider, client: str) -> ClientStatsSnapshot:
     return next(c.stats for c in provider.pool_stats().clients if c.client == client)
 
 
-async def _calls(provider: EmbeddingProvider, calls: int, concurrency: int) -> None:
-    remaining = iter(range(calls))
-
-    async def worker() -> None:
-        for i in remaining:
-            await provider.aembed([f"text {i}"])
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-
-
 @pytest.mark.parametrize(("calls", "concurrency"), [(200, 1), (600, 30)])
 async def test_opened_connections_and_requests_match_the_server(
     upstream: UpstreamServer, transport: str, calls: int, concurrency: int,
 ) -> None:
     async with embedder(upstream, transport, max_keepalive_connections=concurrency) as provider:
-        await _calls(provider, calls, concurrency)
+        await embed_concurrently(provider, calls, concurrency)
         stats = stats_of(provider, "async")
     assert stats.connections_opened == upstream.connections_accepted
     assert stats.requests_total == upstream.requests_served == calls
@@ -70,7 +60,7 @@ async def test_pool_wait_is_recorded_when_max_connections_is_the_bottleneck(
     upstream.delay = 0.05
     async with embedder(upstream, transport, max_connections=2,
                         max_keepalive_connections=2) as provider:
-        await _calls(provider, 12, 6)
+        await embed_concurrently(provider, 12, 6)
         waited = stats_of(provider, "async").pool_wait
     assert waited.count == 12
     # 6 callers share 2 connections: most of them wait about a response time or more.
@@ -82,7 +72,7 @@ async def test_pool_wait_is_near_zero_when_connections_are_free(
 ) -> None:
     upstream.delay = 0.05
     async with embedder(upstream, transport) as provider:
-        await _calls(provider, 12, 6)
+        await embed_concurrently(provider, 12, 6)
         waited = stats_of(provider, "async").pool_wait
     assert waited.count == 12
     assert waited.sum / waited.count < 0.01
