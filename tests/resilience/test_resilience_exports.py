@@ -10,7 +10,7 @@ import rag_llm.resilience
 
 MODULES = ["rag_llm.resilience", "rag_llm.resilience.retry", "rag_llm.resilience.budget",
            "rag_llm.resilience.breaker", "rag_llm.resilience.balancer",
-           "rag_llm.resilience.limiter"]
+           "rag_llm.resilience.limiter", "rag_llm.resilience.health"]
 
 
 @pytest.mark.parametrize("name", MODULES[1:])

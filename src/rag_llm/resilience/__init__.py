@@ -1,9 +1,10 @@
-"""Resilience policies as pure state machines: retry, retry budget, breaker, balancer, limits.
+"""Resilience policies: retry, retry budget, breaker, balancer, limits and health checks.
 
-Each works on an injected clock (and random source where it draws), holds no I/O, and is
-safe to share between threads. The provider call path composes them; see ``retry``,
-``budget``, ``breaker``, ``balancer``, ``limiter`` and ``adaptive`` for each one's defaults
-and sources.
+Each state machine works on an injected clock (and random source where it draws), holds no
+I/O, and is safe to share between threads; ``health`` alone runs probes, on threads of its
+own. :mod:`rag_llm.providers.routing` composes them on the provider call path; see
+``retry``, ``budget``, ``breaker``, ``balancer``, ``limiter``, ``adaptive`` and ``health``
+for each one's defaults and sources.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ from rag_llm.resilience.breaker import (
     classify_outcome,
 )
 from rag_llm.resilience.budget import BudgetPolicy, RetryBudget
+from rag_llm.resilience.health import (
+    EndpointHealth,
+    HealthChecker,
+    HealthCheckPolicy,
+    connect_probe,
+    next_wait,
+)
 from rag_llm.resilience.limiter import RateLimiter, RateLimiterBackend, RateLimits, TokenBucket
 from rag_llm.resilience.retry import (
     RetryDecision,
@@ -58,7 +66,10 @@ __all__ = [
     "BudgetPolicy",
     "CircuitBreaker",
     "Endpoint",
+    "EndpointHealth",
     "EndpointSnapshot",
+    "HealthCheckPolicy",
+    "HealthChecker",
     "Lease",
     "Outcome",
     "PeakEwma",
@@ -76,8 +87,10 @@ __all__ = [
     "TokenBucket",
     "Transition",
     "classify_outcome",
+    "connect_probe",
     "is_retryable",
     "least_in_flight",
+    "next_wait",
     "power_of_two_choices",
     "select_candidates",
 ]
