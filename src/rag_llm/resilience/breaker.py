@@ -19,7 +19,7 @@ import enum
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Final
@@ -260,16 +260,27 @@ class CircuitBreaker:
 
     def allow(self) -> Permit | None:
         """A permit to call now, or None: open, cooling down, or a probe already out."""
-        with self._locked() as now:
-            if now < self._cooled_until or self._state is BreakerState.OPEN:
-                return None
-            if self._state is BreakerState.CLOSED:
-                return Permit(self, self._epoch, None)
-            if self._probe_token is not None:
-                return None
-            self._probe_token = next(self._tokens)
-            self._probe_started = now
-            return Permit(self, self._epoch, self._probe_token)
+        # Every call passes here and through _settle: both take the lock by hand, without
+        # the cost of the _locked() generator.
+        with self._lock:
+            now = self._clock()
+            self._refresh(now)
+            permit = self._allow(now)
+            fired = self._take_fired()
+        if fired:
+            self._notify_all(fired)
+        return permit
+
+    def _allow(self, now: float) -> Permit | None:
+        if now < self._cooled_until or self._state is BreakerState.OPEN:
+            return None
+        if self._state is BreakerState.CLOSED:
+            return Permit(self, self._epoch, None)
+        if self._probe_token is not None:
+            return None
+        self._probe_token = next(self._tokens)
+        self._probe_started = now
+        return Permit(self, self._epoch, self._probe_token)
 
     def cool_down(self, until: float) -> None:
         """Refuse permits until ``until`` (clock time) without counting a failure."""
@@ -298,10 +309,15 @@ class CircuitBreaker:
     @property
     def available(self) -> bool:
         """Whether ``allow()`` would grant a permit now (without taking one)."""
-        with self._locked() as now:
-            if now < self._cooled_until or self._state is BreakerState.OPEN:
-                return False
-            return self._state is BreakerState.CLOSED or self._probe_token is None
+        with self._lock:  # read at every balancer pick: no _locked() generator
+            now = self._clock()
+            self._refresh(now)
+            fired = self._take_fired()
+            available = not (now < self._cooled_until or self._state is BreakerState.OPEN) and (
+                self._state is BreakerState.CLOSED or self._probe_token is None)
+        if fired:
+            self._notify_all(fired)
+        return available
 
     def snapshot(self) -> BreakerSnapshot:
         with self._locked() as now:
@@ -315,26 +331,35 @@ class CircuitBreaker:
                 probe_in_flight=self._probe_token is not None)
 
     def _settle(self, permit: Permit, outcome: Outcome, retry_after: float | None) -> None:
-        with self._locked() as now:
-            if permit._settled:
-                return
-            permit._settled = True
-            if outcome is Outcome.RATE_LIMITED:
-                wait = self.policy.default_cool_down if retry_after is None else retry_after
-                until = now + min(wait, self.policy.max_cool_down)
-                self._cooled_until = max(self._cooled_until, until)
-            if permit._epoch != self._epoch:
-                return  # issued before the last transition: its verdict is stale
-            if permit.probe:
-                self._settle_probe(permit, outcome, now)
-            elif outcome is Outcome.SUCCESS:
-                self._consecutive = 0
-                self._window.add(now, failed=False)
-            elif outcome is Outcome.FAILURE:
-                self._consecutive += 1
-                self._window.add(now, failed=True)
-                if self._tripped(now):
-                    self._open(now)
+        with self._lock:
+            now = self._clock()
+            self._refresh(now)
+            self._record(permit, outcome, retry_after, now)
+            fired = self._take_fired()
+        if fired:
+            self._notify_all(fired)
+
+    def _record(self, permit: Permit, outcome: Outcome, retry_after: float | None,
+                now: float) -> None:
+        if permit._settled:
+            return
+        permit._settled = True
+        if outcome is Outcome.RATE_LIMITED:
+            wait = self.policy.default_cool_down if retry_after is None else retry_after
+            until = now + min(wait, self.policy.max_cool_down)
+            self._cooled_until = max(self._cooled_until, until)
+        if permit._epoch != self._epoch:
+            return  # issued before the last transition: its verdict is stale
+        if permit.probe:
+            self._settle_probe(permit, outcome, now)
+        elif outcome is Outcome.SUCCESS:
+            self._consecutive = 0
+            self._window.add(now, failed=False)
+        elif outcome is Outcome.FAILURE:
+            self._consecutive += 1
+            self._window.add(now, failed=True)
+            if self._tripped(now):
+                self._open(now)
 
     def _settle_probe(self, permit: Permit, outcome: Outcome, now: float) -> None:
         if permit._token != self._probe_token:
@@ -389,7 +414,17 @@ class CircuitBreaker:
             try:
                 yield now
             finally:
-                fired, self._fired = self._fired, []
+                fired = self._take_fired()
+        self._notify_all(fired)
+
+    def _take_fired(self) -> Sequence[Transition]:
+        """Transitions not yet reported; the caller holds the lock."""
+        if not self._fired:
+            return ()
+        fired, self._fired = self._fired, []
+        return fired
+
+    def _notify_all(self, fired: Sequence[Transition]) -> None:
         for transition in fired:
             self._notify(transition)
 
