@@ -86,11 +86,15 @@ def open_fds() -> int:
 
 
 def provider_config(server: UpstreamServer, **overrides: Any) -> dict[str, Any]:
+    """A provider on ``server`` that sends each call once: the pool's own behaviour, with
+    no retries or breaker in the way (``tests/resilience`` covers those)."""
     config: dict[str, Any] = {
         "type": "openai",
         "base_url": server.base_url,
         "api_key": KEY,
         "model": "text-embedding-3-small",
+        "retry": False,
+        "circuit_breaker": False,
     }
     if server.ca_cert_path is not None:
         config["verify"] = server.ca_cert_path

@@ -27,13 +27,15 @@ def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+# One attempt per call: these tests map each upstream failure to its error.
 def embedder(server: UpstreamServer, **overrides: Any) -> EmbeddingProvider:
-    return create_provider("embedding", config(base_url=server.base_url, **overrides))
+    return create_provider("embedding", config(base_url=server.base_url, retry=False,
+                                               **overrides))
 
 
 def chatter(server: UpstreamServer, **overrides: Any) -> ChatProvider:
     return create_provider("llm", config(base_url=server.base_url, model="gpt-4o-mini",
-                                         **overrides))
+                                         retry=False, **overrides))
 
 
 async def embed(provider: EmbeddingProvider, mode: str, texts: Any) -> list[list[float]]:

@@ -55,7 +55,7 @@ def upstream_errors(server: UpstreamServer) -> list[BaseException]:
     """Errors from every failure mode, including an upstream echoing the key."""
     echo = f"Incorrect API key provided: {KEY}. Header was 'Bearer {KEY}', api-key: {AZURE_KEY}"
     azure = config(type="azure", base_url=server.origin, api_version="2024-06-01",
-                   api_key=AZURE_KEY)
+                   api_key=AZURE_KEY, retry=False)
     faults = [
         Fault(status=401, body={"error": {"message": echo}}),
         Fault(status=429, headers={"retry-after": "1"}, body={"error": echo}),
@@ -64,7 +64,7 @@ def upstream_errors(server: UpstreamServer) -> list[BaseException]:
         Fault(action="reset", times=2),  # the first may hit a reused connection
     ]
     raised: list[BaseException] = []
-    for cfg in (config(base_url=server.base_url), azure):
+    for cfg in (config(base_url=server.base_url, retry=False), azure):
         with create_provider("embedding", cfg) as provider:
             for fault in faults:
                 server.add_fault(fault)

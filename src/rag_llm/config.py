@@ -10,17 +10,27 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from rag_llm.errors import ConfigError
 
+if TYPE_CHECKING:
+    from rag_llm.resilience.balancer import BalancerPolicy
+    from rag_llm.resilience.breaker import BreakerPolicy
+    from rag_llm.resilience.budget import BudgetPolicy
+    from rag_llm.resilience.health import HealthCheckPolicy
+    from rag_llm.resilience.limiter import RateLimits
+    from rag_llm.resilience.retry import RetryPolicy
+
 __all__ = [
+    "DEFAULT_DEADLINE",
     "DEFAULT_KEEPALIVE_EXPIRY",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_KEEPALIVE_CONNECTIONS",
+    "EndpointConfig",
     "PoolLimits",
     "ProviderConfig",
     "Secret",
@@ -38,6 +48,14 @@ DEFAULT_READ_TIMEOUT: Final = 60.0
 DEFAULT_WRITE_TIMEOUT: Final = 10.0
 # Seconds, not minutes: an exhausted pool must fail fast and say what to raise.
 DEFAULT_POOL_TIMEOUT: Final = 5.0
+# No token for this long after the request, or between two tokens, ends a stream.
+DEFAULT_FIRST_TOKEN_TIMEOUT: Final = 60.0
+DEFAULT_STREAM_IDLE_TIMEOUT: Final = 60.0
+# The whole call, retries and their waits included; a stream's deadline ends at its
+# first token (the stream timeouts bound the rest).
+DEFAULT_DEADLINE: Final = 300.0
+# At shutdown, calls in flight get this long to finish before they are cancelled.
+DEFAULT_DRAIN_TIMEOUT: Final = 10.0
 # A call that takes longer is logged as slow_request.
 DEFAULT_SLOW_REQUEST_SECONDS: Final = 10.0
 # Inputs per embeddings request: OpenAI's limit (TEI's default is 32).
@@ -135,19 +153,22 @@ class PoolLimits:
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    """Timeouts in seconds for connecting, reading, writing and waiting for a pooled connection.
+    """Timeouts in seconds: connecting, reading, writing, waiting for a pooled connection,
+    and for streams the first token and the gap between two tokens (async streams).
 
-    >>> Timeouts(connect=5.0, read=60.0, write=10.0, pool=5.0)
-    Timeouts(connect=5.0, read=60.0, write=10.0, pool=5.0)
+    >>> Timeouts(connect=5.0, read=60.0, write=10.0, pool=5.0).first_token
+    60.0
     """
 
     connect: float = DEFAULT_CONNECT_TIMEOUT
     read: float = DEFAULT_READ_TIMEOUT
     write: float = DEFAULT_WRITE_TIMEOUT
     pool: float = DEFAULT_POOL_TIMEOUT
+    first_token: float = DEFAULT_FIRST_TOKEN_TIMEOUT
+    stream_idle: float = DEFAULT_STREAM_IDLE_TIMEOUT
 
     def __post_init__(self) -> None:
-        for name in ("connect", "read", "write", "pool"):
+        for name in ("connect", "read", "write", "pool", "first_token", "stream_idle"):
             value = getattr(self, name)
             check_number(f"{name}_timeout", value, integer=False, minimum=0)
             if value == 0:
@@ -160,6 +181,8 @@ _TIMEOUT_KEYS: Final = {
     "read_timeout": "read",
     "write_timeout": "write",
     "pool_timeout": "pool",
+    "first_token_timeout": "first_token",
+    "stream_idle_timeout": "stream_idle",
 }
 FIELD_TYPES: Final[Mapping[str, type]] = {
     "type": str,
@@ -177,6 +200,8 @@ FIELD_TYPES: Final[Mapping[str, type]] = {
     "read_timeout": float,
     "write_timeout": float,
     "pool_timeout": float,
+    "first_token_timeout": float,
+    "stream_idle_timeout": float,
     "http2": bool,
     "verify": str,
     "transport": str,
@@ -185,7 +210,21 @@ FIELD_TYPES: Final[Mapping[str, type]] = {
     "max_batch_size": int,
     "coalesce_window": float,
     "adaptive_concurrency": bool,
+    "endpoints": list,
+    "retry": dict,
+    "retry_budget": dict,
+    "circuit_breaker": dict,
+    "load_balancer": str,
+    "health_check": dict,
+    "deadline": float,
+    "warmup": int,
+    "drain_timeout": float,
+    "requests_per_minute": float,
+    "tokens_per_minute": float,
 }
+# Keys an entry of ``endpoints`` may set; the rest come from the provider.
+ENDPOINT_KEYS: Final = ("base_url", "api_key", "name", "weight", "priority", "api_version",
+                        "deployment", "requests_per_minute", "tokens_per_minute")
 
 
 def _text(name: str, value: object) -> str:
@@ -220,8 +259,58 @@ def _redact_url(url: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class EndpointConfig:
+    """One upstream a provider sends to: its URL and key, its share and its fallback tier.
+
+    ``weight`` scales the share of calls it takes; endpoints of a higher ``priority`` number
+    take calls only when those of a lower one are unhealthy. ``rate_limits`` are local,
+    client-side limits for this endpoint.
+    """
+
+    name: str
+    base_url: str
+    api_key: Secret | None = None
+    weight: int = 1
+    priority: int = 0
+    api_version: str | None = None
+    deployment: str | None = None
+    rate_limits: RateLimits | None = None
+
+    def __repr__(self) -> str:
+        return (f"EndpointConfig(name={self.name!r}, base_url={_redact_url(self.base_url)!r}, "
+                f"api_key={self.api_key!r}, weight={self.weight}, priority={self.priority})")
+
+
+def _default_retry() -> RetryPolicy:
+    from rag_llm.resilience.retry import RetryPolicy  # the resilience package loads lazily
+
+    return RetryPolicy()
+
+
+def _default_budget() -> BudgetPolicy | None:
+    from rag_llm.resilience.budget import BudgetPolicy
+
+    return BudgetPolicy()
+
+
+def _default_breaker() -> BreakerPolicy | None:
+    from rag_llm.resilience.breaker import BreakerPolicy
+
+    return BreakerPolicy()
+
+
+def _default_balancer() -> BalancerPolicy:
+    from rag_llm.resilience.balancer import BalancerPolicy
+
+    return BalancerPolicy()
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderConfig:
     """Validated configuration of one provider, built from a plain mapping.
+
+    ``base_url`` and ``api_key`` are those of the first of ``endpoints``; a config that
+    names one ``base_url`` has one endpoint.
 
     >>> ProviderConfig.from_mapping({"type": "openai", "model": "text-embedding-3-small",
     ...                              "base_url": "http://127.0.0.1:8001/v1"}).limits
@@ -246,12 +335,31 @@ class ProviderConfig:
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     coalesce_window: float | None = None
     adaptive_concurrency: bool = False
+    endpoints: tuple[EndpointConfig, ...] = ()
+    retry: RetryPolicy = field(default_factory=_default_retry)
+    # None: retries are not capped by a budget.
+    retry_budget: BudgetPolicy | None = field(default_factory=_default_budget)
+    # None: no circuit breaker, no active health check.
+    circuit_breaker: BreakerPolicy | None = field(default_factory=_default_breaker)
+    load_balancer: BalancerPolicy = field(default_factory=_default_balancer)
+    health_check: HealthCheckPolicy | None = None
+    deadline: float | None = DEFAULT_DEADLINE
+    warmup: int = 0
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if not self.endpoints:
+            object.__setattr__(self, "endpoints", (EndpointConfig(
+                name=_endpoint_name(self.base_url), base_url=self.base_url,
+                api_key=self.api_key, api_version=self.api_version,
+                deployment=self.deployment),))
 
     def __repr__(self) -> str:
         # Header values may hold credentials: show only their names.
         return (
             f"ProviderConfig(name={self.name!r}, type={self.type!r}, model={self.model!r}, "
             f"base_url={_redact_url(self.base_url)!r}, api_key={self.api_key!r}, "
+            f"endpoints={[e.name for e in self.endpoints]!r}, "
             f"limits={self.limits!r}, timeouts={self.timeouts!r}, http2={self.http2!r}, "
             f"transport={self.transport!r}, headers={sorted(self.headers)!r})"
         )
@@ -271,12 +379,7 @@ class ProviderConfig:
         if "model" not in config:
             raise ConfigError("model", None, "is required")
         model = _text("model", config["model"])
-        base_url = config.get("base_url", default_base_url)
-        if base_url is None:
-            raise ConfigError("base_url", None, f"is required for type {provider_type!r}")
-        api_key = config.get("api_key")
-        if api_key is not None and not isinstance(api_key, str | Secret):
-            raise ConfigError("api_key", type(api_key).__name__, "must be a string")
+        endpoints = _endpoints(config, default_base_url, provider_type)
         limits = PoolLimits(
             max_keepalive_connections=config.get(
                 "max_keepalive_connections", DEFAULT_MAX_KEEPALIVE_CONNECTIONS
@@ -287,14 +390,15 @@ class ProviderConfig:
         timeouts = Timeouts(**{
             attr: config[key] for key, attr in _TIMEOUT_KEYS.items() if key in config
         })
+        first = endpoints[0]
         return cls(
             type=provider_type,
             model=model,
-            base_url=_validate_url("base_url", base_url),
+            base_url=first.base_url,
             name=_text("name", config.get("name", provider_type)),
-            api_key=_secret(api_key),
-            api_version=_optional_text(config, "api_version"),
-            deployment=_optional_text(config, "deployment"),
+            api_key=first.api_key,
+            api_version=first.api_version,
+            deployment=first.deployment,
             dimensions=_optional_int(config, "dimensions", minimum=1),
             limits=limits,
             timeouts=timeouts,
@@ -311,7 +415,137 @@ class ProviderConfig:
             coalesce_window=None if config.get("coalesce_window") is None else check_number(
                 "coalesce_window", config["coalesce_window"], minimum=0),
             adaptive_concurrency=_flag(config, "adaptive_concurrency", False),
+            endpoints=endpoints,
+            **_resilience(config, limits),
         )
+
+
+def _endpoint_name(base_url: str) -> str:
+    return urlsplit(base_url).netloc.rpartition("@")[2]
+
+
+def _endpoints(config: Mapping[str, Any], default_base_url: str | None,
+               provider_type: str) -> tuple[EndpointConfig, ...]:
+    """The ``endpoints`` list, or the one endpoint that ``base_url`` and ``api_key`` make."""
+    entries = config.get("endpoints")
+    if entries is None:
+        base_url = config.get("base_url", default_base_url)
+        if base_url is None:
+            raise ConfigError("base_url", None, f"is required for type {provider_type!r}")
+        return (_endpoint("", {**_inherited(config), "base_url": base_url}),)
+    if "base_url" in config:
+        raise ConfigError("base_url", _redact_url(str(config["base_url"])),
+                          "give either base_url or endpoints, not both")
+    if not isinstance(entries, list | tuple) or not entries:
+        raise ConfigError("endpoints", "<value>", "must be a non-empty list of mappings")
+    endpoints: list[EndpointConfig] = []
+    for index, entry in enumerate(entries):
+        prefix = f"endpoints[{index}]."
+        if not isinstance(entry, Mapping):
+            raise ConfigError(prefix[:-1], type(entry).__name__, "must be a mapping")
+        unknown = sorted(set(entry) - set(ENDPOINT_KEYS))
+        if unknown:
+            raise ConfigError(prefix + unknown[0], "<set>",
+                              f"is not a known setting; known: {', '.join(ENDPOINT_KEYS)}")
+        endpoints.append(_endpoint(prefix, {**_inherited(config), **entry}))
+    names = [e.name for e in endpoints]
+    for index, name in enumerate(names):
+        if names.index(name) != index:  # the same host twice: number them apart
+            endpoints[index] = replace(endpoints[index], name=f"{name}#{index}")
+    return tuple(endpoints)
+
+
+def _inherited(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Provider-level settings an endpoint takes unless it sets its own."""
+    return {key: config[key] for key in ("api_key", "api_version", "deployment",
+                                         "requests_per_minute", "tokens_per_minute")
+            if key in config}
+
+
+def _endpoint(prefix: str, entry: Mapping[str, Any]) -> EndpointConfig:
+    """One endpoint; errors name the field under ``prefix`` (e.g. ``endpoints[1].``)."""
+    try:
+        base_url = _validate_url("base_url", entry.get("base_url"))
+        api_key = entry.get("api_key")
+        if api_key is not None and not isinstance(api_key, str | Secret):
+            raise ConfigError("api_key", type(api_key).__name__, "must be a string")
+        rate_limits = None
+        if any(entry.get(key) is not None
+               for key in ("requests_per_minute", "tokens_per_minute")):
+            from rag_llm.resilience.limiter import RateLimits
+
+            rate_limits = RateLimits(requests_per_minute=entry.get("requests_per_minute"),
+                                     tokens_per_minute=entry.get("tokens_per_minute"))
+        return EndpointConfig(
+            name=_text("name", entry.get("name", _endpoint_name(base_url))),
+            base_url=base_url,
+            api_key=_secret(api_key),
+            weight=int(check_number("weight", entry.get("weight", 1), minimum=1,
+                                    integer=True)),
+            priority=int(check_number("priority", entry.get("priority", 0), minimum=0,
+                                      integer=True)),
+            api_version=_optional_text(entry, "api_version"),
+            deployment=_optional_text(entry, "deployment"),
+            rate_limits=rate_limits,
+        )
+    except ConfigError as exc:
+        if not prefix:
+            raise
+        raise ConfigError(prefix + exc.field, exc.value, exc.reason) from None
+
+
+def _resilience(config: Mapping[str, Any], limits: PoolLimits) -> dict[str, Any]:
+    """Retry, budget, breaker, balancer and health-check policies, each from its section."""
+    from rag_llm.resilience.balancer import BalancerPolicy
+    from rag_llm.resilience.breaker import BreakerPolicy
+    from rag_llm.resilience.budget import BudgetPolicy
+    from rag_llm.resilience.health import HealthCheckPolicy
+    from rag_llm.resilience.retry import RetryPolicy
+
+    balancer = config.get("load_balancer", "p2c_ewma")
+    if not isinstance(balancer, str):
+        raise ConfigError("load_balancer", balancer, "must be a strategy name")
+    deadline = config.get("deadline", DEFAULT_DEADLINE)
+    return {
+        # retry: false means one attempt; retry_budget: false, no cap on retries.
+        "retry": _section(config, "retry", RetryPolicy, off=RetryPolicy(max_attempts=1)),
+        "retry_budget": _section(config, "retry_budget", BudgetPolicy, off=None),
+        "circuit_breaker": _section(config, "circuit_breaker", BreakerPolicy, off=None),
+        "load_balancer": BalancerPolicy(strategy=_BALANCER_ALIASES.get(balancer, balancer)),
+        "health_check": _section(config, "health_check", HealthCheckPolicy, off=None,
+                                 default=False),
+        "deadline": None if deadline is None else check_number(
+            "deadline", deadline, minimum=0, exclusive=True),
+        "warmup": int(check_number("warmup", config.get("warmup", 0), minimum=0,
+                                   maximum=limits.max_connections, integer=True)),
+        "drain_timeout": check_number(
+            "drain_timeout", config.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT), minimum=0),
+    }
+
+
+# The issue-tracker names users know from Envoy and Finagle, for the balancer's own.
+_BALANCER_ALIASES: Final = {"p2c_ewma": "p2c", "least_request": "least_in_flight"}
+
+
+def _section(config: Mapping[str, Any], name: str, policy: type[Any], *,
+             off: Any, default: bool = True) -> Any:
+    """A policy from ``config[name]``: a mapping of its fields, true (defaults) or false."""
+    value = config.get(name, default)
+    if value is False or value is None:
+        return off
+    if value is True:
+        return policy()
+    if not isinstance(value, Mapping):
+        raise ConfigError(name, value, "must be a mapping, true or false")
+    known = {f.name for f in fields(policy)} - {"classifier"}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ConfigError(f"{name}.{unknown[0]}", "<set>",
+                          f"is not a known setting; known: {', '.join(sorted(known))}")
+    try:
+        return policy(**value)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}.{exc.field}", exc.value, exc.reason) from None
 
 
 def _secret(value: str | Secret | None) -> Secret | None:

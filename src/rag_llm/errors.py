@@ -4,15 +4,19 @@
 
     RagLLMError
     +-- ConfigError                 a setting is missing or invalid (names field and value)
-    +-- ProviderClosedError         a provider or pool was used after close
+    +-- ProviderClosedError         a provider was used after close, or while it shuts down
+    +-- CircuitOpenError            every endpoint is open or cooling down: nothing was sent
+    +-- LocalRateLimitError         the client-side rate limit allows no call before the deadline
     +-- TransportError              no usable HTTP response arrived
     |   +-- ConnectError            the TCP or TLS connection could not be opened
     |   +-- ConnectionLostError     the connection dropped before a full response
+    |       +-- StreamInterruptedError  a stream broke after text reached the caller
     |   +-- RequestTimeoutError
     |       +-- PoolTimeoutError    no pooled connection became free in time
     |       +-- ConnectTimeoutError
-    |       +-- ReadTimeoutError
+    |       +-- ReadTimeoutError    includes the first-token and stream-idle timeouts
     |       +-- WriteTimeoutError
+    |       +-- DeadlineExceededError  the call's deadline passed, retries included
     +-- UpstreamError               the upstream answered with an error status
     |   +-- AuthenticationError     401 / 403
     |   +-- RateLimitError          429 (carries ``retry_after``)
@@ -28,10 +32,13 @@ from __future__ import annotations
 
 __all__ = [
     "AuthenticationError",
+    "CircuitOpenError",
     "ConfigError",
     "ConnectError",
     "ConnectTimeoutError",
     "ConnectionLostError",
+    "DeadlineExceededError",
+    "LocalRateLimitError",
     "MalformedResponseError",
     "PoolTimeoutError",
     "ProviderClosedError",
@@ -40,6 +47,7 @@ __all__ = [
     "ReadTimeoutError",
     "RequestTimeoutError",
     "ServerError",
+    "StreamInterruptedError",
     "TransportError",
     "UpstreamError",
     "WriteTimeoutError",
@@ -64,12 +72,37 @@ class ProviderClosedError(RagLLMError, RuntimeError):
     """A provider (or its pool) was used after ``close()``/``aclose()``."""
 
 
+class CircuitOpenError(RagLLMError):
+    """No endpoint may take a call now; ``retry_in`` maps each endpoint to seconds until it may.
+
+    Raised before anything is sent, so it never counts against an endpoint's health.
+    """
+
+    def __init__(self, provider: str, retry_in: dict[str, float]) -> None:
+        self.provider = provider
+        self.retry_in = retry_in
+        waits = ", ".join(f"{name} in {seconds:.1f} s" for name, seconds in retry_in.items())
+        super().__init__(f"{provider}: circuit open on every endpoint; tried again: {waits}")
+
+
+class LocalRateLimitError(RagLLMError):
+    """The configured client-side rate limit allows no call before the deadline."""
+
+    def __init__(self, provider: str, endpoint: str, wait: float) -> None:
+        self.provider = provider
+        self.endpoint = endpoint
+        self.wait = wait
+        super().__init__(f"{provider}: client-side rate limit of {endpoint} allows the next "
+                         f"call in {wait:.1f} s, past the call's deadline")
+
+
 class TransportError(RagLLMError):
     """No usable HTTP response arrived from ``endpoint``."""
 
     def __init__(self, message: str, *, provider: str, endpoint: str) -> None:
         self.provider = provider
         self.endpoint = endpoint
+        self.detail = message
         super().__init__(f"{provider}: {message} ({endpoint})")
 
 
@@ -79,6 +112,17 @@ class ConnectError(TransportError):
 
 class ConnectionLostError(TransportError):
     """The connection was closed or reset before a complete response arrived."""
+
+
+class StreamInterruptedError(ConnectionLostError):
+    """A stream broke after text reached the caller; ``received`` is all it got.
+
+    Never retried: the caller has already used part of the answer.
+    """
+
+    def __init__(self, message: str, *, provider: str, endpoint: str, received: str) -> None:
+        self.received = received
+        super().__init__(message, provider=provider, endpoint=endpoint)
 
 
 class RequestTimeoutError(TransportError, TimeoutError):
@@ -101,14 +145,21 @@ class WriteTimeoutError(RequestTimeoutError):
     """Sending the request took longer than ``write_timeout``."""
 
 
-class UpstreamError(RagLLMError):
-    """The upstream answered with an error status."""
+class DeadlineExceededError(RequestTimeoutError):
+    """The call's ``deadline`` passed, retries and their waits included."""
 
-    def __init__(self, *, provider: str, endpoint: str, status: int, message: str) -> None:
+
+class UpstreamError(RagLLMError):
+    """The upstream answered with an error status; ``retry_after`` is in seconds when it
+    said (``Retry-After`` or ``retry-after-ms``, as on a 429 or 503)."""
+
+    def __init__(self, *, provider: str, endpoint: str, status: int, message: str,
+                 retry_after: float | None = None) -> None:
         self.provider = provider
         self.endpoint = endpoint
         self.status = status
         self.message = message
+        self.retry_after = retry_after
         super().__init__(f"{provider}: HTTP {status} from {endpoint}: {message}")
 
 
@@ -117,19 +168,7 @@ class AuthenticationError(UpstreamError):
 
 
 class RateLimitError(UpstreamError):
-    """The upstream is rate limiting (429); ``retry_after`` is in seconds when it said."""
-
-    def __init__(
-        self,
-        *,
-        provider: str,
-        endpoint: str,
-        status: int,
-        message: str,
-        retry_after: float | None = None,
-    ) -> None:
-        self.retry_after = retry_after
-        super().__init__(provider=provider, endpoint=endpoint, status=status, message=message)
+    """The upstream is rate limiting (429)."""
 
 
 class ServerError(UpstreamError):

@@ -80,6 +80,17 @@ class ServiceLocator:
         """The providers built or registered so far."""
         return dict(self._providers)
 
+    async def awarmup(self) -> None:
+        """Build each configured provider that sets ``warmup`` and open its connections now.
+
+        Called at application startup, so that the first requests pay no handshake.
+        """
+        for provider_type, config in self.settings.providers.items():
+            if config.get("warmup"):
+                warm = getattr(self.get(provider_type), "awarmup", None)
+                if warm is not None:
+                    await warm()
+
     async def cleanup(self) -> None:
         """Close every provider concurrently; one failure does not stop the others."""
         started = time.perf_counter()

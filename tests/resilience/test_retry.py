@@ -37,12 +37,6 @@ def transport(kind: type[errors.TransportError]) -> errors.TransportError:
     return kind("failed", **WHERE)
 
 
-class ServiceUnavailable(errors.ServerError):
-    """A 503 that carries a Retry-After, as a provider may raise."""
-
-    retry_after = 7.0
-
-
 @pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504, 529])
 def test_transient_statuses_are_retryable(status: int) -> None:
     assert is_retryable(upstream(status))
@@ -138,7 +132,7 @@ def test_retry_after_is_clamped_to_the_cap() -> None:
 
 
 def test_retry_after_on_any_error_is_honoured() -> None:
-    exc = ServiceUnavailable(status=503, message="busy", **WHERE)
+    exc = errors.ServerError(status=503, message="busy", retry_after=7.0, **WHERE)
     assert RetryState().decide(exc, rng=LONGEST).delay == 7.0
 
 

@@ -52,6 +52,7 @@ def create_app(locator: ServiceLocator | None = None, *, rag: RagService | None 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await current_locator().awarmup()
         yield
         holder.close()
         if locator is not None:

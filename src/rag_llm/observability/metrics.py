@@ -1,4 +1,4 @@
-"""Prometheus metrics, read from the pools' statistics at scrape time.
+"""Prometheus metrics, read from the pools' and routers' statistics at scrape time.
 
 Nothing is counted twice: the collector turns :class:`~rag_llm.pool.PoolSnapshot` values
 into metric families whenever Prometheus scrapes. Pools that share a provider name are
@@ -8,9 +8,11 @@ summed, so each label set appears once. Labels carry the provider's name, the cl
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -24,7 +26,10 @@ from rag_llm.observability.events import scrub_text
 from rag_llm.observability.stats import HistogramSnapshot
 from rag_llm.pool import PoolSnapshot, all_snapshots
 
-__all__ = ["CONTENT_TYPE", "PoolCollector", "render_metrics"]
+if TYPE_CHECKING:
+    from rag_llm.providers.routing import RouterSnapshot
+
+__all__ = ["CONTENT_TYPE", "PoolCollector", "RoutingCollector", "render_metrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -166,8 +171,75 @@ class PoolCollector:
                     *histograms.values(), max_connections, max_keepalive)
 
 
-def render_metrics(source: Callable[[], list[PoolSnapshot]] = all_snapshots) -> bytes:
-    """The Prometheus text exposition of every live pool."""
+def _router_snapshots() -> list[RouterSnapshot]:
+    # No router exists until a provider module made one: don't import it to find none.
+    routing = sys.modules.get("rag_llm.providers.routing")
+    return [] if routing is None else [r.snapshot() for r in routing.live_routers()]
+
+
+class RoutingCollector:
+    """Endpoints, breakers, retries and local rejections of every live provider.
+
+    Providers that share a name are summed, as the pools are: the breaker and health
+    gauges count endpoints.
+    """
+
+    def __init__(self, source: Callable[[], list[RouterSnapshot]] = _router_snapshots) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        pe = ["provider", "endpoint"]
+        attempts = CounterMetricFamily("rag_llm_endpoint_attempts",
+                                       "Attempts sent to an endpoint, by outcome",
+                                       labels=[*pe, "outcome"])
+        healthy = GaugeMetricFamily("rag_llm_endpoint_healthy",
+                                    "Endpoints passing their active health check", labels=pe)
+        breaker = GaugeMetricFamily("rag_llm_circuit_breaker_state",
+                                    "Endpoints in each circuit-breaker state",
+                                    labels=[*pe, "state"])
+        in_flight = GaugeMetricFamily("rag_llm_endpoint_in_flight",
+                                      "Attempts in flight on an endpoint", labels=pe)
+        retries = CounterMetricFamily("rag_llm_retries", "Attempts that were retried",
+                                      labels=["provider"])
+        gave_up = CounterMetricFamily("rag_llm_retries_refused",
+                                      "Failed attempts not retried, by reason",
+                                      labels=["provider", "reason"])
+        rejected = CounterMetricFamily("rag_llm_calls_rejected",
+                                       "Calls refused before sending (open circuit, local "
+                                       "rate limit)", labels=["provider", "reason"])
+        budget = GaugeMetricFamily("rag_llm_retry_budget_available",
+                                   "Retries the budget would grant now", labels=["provider"])
+        sums: dict[str, dict[tuple[str, ...], float]] = defaultdict(lambda: defaultdict(float))
+        for snapshot in self._source():
+            provider = scrub_text(snapshot.provider)
+            for e in snapshot.endpoints:
+                key = (provider, scrub_text(e.name))
+                for outcome, count in e.attempts.items():
+                    sums["attempts"][(*key, outcome)] += count
+                sums["healthy"][key] += e.healthy
+                sums["breaker"][(*key, e.breaker)] += 1
+                sums["in_flight"][key] += e.in_flight
+            sums["retries"][(provider,)] += snapshot.retries
+            for reason, count in snapshot.gave_up.items():
+                sums["gave_up"][(provider, reason)] += count
+            for reason, count in snapshot.rejected.items():
+                sums["rejected"][(provider, reason)] += count
+            if snapshot.budget_available is not None:
+                sums["budget"][(provider,)] += snapshot.budget_available
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
+            "attempts": attempts, "healthy": healthy, "breaker": breaker,
+            "in_flight": in_flight, "retries": retries, "gave_up": gave_up,
+            "rejected": rejected, "budget": budget}
+        for name, family in families.items():
+            for labels, value in sorted(sums[name].items()):
+                family.add_metric(list(labels), value)
+        yield from families.values()
+
+
+def render_metrics(source: Callable[[], list[PoolSnapshot]] = all_snapshots,
+                   routers: Callable[[], list[RouterSnapshot]] = _router_snapshots) -> bytes:
+    """The Prometheus text exposition of every live pool and provider."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PoolCollector(source))
+    registry.register(RoutingCollector(routers))
     return generate_latest(registry)

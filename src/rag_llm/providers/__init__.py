@@ -83,4 +83,4 @@ def create_provider(kind: str, config: Mapping[str, Any]) -> Any:
         raise ConfigError("type", provider_type, f"must be one of {', '.join(known)}")
     api_class, default_base_url = API_TYPES[provider_type]
     settings = ProviderConfig.from_mapping(config, default_base_url=default_base_url)
-    return provider_class(settings, api_class(settings))
+    return provider_class(settings, api_class)

@@ -61,9 +61,8 @@ def upstream_error(
     message = scrub_text(_message(content))
     if secret:
         message = message.replace(secret, REDACTED)
-    if status == 429:
-        return errors.RateLimitError(provider=provider, endpoint=endpoint, status=status,
-                                     message=message, retry_after=parse_retry_after(headers))
-    kind = (errors.AuthenticationError if status in (401, 403)
+    kind = (errors.RateLimitError if status == 429
+            else errors.AuthenticationError if status in (401, 403)
             else errors.ServerError if status >= 500 else errors.UpstreamError)
-    return kind(provider=provider, endpoint=endpoint, status=status, message=message)
+    return kind(provider=provider, endpoint=endpoint, status=status, message=message,
+                retry_after=parse_retry_after(headers))

@@ -7,19 +7,25 @@ through its :class:`~rag_llm.pool.ClientPool`, so sync and async share one code 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Protocol, Self
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, Self, TypeVar
 
 from rag_llm.config import ProviderConfig
 from rag_llm.errors import (
+    ConnectionLostError,
     ConnectTimeoutError,
     MalformedResponseError,
+    ProviderClosedError,
     RagLLMError,
     ReadTimeoutError,
+    StreamInterruptedError,
+    TransportError,
     UpstreamError,
 )
 from rag_llm.observability.events import get_logger
@@ -27,15 +33,10 @@ from rag_llm.observability.stats import ClientStats
 from rag_llm.pool import ClientPool, PoolSnapshot
 from rag_llm.providers.batching import EmbeddingBatcher, split
 from rag_llm.providers.openai import Message, OpenAIAPI, endpoint_of
-from rag_llm.transport import (
-    Request,
-    Response,
-    TransportSettings,
-    get_backend,
-    pool_timeout_error,
-)
+from rag_llm.transport import Request, Response, pool_timeout_error
 
 if TYPE_CHECKING:
+    from rag_llm.providers.routing import Attempt, Router, RouterSnapshot
     from rag_llm.resilience.adaptive import AdaptiveLimit, AdmissionGate
 
 __all__ = [
@@ -48,6 +49,8 @@ __all__ = [
 ]
 
 _log = get_logger()
+T = TypeVar("T")
+L = TypeVar("L", AsyncIterator[str], Iterator[str])
 
 
 class Embedder(Protocol):
@@ -79,28 +82,31 @@ class ChatModel(Protocol):
 
 
 class BaseProvider:
-    """Owns one connection pool for one model endpoint; close it with ``aclose()``/``close()``."""
+    """Owns one connection pool per endpoint of one model; close it with ``aclose()``/``close()``.
+
+    Every call goes through the provider's :class:`~rag_llm.providers.routing.Router`:
+    endpoint choice, circuit breakers, retries under a budget and one deadline.
+    """
 
     kind = "provider"
 
-    def __init__(self, config: ProviderConfig, api: OpenAIAPI) -> None:
+    def __init__(self, config: ProviderConfig, api_class: type[OpenAIAPI]) -> None:
         self.config = config
-        self.api = api
         self.name = config.name
-        self.pool = ClientPool(
-            TransportSettings(
-                provider=config.name,
-                limits=config.limits,
-                timeouts=config.timeouts,
-                http2=config.http2,
-                verify=config.verify,
-                slow_request_s=config.slow_request_seconds,
-            ),
-            get_backend(config.transport, http2=config.http2),
-        )
+        # Imported here: the resilience policies are the costliest part of the import.
+        from rag_llm.providers.routing import Router
+
+        self.router: Router = Router(config, api_class)
+        # The first endpoint's adapter and pool: all there is with a single base_url.
+        self.api = self.router.primary.api
+        self.pool = self.router.primary.pool
         self._closed = False
+        self._closing = False
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._in_flight_lock = threading.Lock()
         # With adaptive_concurrency, async calls pass a gate whose limit follows the upstream
-        # (imported only then: the resilience package costs ~50 ms to import).
+        # (imported only then).
         self._adaptive: AdaptiveLimit | None = None
         if config.adaptive_concurrency:
             from rag_llm.resilience.adaptive import AdaptiveLimit, AdaptivePolicy
@@ -124,22 +130,55 @@ class BaseProvider:
     def keepalive_expiry(self) -> float:
         return self.config.limits.keepalive_expiry
 
+    @property
+    def pools(self) -> dict[str, ClientPool]:
+        """Each endpoint's pool, by endpoint name."""
+        return {name: upstream.pool for name, upstream in self.router.upstreams.items()}
+
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} name={self.name!r} model={self.config.model!r} "
                 f"base_url={endpoint_of(self.config.base_url)!r} pool={self.pool.state.value}>")
 
     def pool_stats(self) -> PoolSnapshot:
-        """Limits, connections and exact statistics of both clients, as a plain value."""
+        """Limits, connections and exact statistics of the first endpoint's clients."""
         return self.pool.snapshot()
+
+    def routing_stats(self) -> RouterSnapshot:
+        """Each endpoint's health, breaker, load and attempts; retries and local rejections."""
+        return self.router.snapshot()
 
     def _call(self, operation: str, client: str) -> _Call:
         return _Call(self.pool.stats(client), operation)
 
-    async def _asend(self, call: _Call, request: Request) -> Response:
-        async with self._admitted(request) as admission:
-            response = await (await self.pool.async_transport()).send(request)
-            call.status = admission.status = response.status
-        return response
+    async def _asend(self, call: _Call, build: Callable[[OpenAIAPI], Request],
+                     parse: Callable[[OpenAIAPI, Request, Response], T], cost: float) -> T:
+        with self._tracked():
+            async for attempt in self.router.attempts(cost):
+                async with attempt:
+                    api = attempt.upstream.api
+                    request = build(api)
+                    async with self._admitted(request) as admission:
+                        transport = await attempt.upstream.pool.async_transport()
+                        response = await transport.send(request)
+                        call.status = admission.status = response.status
+                    return parse(api, request, response)
+        raise AssertionError("attempts end by return or raise")
+
+    def _send(self, call: _Call, build: Callable[[OpenAIAPI], Request],
+              parse: Callable[[OpenAIAPI, Request, Response], T], cost: float) -> T:
+        with self._tracked():
+            for attempt in self.router.attempts(cost):
+                with attempt:
+                    api = attempt.upstream.api
+                    request = build(api)
+                    response = attempt.upstream.pool.sync_transport().send(request)
+                    call.status = response.status
+                    return parse(api, request, response)
+        raise AssertionError("attempts end by return or raise")
+
+    def _tracked(self) -> _InFlight:
+        """Count one call in flight while it runs; refused once shutdown has begun."""
+        return _InFlight(self)
 
     @asynccontextmanager
     async def _admitted(self, request: Request) -> AsyncIterator[_Admission]:
@@ -170,19 +209,56 @@ class BaseProvider:
             gate.release(dropped=dropped, started=started)
             self.pool.stats("async").concurrency_limit = self._adaptive.limit
 
-    def _send(self, call: _Call, request: Request) -> Response:
-        response = self.pool.sync_transport().send(request)
-        call.status = response.status
-        return response
+    async def awarmup(self) -> None:
+        """Open ``warmup`` connections to each endpoint now, so first calls skip the handshake."""
+        await self.router.awarmup(self.config.warmup)
+
+    def warmup(self) -> None:
+        """Sync twin of :meth:`awarmup`, for the sync client."""
+        self.router.warmup(self.config.warmup)
 
     async def aclose(self) -> None:
-        """Close every pooled connection; idempotent."""
-        await self.pool.aclose()
+        """Stop taking calls, let those in flight finish (``drain_timeout``), then close.
+
+        Calls still running at the drain deadline are cancelled. Idempotent.
+        """
+        self._closing = True
+        deadline = time.monotonic() + self.config.drain_timeout
+        # Calls may run on other threads and loops, so the count is polled.
+        while self._in_flight and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(_DRAIN_POLL)
+        await self._cancel_stragglers()
+        await self.router.aclose()
         self._log_closed()
 
+    async def _cancel_stragglers(self) -> None:
+        with self._in_flight_lock:
+            tasks = list(self._tasks)
+        current = asyncio.current_task()
+        here = [t for t in tasks if t is not current and t.get_loop() is asyncio.get_running_loop()]
+        for task in tasks:
+            if task in here:
+                task.cancel()
+            elif task is not current and not task.get_loop().is_closed():
+                task.get_loop().call_soon_threadsafe(task.cancel)
+        if here:
+            await asyncio.wait(here, timeout=_DRAIN_POLL * 10)
+        if tasks:
+            _log.warning("provider_calls_cancelled", provider=self.name, calls=len(tasks))
+
     def close(self) -> None:
-        """Sync twin of :meth:`aclose`."""
-        self.pool.close()
+        """Sync twin of :meth:`aclose`; sync calls still running at the drain deadline fail
+        when their pool closes."""
+        self._closing = True
+        deadline = time.monotonic() + self.config.drain_timeout
+        while self._in_flight and time.monotonic() < deadline:
+            time.sleep(_DRAIN_POLL)
+        with self._in_flight_lock:
+            tasks = list(self._tasks)
+        for task in tasks:
+            if not task.get_loop().is_closed():
+                task.get_loop().call_soon_threadsafe(task.cancel)
+        self.router.close()
         self._log_closed()
 
     def _log_closed(self) -> None:
@@ -205,6 +281,39 @@ class BaseProvider:
         self.close()
 
 
+class _InFlight:
+    """One call counted in flight on its provider (and its task, to cancel at shutdown)."""
+
+    __slots__ = ("_provider", "_task")
+
+    def __init__(self, provider: BaseProvider) -> None:
+        self._provider = provider
+        self._task: asyncio.Task[Any] | None = None
+
+    def __enter__(self) -> None:
+        provider = self._provider
+        loop = asyncio._get_running_loop()
+        task = self._task = None if loop is None else asyncio.current_task(loop)
+        with provider._in_flight_lock:
+            if provider._closing:
+                state = "closed; create a new provider" if provider._closed else "shutting down"
+                raise ProviderClosedError(f"{provider.name}: the provider is {state} and "
+                                          "takes no new calls")
+            provider._in_flight += 1
+            if task is not None:
+                provider._tasks.add(task)
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        provider = self._provider
+        with provider._in_flight_lock:
+            provider._in_flight -= 1
+            if self._task is not None:
+                provider._tasks.discard(self._task)
+
+
+# How often a closing provider looks whether its calls have finished.
+_DRAIN_POLL: Final = 0.01
 # Answers that mean the upstream is over capacity: the adaptive limit backs off.
 _DROPPED_STATUSES: Final = frozenset({429, 503})
 
@@ -278,8 +387,8 @@ class EmbeddingProvider(BaseProvider):
 
     kind = "embedding"
 
-    def __init__(self, config: ProviderConfig, api: OpenAIAPI) -> None:
-        super().__init__(config, api)
+    def __init__(self, config: ProviderConfig, api_class: type[OpenAIAPI]) -> None:
+        super().__init__(config, api_class)
         self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
                                                   EmbeddingBatcher] = weakref.WeakKeyDictionary()
 
@@ -311,64 +420,191 @@ class EmbeddingProvider(BaseProvider):
         return batcher
 
     async def _aembed_request(self, items: list[str]) -> list[list[float]]:
-        request = self.api.embeddings_request(items)
         with self._call("embeddings", "async") as call:
-            response = await self._asend(call, request)
-            return self.api.parse_embeddings(request, response, len(items))
+            return await self._asend(
+                call, lambda api: api.embeddings_request(items),
+                lambda api, request, response: api.parse_embeddings(request, response, len(items)),
+                estimate_tokens(items))
 
     def _embed_request(self, items: list[str]) -> list[list[float]]:
-        request = self.api.embeddings_request(items)
         with self._call("embeddings", "sync") as call:
-            return self.api.parse_embeddings(request, self._send(call, request), len(items))
+            return self._send(
+                call, lambda api: api.embeddings_request(items),
+                lambda api, request, response: api.parse_embeddings(request, response, len(items)),
+                estimate_tokens(items))
 
 
 class ChatProvider(BaseProvider):
-    """Chat completions, whole (``achat``/``chat``) or streamed (``astream``/``stream``)."""
+    """Chat completions, whole (``achat``/``chat``) or streamed (``astream``/``stream``).
+
+    A stream is retried only until its first token: once text has reached the caller, a
+    broken stream raises :class:`~rag_llm.errors.StreamInterruptedError` carrying it.
+    """
 
     kind = "llm"
 
     async def achat(self, messages: Sequence[Message], **params: Any) -> str:
-        request = self.api.chat_request(messages, params)
         with self._call("chat", "async") as call:
-            return self.api.parse_chat(request, await self._asend(call, request))
+            return await self._asend(
+                call, lambda api: api.chat_request(messages, params),
+                lambda api, request, response: api.parse_chat(request, response),
+                _chat_cost(messages, params))
 
     def chat(self, messages: Sequence[Message], **params: Any) -> str:
-        request = self.api.chat_request(messages, params)
         with self._call("chat", "sync") as call:
-            return self.api.parse_chat(request, self._send(call, request))
+            return self._send(
+                call, lambda api: api.chat_request(messages, params),
+                lambda api, request, response: api.parse_chat(request, response),
+                _chat_cost(messages, params))
 
     async def astream(self, messages: Sequence[Message], **params: Any) -> AsyncIterator[str]:
         """Yield text deltas as they arrive."""
-        request = self.api.chat_request(messages, params, stream=True)
-        with self._call("chat_stream", "async") as call:
-            transport = await self.pool.async_transport()
-            async with self._admitted(request) as admission, \
-                    transport.stream(request) as response:
-                call.status = admission.status = response.status
-                if response.status >= 400:
-                    raise self.api.error(request, response.status, response.headers,
-                                         await response.aread())
-                parser = self.api.stream_parser(request)
-                # Read to the end of the body, past [DONE]: only a connection whose
-                # response was read whole goes back to the pool.
-                async for line in response.aiter_lines():
-                    text = parser.feed(line)
+        timeouts = self.config.timeouts
+        with self._call("chat_stream", "async") as call, self._tracked():
+            async with contextlib.AsyncExitStack() as held:
+                async for attempt in self.router.attempts(_chat_cost(messages, params)):
+                    async with attempt:
+                        stream = await self._aopen_stream(attempt, messages, params, call, held)
+                        break
+                received: list[str] = []
+                text = stream.first
+                while True:
                     if text is not None:
+                        received.append(text)
                         call.token()
                         yield text
+                    idle = asyncio.timeout(timeouts.stream_idle)
+                    try:
+                        async with idle:
+                            line = await anext(stream.lines)
+                    except StopAsyncIteration:
+                        break
+                    except TransportError as exc:  # read timeouts included
+                        raise stream.interrupted(received, exc.detail) from exc
+                    except TimeoutError:
+                        if not idle.expired():
+                            raise
+                        raise stream.interrupted(
+                            received, f"no token for stream_idle_timeout="
+                                      f"{timeouts.stream_idle:g}s") from None
+                    text = stream.parser.feed(line)
+                if not stream.parser.done:
+                    raise stream.interrupted(received, "the stream ended before [DONE]")
+
+    async def _aopen_stream(self, attempt: Attempt, messages: Sequence[Message],
+                            params: dict[str, Any], call: _Call,
+                            held: contextlib.AsyncExitStack) -> _OpenStream[AsyncIterator[str]]:
+        """Send, then read up to the first token within ``first_token_timeout``.
+
+        Up to there a failure is the attempt's, and may be retried; the open response then
+        moves to ``held``, which the stream's reader owns.
+        """
+        api = attempt.upstream.api
+        request = api.chat_request(messages, params, stream=True)
+        limit = self.config.timeouts.first_token
+        first_token = asyncio.timeout(limit)
+        async with contextlib.AsyncExitStack() as stack:
+            admission = await stack.enter_async_context(self._admitted(request))
+            try:
+                async with first_token:
+                    transport = await attempt.upstream.pool.async_transport()
+                    response = await stack.enter_async_context(transport.stream(request))
+                    call.status = admission.status = response.status
+                    if response.status >= 400:
+                        raise api.error(request, response.status, response.headers,
+                                        await response.aread())
+                    stream = _OpenStream(api, request, response.aiter_lines())
+                    async for line in stream.lines:
+                        stream.first = stream.parser.feed(line)
+                        if stream.first is not None or stream.parser.done:
+                            break
+            except TimeoutError:
+                if not first_token.expired():
+                    raise
+                raise ReadTimeoutError(f"no token within first_token_timeout={limit:g}s",
+                                       provider=self.name, endpoint=request.endpoint) from None
+            stream.check_started()
+            held.push_async_exit(stack.pop_all())
+        return stream
 
     def stream(self, messages: Sequence[Message], **params: Any) -> Iterator[str]:
-        """Sync twin of :meth:`astream`."""
-        request = self.api.chat_request(messages, params, stream=True)
-        with self._call("chat_stream", "sync") as call, \
-                self.pool.sync_transport().stream(request) as response:
-            call.status = response.status
-            if response.status >= 400:
-                raise self.api.error(request, response.status, response.headers,
-                                     response.read())
-            parser = self.api.stream_parser(request)
-            for line in response.iter_lines():  # to the end of the body, as in astream
-                text = parser.feed(line)
+        """Sync twin of :meth:`astream` (the read timeout bounds each wait for a token)."""
+        with self._call("chat_stream", "sync") as call, self._tracked(), \
+                contextlib.ExitStack() as held:
+            for attempt in self.router.attempts(_chat_cost(messages, params)):
+                with attempt:
+                    stream = self._open_stream(attempt, messages, params, call, held)
+                    break
+            received: list[str] = []
+            text = stream.first
+            while True:
                 if text is not None:
+                    received.append(text)
                     call.token()
                     yield text
+                try:
+                    line = next(stream.lines)
+                except StopIteration:
+                    break
+                except TransportError as exc:
+                    raise stream.interrupted(received, exc.detail) from exc
+                text = stream.parser.feed(line)
+            if not stream.parser.done:
+                raise stream.interrupted(received, "the stream ended before [DONE]")
+
+    def _open_stream(self, attempt: Attempt, messages: Sequence[Message],
+                     params: dict[str, Any], call: _Call,
+                     held: contextlib.ExitStack) -> _OpenStream[Iterator[str]]:
+        api = attempt.upstream.api
+        request = api.chat_request(messages, params, stream=True)
+        with contextlib.ExitStack() as stack:
+            transport = attempt.upstream.pool.sync_transport()
+            response = stack.enter_context(transport.stream(request))
+            call.status = response.status
+            if response.status >= 400:
+                raise api.error(request, response.status, response.headers, response.read())
+            stream = _OpenStream(api, request, response.iter_lines())
+            for line in stream.lines:
+                stream.first = stream.parser.feed(line)
+                if stream.first is not None or stream.parser.done:
+                    break
+            stream.check_started()
+            held.push(stack.pop_all())
+        return stream
+
+
+class _OpenStream(Generic[L]):
+    """A stream that has answered: its lines, parser, and the first text (None if none)."""
+
+    __slots__ = ("api", "first", "lines", "parser", "request")
+
+    def __init__(self, api: OpenAIAPI, request: Request, lines: L) -> None:
+        self.api = api
+        self.request = request
+        self.lines: L = lines
+        self.parser = api.stream_parser(request)
+        self.first: str | None = None
+
+    def check_started(self) -> None:
+        """Fail the attempt (retryable) if the body ended before any text or [DONE]."""
+        if self.first is None and not self.parser.done:
+            raise ConnectionLostError("the stream ended before its first token",
+                                      provider=self.api.provider, endpoint=self.request.endpoint)
+
+    def interrupted(self, received: list[str], why: str) -> StreamInterruptedError:
+        return StreamInterruptedError(
+            f"stream interrupted after {len(received)} deltas: {why}",
+            provider=self.api.provider, endpoint=self.request.endpoint,
+            received="".join(received))
+
+
+def estimate_tokens(texts: Sequence[str], extra: int = 0) -> float:
+    """A rate-limit token estimate: about four characters a token, plus ``extra``."""
+    return sum(len(text) for text in texts) / 4 + extra
+
+
+def _chat_cost(messages: Sequence[Message], params: Mapping[str, Any]) -> float:
+    """Rate-limit tokens of a chat call: its prompt text plus the completion it allows."""
+    texts = [m["content"] for m in messages if isinstance(m.get("content"), str)]
+    limit = params.get("max_completion_tokens", params.get("max_tokens"))
+    return estimate_tokens(texts, limit if isinstance(limit, int) else 0)

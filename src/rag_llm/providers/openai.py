@@ -46,6 +46,8 @@ class OpenAIAPI:
         headers.update({k.lower(): v for k, v in config.headers.items()})
         self._headers: Mapping[str, str] = headers
         self._stream_headers = {**headers, "accept": "text/event-stream"}
+        # Scheme, host, port and path: what errors and events may show of this endpoint.
+        self.endpoint = endpoint_of(config.base_url)
         self._embeddings_url = self.url("embeddings")
         self._chat_url = self.url("chat/completions")
 
@@ -63,6 +65,11 @@ class OpenAIAPI:
             content=json.dumps(body, separators=(",", ":")).encode(),
             endpoint=endpoint_of(url),
         )
+
+    def get_request(self, operation: str) -> Request:
+        """A GET of ``operation`` (e.g. ``models``): cheap, for health checks and warm-up."""
+        url = self.url(operation)
+        return Request(method="GET", url=url, headers=self._headers, endpoint=endpoint_of(url))
 
     # -- embeddings --------------------------------------------------------------
 

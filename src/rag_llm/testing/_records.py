@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,8 @@ class RecordedRequest:
     ``query`` maps each query parameter to its last value, and ``json`` is the
     parsed body, or ``None`` when the body is empty or not valid JSON.
     ``connection_id`` starts at 1 and never repeats within a server's life;
-    ``nth_on_connection`` is 1 for the first request on a connection.
+    ``nth_on_connection`` is 1 for the first request on a connection. ``received_at`` is
+    ``time.monotonic()`` when the request had been read.
     """
 
     method: str
@@ -26,6 +28,7 @@ class RecordedRequest:
     connection_id: int
     nth_on_connection: int
     body: bytes = field(default=b"", repr=False)
+    received_at: float = field(default_factory=time.monotonic, repr=False)
 
 
 class Stats:
