@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+from aiohttp import hdrs
 from aiohttp.client_proto import ResponseHandler
 
 from rag_llm import errors
@@ -31,9 +33,16 @@ from rag_llm.transport import (
     TransportSettings,
     pool_timeout_error,
 )
+from rag_llm.transport._counting import IdleExpiry
 from rag_llm.transport._tls import ssl_context
 
 __all__ = ["AiohttpBackend", "AiohttpTransport"]
+
+# The pool's reaper prunes at least this often: an idle connection due to expire later
+# than this is left to it; one due sooner gets a timer of its own.
+_REAP_HORIZON = 1.0
+# aiohttp expires a connection strictly after its deadline: wake just past it.
+_PAST_DEADLINE = 0.002
 
 
 class _CountedHandler(ResponseHandler):
@@ -44,7 +53,7 @@ class _CountedHandler(ResponseHandler):
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, stats: ClientStats,
-                 expiry: float) -> None:
+                 expiry: IdleExpiry) -> None:
         super().__init__(loop)
         self._rag_stats = stats
         self._rag_expiry = expiry
@@ -68,7 +77,7 @@ class _CountedHandler(ResponseHandler):
             reason = "error"
         elif self._rag_server_eof:
             reason = "server_closed"
-        elif time.monotonic() - self._rag_last_io >= self._rag_expiry:
+        elif time.monotonic() - self._rag_last_io >= self._rag_expiry.seconds:
             reason = "expired"
         else:
             reason = "client"
@@ -83,14 +92,25 @@ class _PoolConnector(aiohttp.TCPConnector):
     ``_acquired``, ``_factory``, ``_cleanup``); the pool tests guard it.
     """
 
-    def __init__(self, *, max_idle: int, stats: ClientStats, expiry: float,
+    def __init__(self, *, max_idle: int, stats: ClientStats, expiry: IdleExpiry,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._max_idle = max_idle
-        self._grace = min(1.0, expiry)
+        self._grace = min(1.0, expiry.configured)
+        self._rag_idle = expiry
         self._factory = functools.partial(  # type: ignore[assignment]
             _CountedHandler, loop=self._loop, stats=stats, expiry=expiry
         )
+
+    def learn_keep_alive(self, hint: str) -> None:
+        """Take a server's ``Keep-Alive`` header into account.
+
+        aiohttp checks ``_keepalive_timeout`` both when it takes an idle connection for a
+        request and in ``_cleanup``, so lowering it is enough for no connection idle longer
+        than that to be reused.
+        """
+        if self._rag_idle.learn(hint) and self._keepalive_timeout is not None:
+            self._keepalive_timeout = self._rag_idle.seconds
 
     def idle_count(self) -> int:
         return sum(len(conns) for conns in self._conns.values())
@@ -108,6 +128,11 @@ class _PoolConnector(aiohttp.TCPConnector):
         if not self._conns:
             return
         self._cleanup()
+        self._trim_surplus()
+        if self._rag_idle.seconds < self._rag_idle.configured:
+            self._rag_clean_at_expiry()
+
+    def _trim_surplus(self) -> None:
         surplus = self.idle_count() - self._max_idle
         if surplus <= 0:
             return
@@ -120,6 +145,34 @@ class _PoolConnector(aiohttp.TCPConnector):
             if not conns:
                 del self._conns[key]
             proto.close()
+
+    def _rag_clean_at_expiry(self) -> None:
+        """Reschedule aiohttp's own cleanup to just after the soonest idle expiry.
+
+        Only when that comes before the reaper's next prune: the reaper's interval follows
+        ``keepalive_expiry``, not a server's shorter timeout, and without this an expired
+        connection could stay open until the server closes it. ``_cleanup`` reschedules
+        itself afterwards, and ``close()`` cancels the handle.
+        """
+        timeout = self._keepalive_timeout
+        if timeout is None or not self._conns:
+            return
+        at = min(t0 for conns in self._conns.values() for _, t0 in conns) + timeout
+        delay = at - time.monotonic()
+        if delay >= _REAP_HORIZON:
+            return
+        if self._cleanup_handle is not None:
+            self._cleanup_handle.cancel()
+        self._cleanup_handle = self._loop.call_later(
+            max(delay, 0.0) + _PAST_DEADLINE, _cleanup, weakref.ref(self)
+        )
+
+
+def _cleanup(connector: weakref.ref[_PoolConnector]) -> None:
+    """Runs aiohttp's idle cleanup without the timer keeping the connector alive."""
+    alive = connector()
+    if alive is not None:
+        alive._cleanup()
 
 
 class _RequestTrace:
@@ -220,10 +273,11 @@ class AiohttpTransport:
         self._translate = _Translator(settings)
         self._slots = asyncio.Semaphore(limits.max_connections)
         keep = limits.keepalive_expiry > 0 and limits.max_keepalive_connections > 0
+        self._idle = IdleExpiry(limits.keepalive_expiry)
         self._connector = _PoolConnector(
             max_idle=limits.max_keepalive_connections,
             stats=stats,
-            expiry=limits.keepalive_expiry,
+            expiry=self._idle,
             limit=limits.max_connections,
             limit_per_host=0,
             keepalive_timeout=limits.keepalive_expiry if keep else None,
@@ -256,7 +310,7 @@ class AiohttpTransport:
         for attempt in (1, 2):
             trace = _RequestTrace(self._stats)
             try:
-                return await self._session.request(
+                response = await self._session.request(
                     request.method, request.url, headers=request.headers,
                     data=request.content, trace_request_ctx=trace,
                 )
@@ -267,6 +321,10 @@ class AiohttpTransport:
                 raise self._translate(exc, request) from exc
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise self._translate(exc, request) from exc
+            hint = response.headers.get(hdrs.KEEP_ALIVE)  # one lookup when absent
+            if hint is not None and hint != self._idle.hint:
+                self._connector.learn_keep_alive(hint)
+            return response
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def send(self, request: Request) -> Response:

@@ -8,13 +8,73 @@ wrapped: each reports when it opened, how long TCP and TLS took, and, when close
 # ruff: noqa: ASYNC109 - the signatures are httpcore's network-backend interface
 from __future__ import annotations
 
+import math
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
 
 from rag_llm.observability.stats import ClientStats
 
-__all__ = ["AsyncCountingBackend", "SyncCountingBackend"]
+__all__ = ["AsyncCountingBackend", "IdleExpiry", "SyncCountingBackend", "keep_alive_timeout"]
+
+
+def keep_alive_timeout(value: str | bytes) -> float | None:
+    """The ``timeout`` of a ``Keep-Alive`` header value; None if absent, malformed or <= 0."""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    for part in value.split(","):
+        name, equals, number = part.partition("=")
+        if equals and name.strip().lower() == "timeout":
+            try:
+                seconds = float(number.strip().strip('"'))
+            except ValueError:
+                return None
+            return seconds if seconds > 0 and math.isfinite(seconds) else None
+    return None
+
+
+class IdleExpiry:
+    """How long a connection may sit idle: ``keepalive_expiry``, or less once learned.
+
+    A server's ``Keep-Alive: timeout=N`` response header says it drops connections idle
+    for ``N`` seconds; closing ours first means no request goes out on a connection the
+    server is about to close. One object is shared by a transport (which lowers
+    ``seconds``) and its connections (which read it to count a close as ``expired``).
+    """
+
+    __slots__ = ("_lock", "configured", "hint", "learned", "seconds")
+
+    def __init__(self, configured: float) -> None:
+        self.configured = configured
+        self.seconds = configured  # the effective expiry
+        self.learned: float | None = None  # the smallest server timeout seen
+        # The last header value parsed: an unchanged one (nginx sends it on every
+        # response) is not parsed again.
+        self.hint: object = None
+        self._lock = threading.Lock()
+
+    def learn(self, hint: str | bytes) -> bool:
+        """Take a ``Keep-Alive`` header value into account; True if ``seconds`` went down.
+
+        The smallest valid timeout wins: servers behind one balancer may differ.
+        """
+        with self._lock:
+            self.hint = hint
+            timeout = keep_alive_timeout(hint)
+            if timeout is None or self.configured <= 0 or (
+                    self.learned is not None and timeout >= self.learned):
+                return False
+            self.learned = timeout
+            # Close a little before the server would: a request sent at the last moment
+            # still has to reach it, and our close is a timer away. One second covers
+            # that on any sane network; a quarter of the timeout keeps a short timeout
+            # (timeout=2: 1.5 s, timeout=1: 0.75 s) useful instead of zero.
+            seconds = min(self.configured, timeout - min(1.0, timeout / 4))
+            if seconds >= self.seconds:
+                return False
+            self.seconds = seconds
+            return True
 
 
 class _Connection:
@@ -22,7 +82,7 @@ class _Connection:
 
     __slots__ = ("closed", "eof", "error", "expiry", "last_io", "stats")
 
-    def __init__(self, stats: ClientStats, expiry: float) -> None:
+    def __init__(self, stats: ClientStats, expiry: IdleExpiry) -> None:
         self.stats = stats
         self.expiry = expiry
         self.last_io = time.monotonic()
@@ -42,7 +102,7 @@ class _Connection:
             reason = "error"
         elif self.eof or _readable(stream):
             reason = "server_closed"  # the server's FIN was waiting on an idle socket
-        elif time.monotonic() - self.last_io >= self.expiry:
+        elif time.monotonic() - self.last_io >= self.expiry.seconds:
             reason = "expired"
         else:
             reason = "client"
@@ -97,7 +157,7 @@ class AsyncCountingStream:
 
 
 class AsyncCountingBackend:
-    def __init__(self, inner: Any, stats: ClientStats, expiry: float) -> None:
+    def __init__(self, inner: Any, stats: ClientStats, expiry: IdleExpiry) -> None:
         self._inner = inner
         self._stats = stats
         self._expiry = expiry
@@ -166,7 +226,7 @@ class SyncCountingStream:
 class SyncCountingBackend:
     """Sync twin of :class:`AsyncCountingBackend`."""
 
-    def __init__(self, inner: Any, stats: ClientStats, expiry: float) -> None:
+    def __init__(self, inner: Any, stats: ClientStats, expiry: IdleExpiry) -> None:
         self._inner = inner
         self._stats = stats
         self._expiry = expiry
