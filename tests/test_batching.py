@@ -99,3 +99,30 @@ async def test_a_cancelled_call_leaves_the_others_whole(upstream: UpstreamServer
         with pytest.raises(asyncio.CancelledError):
             await doomed
     assert inputs(upstream) == [["kept"]]
+
+
+def test_token_bounds_close_a_batch_before_its_text_count_does() -> None:
+    from rag_llm.providers.batching import batch_bounds
+
+    texts = ["a" * 40, "b" * 40, "c" * 4, "d" * 400, "e" * 4]  # 10, 10, 1, 100, 1 tokens
+    assert batch_bounds(texts, size=10, max_tokens=20) == [(0, 2), (2, 3), (3, 4), (4, 5)]
+    assert batch_bounds(texts, size=2, max_tokens=1000) == [(0, 2), (2, 4), (4, 5)]
+    assert batch_bounds(texts, size=10) == [(0, 5)]
+
+
+@pytest.mark.parametrize("mode", ["async", "sync", "coalesced"])
+async def test_max_batch_tokens_bounds_every_request(upstream: UpstreamServer, mode: str) -> None:
+    texts = [f"{i:02d}" + "x" * 38 for i in range(12)]  # 10 estimated tokens each
+    settings: dict[str, Any] = {"max_batch_size": 100, "max_batch_tokens": 35}
+    if mode == "coalesced":
+        settings["coalesce_window"] = 0.01
+    async with embedder(upstream, **settings) as provider:
+        if mode == "sync":
+            vectors = await asyncio.to_thread(provider.embed, texts)
+        elif mode == "async":
+            vectors = await provider.aembed(texts)
+        else:
+            halves = await asyncio.gather(provider.aembed(texts[:6]), provider.aembed(texts[6:]))
+            vectors = halves[0] + halves[1]
+    assert vectors == expected(upstream, texts)
+    assert sorted(map(len, inputs(upstream))) == [3, 3, 3, 3]

@@ -208,6 +208,7 @@ FIELD_TYPES: Final[Mapping[str, type]] = {
     "headers": dict,
     "slow_request_seconds": float,
     "max_batch_size": int,
+    "max_batch_tokens": int,
     "coalesce_window": float,
     "adaptive_concurrency": bool,
     "endpoints": list,
@@ -333,6 +334,8 @@ class ProviderConfig:
     headers: Mapping[str, str] = field(default_factory=dict)
     slow_request_seconds: float = DEFAULT_SLOW_REQUEST_SECONDS
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    # None: batches are bounded by max_batch_size alone.
+    max_batch_tokens: int | None = None
     coalesce_window: float | None = None
     adaptive_concurrency: bool = False
     endpoints: tuple[EndpointConfig, ...] = ()
@@ -412,6 +415,7 @@ class ProviderConfig:
             max_batch_size=int(check_number(
                 "max_batch_size", config.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE),
                 integer=True, minimum=1)),
+            max_batch_tokens=_optional_int(config, "max_batch_tokens", minimum=1),
             coalesce_window=None if config.get("coalesce_window") is None else check_number(
                 "coalesce_window", config["coalesce_window"], minimum=0),
             adaptive_concurrency=_flag(config, "adaptive_concurrency", False),

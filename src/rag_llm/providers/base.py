@@ -31,7 +31,7 @@ from rag_llm.errors import (
 from rag_llm.observability.events import get_logger
 from rag_llm.observability.stats import ClientStats
 from rag_llm.pool import ClientPool, PoolSnapshot
-from rag_llm.providers.batching import EmbeddingBatcher, split
+from rag_llm.providers.batching import EmbeddingBatcher, split, text_tokens
 from rag_llm.providers.openai import Message, OpenAIAPI, endpoint_of
 from rag_llm.transport import Request, Response, pool_timeout_error
 
@@ -398,15 +398,16 @@ class EmbeddingProvider(BaseProvider):
             return []
         if self.config.coalesce_window is not None:
             return await self._batcher().embed(items)
-        if len(items) <= self.config.max_batch_size:
+        batches_of = split(items, self.config.max_batch_size, self.config.max_batch_tokens)
+        if len(batches_of) == 1:
             return await self._aembed_request(items)
-        batches = await asyncio.gather(
-            *(self._aembed_request(b) for b in split(items, self.config.max_batch_size)))
+        batches = await asyncio.gather(*(self._aembed_request(b) for b in batches_of))
         return [vector for batch in batches for vector in batch]
 
     def embed(self, texts: Sequence[str] | str) -> list[list[float]]:
         items = as_texts(texts)
-        return [vector for batch in split(items, self.config.max_batch_size)
+        return [vector for batch in split(items, self.config.max_batch_size,
+                                          self.config.max_batch_tokens)
                 for vector in self._embed_request(batch)]
 
     def _batcher(self) -> EmbeddingBatcher:
@@ -416,6 +417,7 @@ class EmbeddingProvider(BaseProvider):
         if batcher is None:
             batcher = self._batchers[loop] = EmbeddingBatcher(
                 self._aembed_request, max_inputs=self.config.max_batch_size,
+                max_tokens=self.config.max_batch_tokens,
                 window=self.config.coalesce_window or 0.0)
         return batcher
 
@@ -600,7 +602,7 @@ class _OpenStream(Generic[L]):
 
 def estimate_tokens(texts: Sequence[str], extra: int = 0) -> float:
     """A rate-limit token estimate: about four characters a token, plus ``extra``."""
-    return sum(len(text) for text in texts) / 4 + extra
+    return sum(text_tokens(text) for text in texts) + extra
 
 
 def _chat_cost(messages: Sequence[Message], params: Mapping[str, Any]) -> float:
