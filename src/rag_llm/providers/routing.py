@@ -42,6 +42,7 @@ from rag_llm.errors import (
 )
 from rag_llm.observability.events import get_logger
 from rag_llm.pool import ClientPool
+from rag_llm.providers._deadlines import Deadline, watch_deadline
 from rag_llm.providers.openai import OpenAIAPI
 from rag_llm.resilience._common import retry_after_of
 from rag_llm.resilience.balancer import Balancer, Endpoint, Lease
@@ -511,7 +512,7 @@ class Attempt:
     The async form also enforces the call's deadline.
     """
 
-    __slots__ = ("_timeout", "call", "lease", "permit", "started", "upstream")
+    __slots__ = ("_deadline", "call", "lease", "permit", "started", "upstream")
 
     def __init__(self, call: Attempts, upstream: Upstream, lease: Lease | None,
                  permit: Permit | None) -> None:
@@ -520,22 +521,18 @@ class Attempt:
         self.lease = lease
         self.permit = permit
         self.started = time.monotonic()
-        self._timeout: asyncio.Timeout | None = None
+        self._deadline: Deadline | None = None
 
     async def __aenter__(self) -> Attempt:
         remaining = self.call.remaining()
         if remaining is not None:
-            self._timeout = asyncio.timeout(remaining)
-            await self._timeout.__aenter__()
+            self._deadline = watch_deadline(remaining)
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> bool:
-        if self._timeout is not None:
-            try:
-                await self._timeout.__aexit__(kind, exc, tb)
-            except TimeoutError:
-                self._deadline_passed()
+        if self._deadline is not None and self._deadline.expired_with(exc):
+            self._deadline_passed()
         if exc is None:
             self.call.router._settle(self, None)
             return False
