@@ -76,3 +76,46 @@ async def test_waiting_at_the_adaptive_gate_is_bounded_by_pool_timeout(
     failures = [r for r in results if isinstance(r, BaseException)]
     assert len(failures) == 1
     assert "pool_timeout=0.1s" in str(failures[0])
+
+
+def _overload_from_threads(provider: EmbeddingProvider, workers: int, calls: int) -> int:
+    """``_overload`` for the sync client: ``workers`` threads; how many calls were refused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def call(i: int) -> bool:
+        try:
+            provider.embed([f"t{i}"])
+        except ServerError:
+            return True
+        return False
+
+    with ThreadPoolExecutor(workers) as pool:
+        return sum(pool.map(call, range(calls)))
+
+
+def test_sync_calls_back_off_too(upstream: UpstreamServer) -> None:
+    upstream.capacity = 4
+    upstream.delay = 0.01
+    with embedder(upstream) as fixed:
+        refused_fixed = _overload_from_threads(fixed, workers=16, calls=240)
+    with embedder(upstream, adaptive_concurrency=True) as adaptive:
+        _overload_from_threads(adaptive, workers=16, calls=240)
+        refused_adaptive = _overload_from_threads(adaptive, workers=16, calls=240)
+        limit = next(c.stats.concurrency_limit for c in adaptive.pool_stats().clients
+                     if c.client == "sync")
+    assert limit is not None
+    assert limit < 20
+    assert refused_adaptive < refused_fixed / 2, (refused_adaptive, refused_fixed)
+
+
+def test_threads_wait_at_the_gate_no_longer_than_pool_timeout(upstream: UpstreamServer) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    upstream.delay = 0.5
+    with embedder(upstream, adaptive_concurrency=True, max_connections=1,
+                  max_keepalive_connections=1, pool_timeout=0.1) as provider, \
+            ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(provider.embed, [f"t{i}"]) for i in range(2)]
+        failures = [f.exception() for f in futures if f.exception() is not None]
+    assert len(failures) == 1
+    assert "pool_timeout=0.1s" in str(failures[0])

@@ -12,14 +12,12 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, Self, TypeVar
 
 from rag_llm.config import ProviderConfig
 from rag_llm.errors import (
     ConnectionLostError,
-    ConnectTimeoutError,
     MalformedResponseError,
     ProviderClosedError,
     RagLLMError,
@@ -33,11 +31,10 @@ from rag_llm.observability.stats import ClientStats
 from rag_llm.pool import ClientPool, PoolSnapshot
 from rag_llm.providers.batching import EmbeddingBatcher, split, text_tokens
 from rag_llm.providers.openai import Message, OpenAIAPI, endpoint_of
-from rag_llm.transport import Request, Response, pool_timeout_error
+from rag_llm.transport import Request, Response
 
 if TYPE_CHECKING:
     from rag_llm.providers.routing import Attempt, Router, RouterSnapshot
-    from rag_llm.resilience.adaptive import AdaptiveLimit, AdmissionGate
 
 __all__ = [
     "BaseProvider",
@@ -105,18 +102,6 @@ class BaseProvider:
         self._in_flight = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._in_flight_lock = threading.Lock()
-        # With adaptive_concurrency, async calls pass a gate whose limit follows the upstream
-        # (imported only then).
-        self._adaptive: AdaptiveLimit | None = None
-        if config.adaptive_concurrency:
-            from rag_llm.resilience.adaptive import AdaptiveLimit, AdaptivePolicy
-
-            self._adaptive = AdaptiveLimit(AdaptivePolicy(
-                max_limit=config.limits.max_connections,
-                initial_limit=max(config.limits.max_keepalive_connections, 1),
-            ))
-        self._gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AdmissionGate] = (
-            weakref.WeakKeyDictionary())
 
     @property
     def max_keepalive_connections(self) -> int:
@@ -155,13 +140,17 @@ class BaseProvider:
         with self._tracked():
             async for attempt in self.router.attempts(cost):
                 async with attempt:
-                    api = attempt.upstream.api
-                    request = build(api)
-                    async with self._admitted(request) as admission:
-                        transport = await attempt.upstream.pool.async_transport()
-                        response = await transport.send(request)
-                        call.status = admission.status = response.status
-                    return parse(api, request, response)
+                    upstream = attempt.upstream
+                    request = build(upstream.api)
+                    if upstream.admission is None:
+                        response = await (await upstream.pool.async_transport()).send(request)
+                        call.status = response.status
+                    else:
+                        async with upstream.admission.admitted(request) as admission:
+                            transport = await upstream.pool.async_transport()
+                            response = await transport.send(request)
+                            call.status = admission.status = response.status
+                    return parse(upstream.api, request, response)
         raise AssertionError("attempts end by return or raise")
 
     def _send(self, call: _Call, build: Callable[[OpenAIAPI], Request],
@@ -169,45 +158,21 @@ class BaseProvider:
         with self._tracked():
             for attempt in self.router.attempts(cost):
                 with attempt:
-                    api = attempt.upstream.api
-                    request = build(api)
-                    response = attempt.upstream.pool.sync_transport().send(request)
-                    call.status = response.status
-                    return parse(api, request, response)
+                    upstream = attempt.upstream
+                    request = build(upstream.api)
+                    if upstream.admission is None:
+                        response = upstream.pool.sync_transport().send(request)
+                        call.status = response.status
+                    else:
+                        with upstream.admission.admitted_sync(request) as admission:
+                            response = upstream.pool.sync_transport().send(request)
+                            call.status = admission.status = response.status
+                    return parse(upstream.api, request, response)
         raise AssertionError("attempts end by return or raise")
 
     def _tracked(self) -> _InFlight:
         """Count one call in flight while it runs; refused once shutdown has begun."""
         return _InFlight(self)
-
-    @asynccontextmanager
-    async def _admitted(self, request: Request) -> AsyncIterator[_Admission]:
-        """Hold a slot of the adaptive gate (if any) for one call, and report how it went."""
-        admission = _Admission()
-        if self._adaptive is None:
-            yield admission
-            return
-        loop = asyncio.get_running_loop()
-        gate = self._gates.get(loop)
-        if gate is None:
-            from rag_llm.resilience.adaptive import AdmissionGate
-
-            gate = self._gates[loop] = AdmissionGate(self._adaptive)
-        try:
-            async with asyncio.timeout(self.config.timeouts.pool):
-                started = await gate.acquire()
-        except TimeoutError:
-            raise pool_timeout_error(self.pool.settings, request) from None
-        dropped = False
-        try:
-            yield admission
-        except (ReadTimeoutError, ConnectTimeoutError):
-            dropped = True
-            raise
-        finally:
-            dropped = dropped or admission.status in _DROPPED_STATUSES
-            gate.release(dropped=dropped, started=started)
-            self.pool.stats("async").concurrency_limit = self._adaptive.limit
 
     async def awarmup(self) -> None:
         """Open ``warmup`` connections to each endpoint now, so first calls skip the handshake."""
@@ -314,19 +279,6 @@ class _InFlight:
 
 # How often a closing provider looks whether its calls have finished.
 _DRAIN_POLL: Final = 0.01
-# Answers that mean the upstream is over capacity: the adaptive limit backs off.
-_DROPPED_STATUSES: Final = frozenset({429, 503})
-
-
-class _Admission:
-    """The status of one admitted call, for the adaptive limit."""
-
-    __slots__ = ("status",)
-
-    def __init__(self) -> None:
-        self.status = 0
-
-
 class _Call:
     """Times one call and records its outcome: the HTTP status, or what went wrong."""
 
@@ -506,12 +458,15 @@ class ChatProvider(BaseProvider):
         limit = self.config.timeouts.first_token
         first_token = asyncio.timeout(limit)
         async with contextlib.AsyncExitStack() as stack:
-            admission = await stack.enter_async_context(self._admitted(request))
+            admission = None if attempt.upstream.admission is None else \
+                await stack.enter_async_context(attempt.upstream.admission.admitted(request))
             try:
                 async with first_token:
                     transport = await attempt.upstream.pool.async_transport()
                     response = await stack.enter_async_context(transport.stream(request))
-                    call.status = admission.status = response.status
+                    call.status = response.status
+                    if admission is not None:
+                        admission.status = response.status
                     if response.status >= 400:
                         raise api.error(request, response.status, response.headers,
                                         await response.aread())
@@ -560,9 +515,13 @@ class ChatProvider(BaseProvider):
         api = attempt.upstream.api
         request = api.chat_request(messages, params, stream=True)
         with contextlib.ExitStack() as stack:
+            admission = None if attempt.upstream.admission is None else \
+                stack.enter_context(attempt.upstream.admission.admitted_sync(request))
             transport = attempt.upstream.pool.sync_transport()
             response = stack.enter_context(transport.stream(request))
             call.status = response.status
+            if admission is not None:
+                admission.status = response.status
             if response.status >= 400:
                 raise api.error(request, response.status, response.headers, response.read())
             stream = _OpenStream(api, request, response.iter_lines())

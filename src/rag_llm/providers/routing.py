@@ -43,8 +43,10 @@ from rag_llm.errors import (
 from rag_llm.observability.events import get_logger
 from rag_llm.pool import ClientPool
 from rag_llm.providers._deadlines import Deadline, watch_deadline
+from rag_llm.providers.admission import EndpointAdmission
 from rag_llm.providers.openai import OpenAIAPI
 from rag_llm.resilience._common import retry_after_of
+from rag_llm.resilience.adaptive import AdaptivePolicy
 from rag_llm.resilience.balancer import Balancer, Endpoint, Lease
 from rag_llm.resilience.breaker import BreakerState, CircuitBreaker, Permit, Transition
 from rag_llm.resilience.budget import RetryBudget
@@ -67,15 +69,18 @@ _WARN_EVERY: Final = 10.0
 class Upstream:
     """One endpoint of a provider: its API adapter, pool, breaker and rate limiter."""
 
-    __slots__ = ("api", "breaker", "config", "endpoint", "limiter", "name", "pool")
+    __slots__ = ("admission", "api", "breaker", "config", "endpoint", "limiter", "name", "pool")
 
     def __init__(self, config: EndpointConfig, api: OpenAIAPI, pool: ClientPool,
-                 breaker: CircuitBreaker | None) -> None:
+                 breaker: CircuitBreaker | None,
+                 admission: EndpointAdmission | None = None) -> None:
         self.config = config
         self.name = config.name
         self.api = api
         self.pool = pool
         self.breaker = breaker
+        # The adaptive concurrency gate (adaptive_concurrency), else None.
+        self.admission = admission
         self.limiter = RateLimiter(config.rate_limits) if config.rate_limits else None
         self.endpoint = Endpoint(config.name, weight=config.weight, priority=config.priority)
 
@@ -116,20 +121,12 @@ class Router:
         self.config = config
         self.policy = config.retry
         self.budget = RetryBudget(config.retry_budget) if config.retry_budget else None
-        self.upstreams: dict[str, Upstream] = {}
         settings = TransportSettings(
             provider=config.name, limits=config.limits, timeouts=config.timeouts,
             http2=config.http2, verify=config.verify,
             slow_request_s=config.slow_request_seconds)
-        for endpoint in config.endpoints:
-            own = replace(config, base_url=endpoint.base_url, api_key=endpoint.api_key,
-                          api_version=endpoint.api_version, deployment=endpoint.deployment,
-                          endpoints=(endpoint,))
-            breaker = None if config.circuit_breaker is None else CircuitBreaker(
-                config.circuit_breaker,
-                on_transition=functools.partial(_breaker_changed, self.provider, endpoint.name))
-            pool = ClientPool(settings, get_backend(config.transport, http2=config.http2))
-            self.upstreams[endpoint.name] = Upstream(endpoint, api_class(own), pool, breaker)
+        self.upstreams = {endpoint.name: _upstream(config, endpoint, api_class, settings)
+                          for endpoint in config.endpoints}
         self.primary = next(iter(self.upstreams.values()))
         self._single = self.primary if len(self.upstreams) == 1 else None
         # Nothing the router owns refers back to it: a provider dropped unclosed is
@@ -388,6 +385,24 @@ class Router:
     def close(self) -> None:
         for pool in [*self._stop_health_checks(), *(u.pool for u in self.upstreams.values())]:
             pool.close()
+
+
+def _upstream(config: ProviderConfig, endpoint: EndpointConfig, api_class: type[OpenAIAPI],
+              settings: TransportSettings) -> Upstream:
+    """One endpoint's adapter, pool, breaker and gate, as the provider's config says."""
+    own = replace(config, base_url=endpoint.base_url, api_key=endpoint.api_key,
+                  api_version=endpoint.api_version, deployment=endpoint.deployment,
+                  endpoints=(endpoint,))
+    breaker = None if config.circuit_breaker is None else CircuitBreaker(
+        config.circuit_breaker,
+        on_transition=functools.partial(_breaker_changed, config.name, endpoint.name))
+    pool = ClientPool(settings, get_backend(config.transport, http2=config.http2))
+    admission = None
+    if config.adaptive_concurrency:
+        admission = EndpointAdmission(pool, AdaptivePolicy(
+            max_limit=config.limits.max_connections,
+            initial_limit=max(config.limits.max_keepalive_connections, 1)))
+    return Upstream(endpoint, api_class(own), pool, breaker, admission)
 
 
 class _HealthView:

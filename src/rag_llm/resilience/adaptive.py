@@ -8,7 +8,8 @@ after the last cut can cut again: a burst of drops from one overloaded moment sh
 once, not to the floor. It stays between ``min_limit`` and ``max_limit`` (the provider's
 ``max_connections``).
 
-:class:`AdmissionGate` holds callers of one event loop back while the limit is reached.
+:class:`AdmissionGate` holds callers of one event loop back while the limit is reached,
+:class:`ThreadGate` callers on threads.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from rag_llm.config import check_number
 from rag_llm.errors import ConfigError
 from rag_llm.resilience._common import Clock
 
-__all__ = ["DEFAULT_BACKOFF_RATIO", "AdaptiveLimit", "AdaptivePolicy", "AdmissionGate"]
+__all__ = ["DEFAULT_BACKOFF_RATIO", "AdaptiveLimit", "AdaptivePolicy", "AdmissionGate",
+           "ThreadGate"]
 
 DEFAULT_BACKOFF_RATIO: Final = 0.9  # Netflix AIMDLimit's default
 
@@ -128,3 +130,41 @@ class AdmissionGate:
             if not waiter.done():
                 self._in_flight += 1
                 waiter.set_result(None)
+
+
+class ThreadGate:
+    """Admits calls from threads while fewer than ``limit.limit`` are in flight, in order."""
+
+    def __init__(self, limit: AdaptiveLimit) -> None:
+        self._limit = limit
+        self._in_flight = 0
+        self._cond = threading.Condition()
+        self._queue: deque[object] = deque()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def acquire(self, timeout: float) -> float | None:
+        """Wait up to ``timeout`` seconds for a slot: the time it was granted, or None."""
+        ticket = object()
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._queue.append(ticket)
+            while self._queue[0] is not ticket or self._in_flight >= self._limit.limit:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._queue.remove(ticket)
+                    self._cond.notify_all()  # the next in line may now be first
+                    return None
+                self._cond.wait(remaining)
+            self._queue.popleft()
+            self._in_flight += 1
+            self._cond.notify_all()
+        return self._limit.now()
+
+    def release(self, *, dropped: bool, started: float) -> None:
+        with self._cond:
+            self._limit.record(in_flight=self._in_flight, dropped=dropped, started=started)
+            self._in_flight -= 1
+            self._cond.notify_all()

@@ -1,0 +1,90 @@
+"""Adaptive admission per endpoint: one AIMD limit, gated per event loop and for threads.
+
+With ``adaptive_concurrency`` each endpoint's calls pass a gate whose limit follows the
+upstream (:mod:`rag_llm.resilience.adaptive`): a 429, a 503 or a timeout marks a call
+dropped and the limit backs off; successes under load grow it back. Async calls of one
+event loop share an :class:`~rag_llm.resilience.adaptive.AdmissionGate`, sync calls a
+:class:`~rag_llm.resilience.adaptive.ThreadGate`; both count against the one limit of the
+endpoint. Waiting at the gate counts against ``pool_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Final
+
+from rag_llm.errors import ConnectTimeoutError, ReadTimeoutError
+from rag_llm.pool import ClientPool
+from rag_llm.resilience.adaptive import AdaptiveLimit, AdaptivePolicy, AdmissionGate, ThreadGate
+from rag_llm.transport import Request, pool_timeout_error
+
+__all__ = ["Admission", "EndpointAdmission"]
+
+# Answers that mean the upstream is over capacity: the limit backs off.
+_DROPPED_STATUSES: Final = frozenset({429, 503})
+_DROPPED_ERRORS: Final = (ReadTimeoutError, ConnectTimeoutError)
+
+
+class Admission:
+    """One admitted call: set ``status`` to the upstream's answer before it is released."""
+
+    __slots__ = ("status",)
+
+    def __init__(self) -> None:
+        self.status = 0
+
+
+class EndpointAdmission:
+    """The adaptive limit of one endpoint and the gates in front of its pool."""
+
+    def __init__(self, pool: ClientPool, policy: AdaptivePolicy) -> None:
+        self.limit = AdaptiveLimit(policy)
+        self._pool = pool
+        self._threads = ThreadGate(self.limit)
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AdmissionGate] = (
+            weakref.WeakKeyDictionary())
+
+    @asynccontextmanager
+    async def admitted(self, request: Request) -> AsyncIterator[Admission]:
+        """Hold a slot for one async call, and report how it went."""
+        loop = asyncio.get_running_loop()
+        gate = self._loops.get(loop)
+        if gate is None:
+            gate = self._loops[loop] = AdmissionGate(self.limit)
+        try:
+            async with asyncio.timeout(self._pool.settings.timeouts.pool):
+                started = await gate.acquire()
+        except TimeoutError:
+            raise pool_timeout_error(self._pool.settings, request) from None
+        admission = Admission()
+        dropped = False
+        try:
+            yield admission
+        except _DROPPED_ERRORS:
+            dropped = True
+            raise
+        finally:
+            gate.release(dropped=dropped or admission.status in _DROPPED_STATUSES,
+                         started=started)
+            self._pool.stats("async").concurrency_limit = self.limit.limit
+
+    @contextmanager
+    def admitted_sync(self, request: Request) -> Iterator[Admission]:
+        """Hold a slot for one sync call, and report how it went."""
+        started = self._threads.acquire(self._pool.settings.timeouts.pool)
+        if started is None:
+            raise pool_timeout_error(self._pool.settings, request)
+        admission = Admission()
+        dropped = False
+        try:
+            yield admission
+        except _DROPPED_ERRORS:
+            dropped = True
+            raise
+        finally:
+            self._threads.release(dropped=dropped or admission.status in _DROPPED_STATUSES,
+                                  started=started)
+            self._pool.stats("sync").concurrency_limit = self.limit.limit
