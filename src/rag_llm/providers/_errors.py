@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import email.utils
 import json
 import time
 from collections.abc import Mapping
@@ -30,6 +29,8 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     try:
         return max(float(raw), 0.0)
     except ValueError:
+        import email.utils  # rare (an HTTP date), and 7 ms to import
+
         parsed = email.utils.parsedate_to_datetime(raw) if raw.strip() else None
         return None if parsed is None else max(parsed.timestamp() - time.time(), 0.0)
 
