@@ -51,7 +51,7 @@ from rag_llm.resilience.balancer import Balancer, Endpoint, Lease
 from rag_llm.resilience.breaker import BreakerState, CircuitBreaker, Permit, Transition
 from rag_llm.resilience.budget import RetryBudget
 from rag_llm.resilience.health import HealthChecker, connect_probe
-from rag_llm.resilience.limiter import RateLimiter
+from rag_llm.resilience.limiter import RateLimiter, RateLimiterBackend
 from rag_llm.resilience.retry import RetryDecision, RetryState, RetryVerdict
 from rag_llm.transport import TransportSettings, get_backend
 from rag_llm.transport._tls import ssl_context
@@ -81,7 +81,9 @@ class Upstream:
         self.breaker = breaker
         # The adaptive concurrency gate (adaptive_concurrency), else None.
         self.admission = admission
-        self.limiter = RateLimiter(config.rate_limits) if config.rate_limits else None
+        # Behind the backend protocol: a limiter shared across processes can take its place.
+        self.limiter: RateLimiterBackend | None = (
+            RateLimiter(config.rate_limits) if config.rate_limits else None)
         self.endpoint = Endpoint(config.name, weight=config.weight, priority=config.priority)
 
     def __repr__(self) -> str:
