@@ -550,14 +550,19 @@ class Attempt:
                         tb: TracebackType | None) -> bool:
         if self._deadline is not None and self._deadline.expired_with(exc):
             self._deadline_passed()
+        delay = self._finish(exc)
+        if delay is None:
+            return False
+        await asyncio.sleep(delay)
+        return True
+
+    def _finish(self, exc: BaseException | None) -> float | None:
+        """Settle this attempt; the backoff before the next one, or None to let it end."""
         if exc is None:
             self.call.router._settle(self, None)
-            return False
+            return None
         decision = self.call._failed(self, exc)
-        if decision is None:
-            return False
-        await asyncio.sleep(decision.delay)
-        return True
+        return None if decision is None else decision.delay
 
     def _deadline_passed(self) -> None:
         error = DeadlineExceededError(
@@ -574,11 +579,8 @@ class Attempt:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> bool:
-        if exc is None:
-            self.call.router._settle(self, None)
+        delay = self._finish(exc)
+        if delay is None:
             return False
-        decision = self.call._failed(self, exc)
-        if decision is None:
-            return False
-        time.sleep(decision.delay)
+        time.sleep(delay)
         return True
