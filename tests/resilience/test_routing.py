@@ -275,6 +275,17 @@ async def test_no_call_outlives_its_deadline(upstream: UpstreamServer) -> None:
             assert time.monotonic() - began < 0.5 + 0.1
 
 
+@pytest.mark.parametrize("transport", ["auto", "aiohttp", "httpx2"])
+def test_no_sync_call_outlives_its_deadline(upstream: UpstreamServer, transport: str) -> None:
+    upstream.add_fault(Fault(action="blackhole", times=FOREVER))
+    config = single_config(upstream, deadline=0.5, transport=transport)
+    with create_provider("embedding", config) as provider:
+        began = time.monotonic()
+        with pytest.raises(errors.DeadlineExceededError, match=r"deadline=0\.5s"):
+            provider.embed("x")
+        assert time.monotonic() - began < 0.5 + 0.1
+
+
 async def test_cancelling_a_call_mid_backoff_stops_it_at_once(upstream: UpstreamServer) -> None:
     upstream.add_fault(Fault(status=503, headers={"retry-after": "5"}))
     async with create_provider("embedding", single_config(upstream)) as provider:

@@ -159,13 +159,14 @@ class BaseProvider:
             for attempt in self.router.attempts(cost):
                 with attempt:
                     upstream = attempt.upstream
-                    request = build(upstream.api)
+                    transport = upstream.pool.sync_transport()  # before the deadline's cap
+                    request = attempt.capped(build(upstream.api))
                     if upstream.admission is None:
-                        response = upstream.pool.sync_transport().send(request)
+                        response = transport.send(request)
                         call.status = response.status
                     else:
                         with upstream.admission.admitted_sync(request) as admission:
-                            response = upstream.pool.sync_transport().send(request)
+                            response = transport.send(request)
                             call.status = admission.status = response.status
                     return parse(upstream.api, request, response)
         raise AssertionError("attempts end by return or raise")
@@ -513,11 +514,11 @@ class ChatProvider(BaseProvider):
                      params: dict[str, Any], call: _Call,
                      held: contextlib.ExitStack) -> _OpenStream[Iterator[str]]:
         api = attempt.upstream.api
-        request = api.chat_request(messages, params, stream=True)
+        transport = attempt.upstream.pool.sync_transport()  # before the deadline's cap
+        request = attempt.capped(api.chat_request(messages, params, stream=True))
         with contextlib.ExitStack() as stack:
             admission = None if attempt.upstream.admission is None else \
                 stack.enter_context(attempt.upstream.admission.admitted_sync(request))
-            transport = attempt.upstream.pool.sync_transport()
             response = stack.enter_context(transport.stream(request))
             call.status = response.status
             if admission is not None:

@@ -39,6 +39,7 @@ from rag_llm.errors import (
     DeadlineExceededError,
     LocalRateLimitError,
     RagLLMError,
+    RequestTimeoutError,
 )
 from rag_llm.observability.events import get_logger
 from rag_llm.pool import ClientPool
@@ -53,7 +54,7 @@ from rag_llm.resilience.budget import RetryBudget
 from rag_llm.resilience.health import HealthChecker, connect_probe
 from rag_llm.resilience.limiter import RateLimiter, RateLimiterBackend
 from rag_llm.resilience.retry import RetryDecision, RetryState, RetryVerdict
-from rag_llm.transport import TransportSettings, get_backend
+from rag_llm.transport import Request, TransportSettings, get_backend
 from rag_llm.transport._tls import ssl_context
 
 if TYPE_CHECKING:
@@ -62,6 +63,9 @@ if TYPE_CHECKING:
 __all__ = ["Attempt", "EndpointState", "Router", "RouterSnapshot", "Upstream", "live_routers"]
 
 _log = get_logger("rag_llm.resilience")
+# A capped timeout that fires this close to the deadline is the deadline's doing.
+_DEADLINE_SLACK: Final = 0.05
+_MIN_TIMEOUT: Final = 0.001
 # Budget-exhausted warnings are logged at most this often per provider.
 _WARN_EVERY: Final = 10.0
 
@@ -564,7 +568,7 @@ class Attempt:
         decision = self.call._failed(self, exc)
         return None if decision is None else decision.delay
 
-    def _deadline_passed(self) -> None:
+    def _deadline_passed(self, cause: BaseException | None = None) -> None:
         error = DeadlineExceededError(
             f"no answer within deadline={self.call.router.config.deadline:g}s "
             f"(attempt {self.call.state.attempt})",
@@ -572,13 +576,25 @@ class Attempt:
         self.call.router._settle(self, error)  # a hung upstream counts as failing
         with self.call.router._lock:
             self.call.router._gave_up[RetryVerdict.DEADLINE.value] += 1
-        raise error from None
+        raise error from cause
+
+    def capped(self, request: Request) -> Request:
+        """``request`` with its timeouts capped by the time left (sync calls): a thread
+        cannot be interrupted, so the deadline has to reach the socket."""
+        remaining = self.call.remaining()
+        if remaining is None or remaining >= self.call.router.config.timeouts.read:
+            return request
+        return replace(request, timeout=max(remaining, _MIN_TIMEOUT))
 
     def __enter__(self) -> Attempt:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> bool:
+        remaining = self.call.remaining()
+        if isinstance(exc, RequestTimeoutError) and remaining is not None and \
+                remaining <= _DEADLINE_SLACK:
+            self._deadline_passed(exc)
         delay = self._finish(exc)
         if delay is None:
             return False

@@ -42,6 +42,9 @@ class Request:
     content: bytes | None = None
     # Scheme, host, port and path only: what errors and events may show.
     endpoint: str = ""
+    # Seconds that cap each of this request's connect, read and write timeouts: what is
+    # left of the call's deadline, where that is shorter than they are (sync calls).
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -313,6 +313,8 @@ class AiohttpTransport:
                 response = await self._session.request(
                     request.method, request.url, headers=request.headers,
                     data=request.content, trace_request_ctx=trace,
+                    timeout=self._session.timeout if request.timeout is None
+                    else self._capped(request),
                 )
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                 if attempt == 1 and trace.reused:
@@ -326,6 +328,13 @@ class AiohttpTransport:
                 self._connector.learn_keep_alive(hint)
             return response
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _capped(self, request: Request) -> aiohttp.ClientTimeout:
+        cap = request.timeout or 0.0
+        timeouts = self._settings.timeouts
+        return aiohttp.ClientTimeout(total=None, connect=None,
+                                     sock_connect=min(timeouts.connect, cap),
+                                     sock_read=min(timeouts.read, cap))
 
     async def send(self, request: Request) -> Response:
         await self._acquire_slot(request)

@@ -120,6 +120,8 @@ class _Translator:
 
 def _request(module: ModuleType, request: Request, timeouts: dict[str, float],
              trace: Any) -> Any:
+    if request.timeout is not None:
+        timeouts = {phase: min(seconds, request.timeout) for phase, seconds in timeouts.items()}
     return module.Request(
         request.method,
         request.url,
