@@ -165,7 +165,7 @@ class Router:
     def _choose(self, call: Attempts) -> Attempt | dict[str, tuple[str, float]]:
         """An attempt on the best endpoint that will take it, or why each refused.
 
-        Refusals map an endpoint to ``("circuit_open" | "rate_limited", seconds to wait)``.
+        Refusals map an endpoint to its reason (see :meth:`_admit`) and the seconds to wait.
         """
         refused: dict[str, tuple[str, float]] = {}
         exclude = set(call.tried)
