@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from types import ModuleType
-from typing import Any, Final
+from typing import Any
 
 from rag_llm import errors
 from rag_llm.observability.stats import ClientStats
@@ -154,7 +154,7 @@ def _apply_expiry(pool: Any, seconds: float) -> float | None:
     """Make new and current connections expire ``seconds`` after going idle.
 
     httpcore stamps each connection's expiry when it goes idle and checks it both when it
-    hands out an idle connection and in ``_take_idle``, so lowering the stamps is
+    hands out an idle connection and in ``_take_expired``, so lowering the stamps is
     enough for no connection idle longer than ``seconds`` to be reused. Returns the
     soonest moment an idle connection expires (None if none is idle).
     """
@@ -177,42 +177,17 @@ def _apply_expiry(pool: Any, seconds: float) -> float | None:
     return soonest
 
 
-def _take_idle(pool: Any, max_idle: int) -> list[Any]:
-    """Remove idle connections that expired, that the server closed, or that are surplus.
+def _take_expired(pool: Any) -> list[Any]:
+    """Remove idle connections that expired or were closed by the server, under the pool's lock.
 
     httpcore only prunes when a request arrives; without this, an idle pool would keep
-    sockets open long past ``keepalive_expiry``. httpcore is given room to keep every
-    connection idle (see ``_limits``), so the surplus beyond ``max_idle`` is closed here,
-    once it has sat idle for ``_SURPLUS_GRACE``: under load a released connection is taken
-    again within moments, and closing it at release churned connections at high
-    concurrency. Taken under the pool's lock.
+    sockets open long past ``keepalive_expiry``.
     """
     with pool._optional_thread_lock:
-        connections = pool._connections
-        taken = [c for c in connections if c.is_idle() and c.has_expired()]
-        idle = [c for c in connections if c.is_idle() and c not in taken]
-        if len(idle) > max_idle:
-            settled = time.monotonic() - _SURPLUS_GRACE
-            oldest = sorted((since, id(c), c) for c in idle
-                            if (since := _idle_since(c)) is not None and since <= settled)
-            taken += [c for _, _, c in oldest[:len(idle) - max_idle]]
-        for connection in taken:
-            connections.remove(connection)
-    return taken
-
-
-# Seconds a surplus idle connection is kept in case the load comes back.
-_SURPLUS_GRACE: Final = 1.0
-
-
-def _idle_since(connection: Any) -> float | None:
-    """When an idle httpcore connection was last released (from its expiry stamp)."""
-    inner = getattr(connection, "_connection", None)
-    expire_at = getattr(inner, "_expire_at", None)
-    expiry = getattr(inner, "_keepalive_expiry", None)
-    if expire_at is None or expiry is None:
-        return None
-    return float(expire_at - expiry)
+        expired = [c for c in pool._connections if c.is_idle() and c.has_expired()]
+        for connection in expired:
+            pool._connections.remove(connection)
+    return expired
 
 
 class _AsyncStream:
@@ -272,7 +247,6 @@ class _AsyncHttpxTransport:
             trust_env=False,
         )
         self._pool = self._transport._pool
-        self._max_idle = settings.limits.max_keepalive_connections
         self._idle = IdleExpiry(settings.limits.keepalive_expiry)
         self._pool._network_backend = AsyncCountingBackend(
             self._pool._network_backend, stats, self._idle
@@ -329,7 +303,7 @@ class _AsyncHttpxTransport:
             await response.aclose()
 
     async def prune(self) -> None:
-        for connection in _take_idle(self._pool, self._max_idle):
+        for connection in _take_expired(self._pool):
             await connection.aclose()
         if self._idle.seconds < self._idle.configured:
             self._arm(_apply_expiry(self._pool, self._idle.seconds))
@@ -386,7 +360,6 @@ class _SyncHttpxTransport:
             trust_env=False,
         )
         self._pool = self._transport._pool
-        self._max_idle = settings.limits.max_keepalive_connections
         self._idle = IdleExpiry(settings.limits.keepalive_expiry)
         self._pool._network_backend = SyncCountingBackend(
             self._pool._network_backend, stats, self._idle
@@ -439,7 +412,7 @@ class _SyncHttpxTransport:
             response.close()
 
     def prune(self) -> None:
-        for connection in _take_idle(self._pool, self._max_idle):
+        for connection in _take_expired(self._pool):
             connection.close()
         if self._idle.seconds < self._idle.configured:
             self._arm(_apply_expiry(self._pool, self._idle.seconds))
@@ -490,13 +463,9 @@ def _timeouts(settings: TransportSettings) -> dict[str, float]:
 
 def _limits(module: ModuleType, settings: TransportSettings) -> Any:
     limits = settings.limits
-    # httpcore closes a released connection beyond max_keepalive_connections at once; the
-    # prune trims that surplus a moment later instead (_take_idle). Zero still means no
-    # keep-alive at all.
-    keep = limits.max_connections if limits.max_keepalive_connections else 0
     return module.Limits(
         max_connections=limits.max_connections,
-        max_keepalive_connections=keep,
+        max_keepalive_connections=limits.max_keepalive_connections,
         keepalive_expiry=limits.keepalive_expiry,
     )
 
