@@ -47,6 +47,18 @@ def single_config(server: UpstreamServer, **overrides: Any) -> dict[str, Any]:
     return endpoints_config([server], **overrides)
 
 
+async def embed_once(provider: Any, mode: str, text: str) -> list[list[float]]:
+    """One ``aembed`` (mode "async") or ``embed`` in a thread (mode "sync"), then close."""
+    vectors: list[list[float]]
+    if mode == "async":
+        async with provider:
+            vectors = await provider.aembed(text)
+    else:
+        with provider:
+            vectors = await asyncio.to_thread(provider.embed, text)
+    return vectors
+
+
 async def test_a_503_stretch_on_one_of_three_is_absorbed_and_ejected(
         three: list[UpstreamServer]) -> None:
     a, b, c = three
@@ -170,12 +182,7 @@ async def test_a_single_endpoint_waits_out_retry_after(upstream: UpstreamServer,
     upstream.add_fault(Fault(status=429, headers={"retry-after": "1"}))
     provider = create_provider("embedding", single_config(upstream))
     began = time.monotonic()
-    if mode == "async":
-        async with provider:
-            vectors = await provider.aembed("x")
-    else:
-        with provider:
-            vectors = await asyncio.to_thread(provider.embed, "x")
+    vectors = await embed_once(provider, mode, "x")
     assert vectors == [upstream.expected_embedding("x")]
     assert time.monotonic() - began >= 1.0
     first, second = upstream.requests
@@ -187,12 +194,7 @@ async def test_resets_before_the_response_are_retried(upstream: UpstreamServer,
                                                       mode: str) -> None:
     upstream.add_fault(Fault(action="reset", times=2))
     provider = create_provider("embedding", single_config(upstream))
-    if mode == "async":
-        async with provider:
-            vectors = await provider.aembed("x")
-    else:
-        with provider:
-            vectors = await asyncio.to_thread(provider.embed, "x")
+    vectors = await embed_once(provider, mode, "x")
     assert vectors == [upstream.expected_embedding("x")]
     attempts = provider.routing_stats().endpoints[0].attempts
     assert attempts["ok"] == 1

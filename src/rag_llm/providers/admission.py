@@ -59,6 +59,22 @@ class EndpointAdmission:
                 started = await gate.acquire()
         except TimeoutError:
             raise pool_timeout_error(self._pool.settings, request) from None
+        with self._reported(gate, started, "async") as admission:
+            yield admission
+
+    @contextmanager
+    def admitted_sync(self, request: Request) -> Iterator[Admission]:
+        """Hold a slot for one sync call, and report how it went."""
+        started = self._threads.acquire(self._pool.settings.timeouts.pool)
+        if started is None:
+            raise pool_timeout_error(self._pool.settings, request)
+        with self._reported(self._threads, started, "sync") as admission:
+            yield admission
+
+    @contextmanager
+    def _reported(self, gate: AdmissionGate | ThreadGate, started: float,
+                  client: str) -> Iterator[Admission]:
+        """Release ``gate``'s slot when the call ends, saying whether it was dropped."""
         admission = Admission()
         dropped = False
         try:
@@ -69,22 +85,4 @@ class EndpointAdmission:
         finally:
             gate.release(dropped=dropped or admission.status in _DROPPED_STATUSES,
                          started=started)
-            self._pool.stats("async").concurrency_limit = self.limit.limit
-
-    @contextmanager
-    def admitted_sync(self, request: Request) -> Iterator[Admission]:
-        """Hold a slot for one sync call, and report how it went."""
-        started = self._threads.acquire(self._pool.settings.timeouts.pool)
-        if started is None:
-            raise pool_timeout_error(self._pool.settings, request)
-        admission = Admission()
-        dropped = False
-        try:
-            yield admission
-        except _DROPPED_ERRORS:
-            dropped = True
-            raise
-        finally:
-            self._threads.release(dropped=dropped or admission.status in _DROPPED_STATUSES,
-                                  started=started)
-            self._pool.stats("sync").concurrency_limit = self.limit.limit
+            self._pool.stats(client).concurrency_limit = self.limit.limit
