@@ -147,7 +147,6 @@ class Router:
         self._retries = 0
         self._budget_warned = -math.inf
         self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
-        self._health: HealthChecker | None = None
         self._health_pools: list[ClientPool] = []
         self._health_lock = threading.Lock()
         self._closed = False
@@ -298,17 +297,17 @@ class Router:
     def start_health_checks(self) -> None:
         """Start the active health checks, if configured; idempotent, cheap when running."""
         policy = self.config.health_check
-        if policy is None or self._health is not None or self._closed:
+        if policy is None or self._health_view.checker is not None or self._closed:
             return
         with self._health_lock:
-            if self._health is not None or self._closed:
+            if self._health_view.checker is not None or self._closed:
                 return
             probes = {name: self._probe(upstream, policy)
                       for name, upstream in self.upstreams.items()}
             checker = HealthChecker(probes, policy, name=self.provider,
                                     on_change=functools.partial(_health_changed, self.provider))
             checker.start()
-            self._health = self._health_view.checker = checker
+            self._health_view.checker = checker
 
     def _probe(self, upstream: Upstream, policy: HealthCheckPolicy) -> Callable[[], bool]:
         if policy.path is None:
@@ -355,7 +354,8 @@ class Router:
     # -- state and shutdown -----------------------------------------------------------
 
     def snapshot(self) -> RouterSnapshot:
-        health = self._health.snapshot() if self._health is not None else {}
+        checker = self._health_view.checker
+        health = checker.snapshot() if checker is not None else {}
         balanced = {s.endpoint.name: s for s in self.balancer.snapshot()}
         with self._lock:
             attempts = Counter(self._attempts)
@@ -376,8 +376,7 @@ class Router:
     def _stop_health_checks(self) -> list[ClientPool]:
         with self._health_lock:
             self._closed = True
-            checker, self._health = self._health, None
-            self._health_view.checker = None
+            checker, self._health_view.checker = self._health_view.checker, None
             pools, self._health_pools = self._health_pools, []
         if checker is not None:
             checker.stop()
