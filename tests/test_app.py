@@ -11,14 +11,17 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 import structlog
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from support import KEY, closed_port, provider_config
 
+import rag_llm.locator as locator_module
 from rag_llm.api import create_app
 from rag_llm.config import Settings
-from rag_llm.locator import ServiceLocator
+from rag_llm.locator import LocatorState, ServiceLocator, get_service_locator
+from rag_llm.rag.settings import RagSettings
 from rag_llm.testing import UpstreamServer
 
 
@@ -107,3 +110,19 @@ def test_rag_llm_serve_closes_pools_on_sigterm(upstream: UpstreamServer, tmp_pat
     assert process.returncode in (0, -signal.SIGTERM)
     events = [json.loads(line)["event"] for line in stderr.splitlines() if line.startswith("{")]
     assert "service_locator_cleanup_success" in events
+
+
+def test_an_app_on_the_process_wide_locator_uses_the_live_one_after_a_restart(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    monkeypatch.setattr(locator_module, "_locator", None)
+    app = create_app(rag_settings=RagSettings(data_dir=tmp_path))
+    with TestClient(app):
+        first = app.state.rag.locator
+        assert first is get_service_locator()
+    assert first.state is LocatorState.CLOSED
+    with TestClient(app):
+        # Not the closed one, which would refuse to build the RAG service's providers.
+        assert app.state.rag.locator is get_service_locator()
+        assert app.state.rag.locator.state is LocatorState.OPEN
+    assert locator_module._locator is None

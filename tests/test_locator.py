@@ -11,8 +11,13 @@ from support import eventually, open_fds, provider_config
 
 import rag_llm.locator as locator_module
 from rag_llm.config import Settings
-from rag_llm.errors import ConfigError
-from rag_llm.locator import ServiceLocator, cleanup_service_locator, get_service_locator
+from rag_llm.errors import ConfigError, LocatorClosedError, RagLLMError
+from rag_llm.locator import (
+    LocatorState,
+    ServiceLocator,
+    cleanup_service_locator,
+    get_service_locator,
+)
 from rag_llm.providers import ChatProvider, EmbeddingProvider
 from rag_llm.testing import UpstreamServer
 
@@ -124,3 +129,73 @@ async def test_cleanup_service_locator_closes_every_connection_and_fd(
     assert success["duration_ms"] >= 0
     assert get_service_locator() is not locator
     await cleanup_service_locator()
+
+
+async def test_get_and_register_after_cleanup_are_refused_naming_the_kind(
+    upstream: UpstreamServer,
+) -> None:
+    locator = ServiceLocator(settings_for(upstream))
+    locator.get("embedding")
+    assert locator.state is LocatorState.OPEN
+    await locator.cleanup()
+    assert locator.state is LocatorState.CLOSED
+    with pytest.raises(LocatorClosedError, match=r"'llm'.*cleaned up") as caught:
+        locator.get("llm")
+    assert isinstance(caught.value, RagLLMError)
+    assert caught.value.provider_type == "llm"
+    # Not even a provider it built before: those are closed.
+    with pytest.raises(LocatorClosedError, match="'embedding'"):
+        locator.get("embedding")
+    with pytest.raises(LocatorClosedError, match="'sync'"):
+        locator.register("sync", SyncClosing())
+    assert locator.providers() == {}
+
+
+async def test_get_while_cleanup_runs_is_refused_as_shutting_down() -> None:
+    seen: list[object] = []
+
+    class Probing:
+        async def aclose(self) -> None:
+            seen.append(locator.state)
+            with pytest.raises(LocatorClosedError, match="shutting down") as caught:
+                locator.get("other")
+            seen.append(caught.value)
+
+    locator = ServiceLocator(Settings())
+    locator.register("probing", Probing())
+    await locator.cleanup()
+    assert seen[0] is LocatorState.CLOSING
+
+
+async def test_cleanup_twice_is_harmless() -> None:
+    class Counting:
+        closes = 0
+
+        def close(self) -> None:
+            Counting.closes += 1
+
+    locator = ServiceLocator(Settings())
+    locator.register("counting", Counting())
+    await locator.cleanup()
+    with capture_logs() as logs:
+        await locator.cleanup()
+    assert Counting.closes == 1
+    assert locator.state is LocatorState.CLOSED
+    assert not [e for e in logs if e["log_level"] == "error"]
+
+
+async def test_the_process_wide_locator_is_fresh_after_cleanup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await cleanup_service_locator()
+    monkeypatch.setattr(locator_module, "_locator", None)
+    first = get_service_locator()
+    first.register("sync", SyncClosing())
+    await cleanup_service_locator()
+    assert first.state is LocatorState.CLOSED
+    second = get_service_locator()
+    assert second is not first
+    assert second.state is LocatorState.OPEN
+    second.register("sync", SyncClosing())  # a fresh locator takes providers again
+    await cleanup_service_locator()
+    await cleanup_service_locator()  # nothing left: harmless

@@ -5,6 +5,7 @@
     RagLLMError
     +-- ConfigError                 a setting is missing or invalid (names field and value)
     +-- ProviderClosedError         a provider was used after close, or while it shuts down
+    |   +-- LocatorClosedError      a provider was asked of a locator after its cleanup
     +-- CircuitOpenError            every endpoint is open or cooling down: nothing was sent
     +-- LocalRateLimitError         the client-side rate limit allows no call before the deadline
     +-- TransportError              no usable HTTP response arrived
@@ -39,6 +40,7 @@ __all__ = [
     "ConnectionLostError",
     "DeadlineExceededError",
     "LocalRateLimitError",
+    "LocatorClosedError",
     "MalformedResponseError",
     "PoolTimeoutError",
     "ProviderClosedError",
@@ -70,6 +72,22 @@ class ConfigError(RagLLMError, ValueError):
 
 class ProviderClosedError(RagLLMError, RuntimeError):
     """A provider (or its pool) was used after ``close()``/``aclose()``."""
+
+
+class LocatorClosedError(ProviderClosedError):
+    """A provider was asked of (or handed to) a service locator once its cleanup had begun.
+
+    ``provider_type`` names the kind; ``state`` is ``"closing"`` or ``"closed"``.
+    """
+
+    def __init__(self, provider_type: str, state: str) -> None:
+        self.provider_type = provider_type
+        self.state = state
+        when = "is shutting down (cleanup() is running)" if state == "closing" else \
+            "was cleaned up"
+        super().__init__(f"no {provider_type!r} provider: the service locator {when}; "
+                         "create a new ServiceLocator (get_service_locator() makes a fresh "
+                         "process-wide one)")
 
 
 class CircuitOpenError(RagLLMError):

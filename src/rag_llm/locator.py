@@ -1,5 +1,9 @@
 """The service locator: builds providers from settings, hands them out, closes them all.
 
+Its life runs one way, ``OPEN`` -> ``CLOSING`` (``cleanup()`` running) -> ``CLOSED``: once
+cleanup has begun, ``get`` and ``register`` raise
+:class:`~rag_llm.errors.LocatorClosedError` rather than build a provider nobody would close.
+
 >>> locator = ServiceLocator(Settings(providers={"embedding": {
 ...     "type": "openai", "model": "text-embedding-3-small", "base_url": "http://127.0.0.1:8001/v1"}}))
 >>> locator.get("embedding").max_connections
@@ -10,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import inspect
 import threading
 import time
@@ -17,10 +22,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from rag_llm.config import Settings
-from rag_llm.errors import ConfigError
+from rag_llm.errors import ConfigError, LocatorClosedError
 from rag_llm.observability.events import get_logger
 
-__all__ = ["ServiceLocator", "cleanup_service_locator", "get_service_locator"]
+__all__ = ["LocatorState", "ServiceLocator", "cleanup_service_locator", "get_service_locator"]
 
 _log = get_logger()
 ProviderFactory = Callable[[str, Mapping[str, Any]], Any]
@@ -32,6 +37,14 @@ def _default_factory(kind: str, config: Mapping[str, Any]) -> Any:
     return create_provider(kind, config)
 
 
+class LocatorState(enum.Enum):
+    """Where a locator is in its one-way life; only an ``OPEN`` one hands out providers."""
+
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
 class ServiceLocator:
     """Owns every provider's lifecycle: ``register``, ``get`` and, at shutdown, ``cleanup``."""
 
@@ -41,6 +54,16 @@ class ServiceLocator:
         self._factory = factory
         self._providers: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._state = LocatorState.OPEN
+
+    @property
+    def state(self) -> LocatorState:
+        return self._state
+
+    def _check_open(self, provider_type: str) -> None:
+        """Raise unless open; called under the lock."""
+        if self._state is not LocatorState.OPEN:
+            raise LocatorClosedError(provider_type, self._state.value)
 
     @property
     def settings(self) -> Settings:
@@ -51,6 +74,7 @@ class ServiceLocator:
     def register(self, provider_type: str, provider: Any) -> None:
         """Hand ``provider`` to the locator, which closes it at cleanup."""
         with self._lock:
+            self._check_open(provider_type)
             if provider_type in self._providers and self._providers[provider_type] is not provider:
                 raise ValueError(
                     f"a {provider_type!r} provider is already registered; close it and "
@@ -64,6 +88,7 @@ class ServiceLocator:
         if provider is not None:
             return provider
         with self._lock:
+            self._check_open(provider_type)
             provider = self._providers.get(provider_type)
             if provider is None:
                 config = self.settings.provider(provider_type)
@@ -92,10 +117,23 @@ class ServiceLocator:
                     await warm()
 
     async def cleanup(self) -> None:
-        """Close every provider concurrently; one failure does not stop the others."""
+        """Close every provider concurrently; one failure does not stop the others.
+
+        From its start the locator refuses ``get`` and ``register``. A second call, even one
+        made while the first runs, returns at once.
+        """
         started = time.perf_counter()
         with self._lock:
+            if self._state is not LocatorState.OPEN:
+                return
+            self._state = LocatorState.CLOSING
             providers, self._providers = self._providers, {}
+        try:
+            await self._close_all(providers, started)
+        finally:
+            self._state = LocatorState.CLOSED
+
+    async def _close_all(self, providers: Mapping[str, Any], started: float) -> None:
         results = await asyncio.gather(
             *(_close(name, provider) for name, provider in providers.items()),
             return_exceptions=True,

@@ -48,7 +48,7 @@ def create_app(locator: ServiceLocator | None = None, *, rag: RagService | None 
         return locator if locator is not None else get_service_locator()
 
     settings = rag.settings if rag is not None else rag_settings or _rag_settings()
-    holder = ServiceHolder(current_locator(), settings, rag)
+    holder = ServiceHolder(current_locator, settings, rag)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

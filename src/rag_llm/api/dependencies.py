@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fastapi import Request
@@ -19,15 +20,24 @@ __all__ = ["ServiceHolder", "rag_service"]
 
 class ServiceHolder:
     """Builds the :class:`~rag_llm.rag.RagService` on first use, so an app that only serves
-    ``/health`` opens no store and builds no provider."""
+    ``/health`` opens no store and builds no provider.
 
-    def __init__(self, locator: ServiceLocator, settings: RagSettings,
-                 service: RagService | None = None) -> None:
-        self.locator = locator
+    ``locator`` may be a callable returning the locator to use now: the process-wide one is
+    replaced by a fresh one after each shutdown, and the closed one builds nothing.
+    """
+
+    def __init__(self, locator: ServiceLocator | Callable[[], ServiceLocator],
+                 settings: RagSettings, service: RagService | None = None) -> None:
+        self._locator = locator
         self.settings = settings
         self._service = service
         self._owned = service is None
         self._lock = threading.Lock()
+
+    @property
+    def locator(self) -> ServiceLocator:
+        locator = self._locator
+        return locator if isinstance(locator, ServiceLocator) else locator()
 
     @property
     def built(self) -> RagService | None:
