@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import math
 import socket
 import ssl
 import threading
 import time
+import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,9 +18,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from resilkit import HYPOTHESIS, FixedRandom
-from support import closed_port
+from support import closed_port, open_fds, provider_config
 
 from rag_llm.errors import ConfigError
+from rag_llm.providers import create_provider
 from rag_llm.resilience.health import (
     EndpointHealth,
     HealthChecker,
@@ -382,3 +386,77 @@ def test_connect_probe_rejects_urls_it_cannot_connect_to(url: str) -> None:
     with pytest.raises(ConfigError) as caught:
         connect_probe(url, timeout=1.0)
     assert caught.value.field == "url"
+
+
+def test_stop_without_waiting_lets_the_last_thread_to_end_call_on_stop_once() -> None:
+    name = unique("onstop")
+    ended: list[str] = []
+    checker = HealthChecker({"a": Switch(), "b": Switch()}, FAST, name=name,
+                            on_stop=lambda: ended.append(threading.current_thread().name))
+    checker.start()
+    checker.stop(timeout=0)  # returns at once; the threads end by themselves
+    wait_until(lambda: not threads_named(name))
+    assert len(ended) == 1
+    assert ended[0].startswith(f"rag_llm-health-{name}-")
+
+
+def test_stop_from_a_checking_thread_does_not_try_to_join_itself() -> None:
+    name = unique("selfstop")
+    errors: list[BaseException] = []
+
+    def stopping() -> bool:
+        try:
+            checker.stop()
+        except BaseException as exc:  # pragma: no cover - what the test looks for
+            errors.append(exc)
+        return True
+
+    checker = HealthChecker({"a": stopping}, FAST, name=name)
+    checker.start()
+    wait_until(lambda: not threads_named(name))
+    assert errors == []
+
+
+# -- a provider's checks ------------------------------------------------------------------
+
+
+def test_a_provider_dropped_unclosed_warns_and_its_checks_stop_and_free_their_sockets(
+    upstream: UpstreamServer,
+) -> None:
+    name = unique("dropped")
+    fds_before = open_fds()
+    provider = create_provider("embedding", provider_config(
+        upstream, name=name, health_check={"interval": 0.05, "timeout": 0.5}))
+    provider.embed(["x"])
+    wait_until(lambda: len(threads_named(name)) == 1 and any(
+        r.path == "/v1/models" for r in upstream.requests))
+    collected = weakref.ref(provider)
+    # Collected at once: the checker's thread does not keep it alive, nor does a cycle.
+    with pytest.warns(ResourceWarning) as caught:  # its pool's warning comes too
+        del provider
+    assert collected() is None
+    assert any(f"unclosed EmbeddingProvider {name!r}" in str(w.message) for w in caught)
+    wait_until(lambda: not threads_named(name))
+    assert upstream.wait_until(lambda s: s.connections_open == 0, timeout=3.0)
+    with warnings.catch_warnings(record=True) as leaked:
+        warnings.simplefilter("always")
+        gc.collect()
+    assert [w for w in leaked if issubclass(w.category, ResourceWarning)] == []
+    wait_until(lambda: open_fds() == fds_before)
+
+
+def test_a_closed_provider_with_checks_is_dropped_without_a_warning(
+    upstream: UpstreamServer,
+) -> None:
+    name = unique("closed")
+    provider = create_provider("embedding", provider_config(
+        upstream, name=name, health_check={"interval": 0.05, "timeout": 0.5}))
+    provider.embed(["x"])
+    provider.close()
+    assert not threads_named(name)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del provider
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+    assert upstream.wait_until(lambda s: s.connections_open == 0, timeout=3.0)

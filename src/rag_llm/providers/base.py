@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -102,6 +103,11 @@ class BaseProvider:
         self._in_flight = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._in_flight_lock = threading.Lock()
+        # Like an unclosed socket: collected while it holds connections or runs health
+        # checks, it warns; it also stops those checks, whose threads never refer to it.
+        finalizer = weakref.finalize(self, _collected, f"{type(self).__name__} {self.name!r}",
+                                     self.router.release_when_collected())
+        finalizer.atexit = False
 
     @property
     def max_keepalive_connections(self) -> int:
@@ -245,6 +251,13 @@ class BaseProvider:
     def __exit__(self, exc_type: type[BaseException] | None,
                  exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+def _collected(label: str, release: Callable[[], bool],
+               _warn: Callable[..., None] = warnings.warn) -> None:
+    """A provider's finalizer: release what it can first, then warn if it held anything."""
+    if release():
+        _warn(f"unclosed {label}: call close() or aclose()", ResourceWarning, stacklevel=2)
 
 
 class _InFlight:

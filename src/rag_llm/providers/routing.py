@@ -42,7 +42,7 @@ from rag_llm.errors import (
     RequestTimeoutError,
 )
 from rag_llm.observability.events import get_logger
-from rag_llm.pool import ClientPool
+from rag_llm.pool import ClientPool, PoolState
 from rag_llm.providers._deadlines import Deadline, watch_deadline
 from rag_llm.providers.admission import EndpointAdmission
 from rag_llm.providers.openai import OpenAIAPI
@@ -136,7 +136,7 @@ class Router:
         self.primary = next(iter(self.upstreams.values()))
         self._single = self.primary if len(self.upstreams) == 1 else None
         # Nothing the router owns refers back to it: a provider dropped unclosed is
-        # collected at once, and its pools warn.
+        # collected at once, it and its pools warn, and its health checks stop.
         self._health_view = _HealthView(self.upstreams)
         self.balancer = Balancer([u.endpoint for u in self.upstreams.values()],
                                  config.load_balancer, health=self._health_view)
@@ -302,14 +302,20 @@ class Router:
         with self._health_lock:
             if self._health_view.checker is not None or self._closed:
                 return
-            probes = {name: self._probe(upstream, policy)
+            pools: list[ClientPool] = []
+            probes = {name: self._probe(upstream, policy, pools)
                       for name, upstream in self.upstreams.items()}
+            # The checker's threads hold neither the router nor the provider, and close
+            # the probes' pools as they end, however the checks were stopped.
             checker = HealthChecker(probes, policy, name=self.provider,
-                                    on_change=functools.partial(_health_changed, self.provider))
+                                    on_change=functools.partial(_health_changed, self.provider),
+                                    on_stop=functools.partial(_close_pools, pools))
             checker.start()
+            self._health_pools = pools
             self._health_view.checker = checker
 
-    def _probe(self, upstream: Upstream, policy: HealthCheckPolicy) -> Callable[[], bool]:
+    def _probe(self, upstream: Upstream, policy: HealthCheckPolicy,
+               pools: list[ClientPool]) -> Callable[[], bool]:
         if policy.path is None:
             context = ssl_context(self.config.verify)
             return connect_probe(upstream.config.base_url, timeout=policy.timeout,
@@ -320,7 +326,7 @@ class Router:
             timeouts=Timeouts(connect=policy.timeout, read=policy.timeout,
                               write=policy.timeout, pool=policy.timeout),
             http2=False, verify=self.config.verify), get_backend("httpx2"))
-        self._health_pools.append(pool)
+        pools.append(pool)
         request = upstream.api.get_request(policy.path)
 
         def probe() -> bool:
@@ -372,6 +378,14 @@ class Router:
             provider=self.provider, endpoints=endpoints, retries=state[0], gave_up=state[1],
             rejected=state[2],
             budget_available=None if self.budget is None else self.budget.available())
+
+    def release_when_collected(self) -> Callable[[], bool]:
+        """For the owner's finalizer: stops the health checks without waiting (their last
+        thread closes their pools) and says whether anything was left open.
+
+        It refers to the router's parts, never to the router, so it cannot keep it alive.
+        """
+        return functools.partial(_abandon, self._health_view)
 
     def _stop_health_checks(self) -> list[ClientPool]:
         with self._health_lock:
@@ -425,6 +439,23 @@ class _HealthView:
             return False
         checker = self.checker
         return checker is None or checker.healthy(endpoint.name)
+
+
+def _abandon(view: _HealthView) -> bool:
+    """Stop ``view``'s checks without joining; True if they ran or a pool was opened."""
+    checker, view.checker = view.checker, None
+    if checker is not None:
+        checker.stop(timeout=0)
+    return checker is not None or any(
+        u.pool.state is PoolState.OPEN for u in view.upstreams.values())
+
+
+def _close_pools(pools: Sequence[ClientPool]) -> None:
+    for pool in pools:
+        try:
+            pool.close()
+        except Exception:
+            _log.exception("health_pool_close_failed", provider=pool.provider)
 
 
 def _breaker_changed(provider: str, endpoint: str, transition: Transition) -> None:

@@ -133,6 +133,8 @@ class HealthChecker:
 
     ``on_change(endpoint, healthy)`` is called from the checking thread when a result flips
     an endpoint's health; calls for one endpoint arrive in the order its health changed.
+    ``on_stop()`` is called once, after :meth:`stop`, by the last checking thread to end:
+    it releases what the probes use, even when nobody waited for the threads.
     """
 
     def __init__(
@@ -142,6 +144,7 @@ class HealthChecker:
         *,
         name: str = "health",
         on_change: Callable[[str, bool], None] | None = None,
+        on_stop: Callable[[], None] | None = None,
         rng: Random | None = None,
     ) -> None:
         self.policy = policy
@@ -151,10 +154,12 @@ class HealthChecker:
         # Held from record to notify, so one endpoint's listener calls cannot swap places.
         self._report_locks = {endpoint: threading.RLock() for endpoint in self._probes}
         self._on_change = on_change
+        self._on_stop = on_stop
         self._rng = rng or _SHARED_RNG
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._running = 0  # threads started and not yet ended
 
     @property
     def running(self) -> bool:
@@ -173,15 +178,22 @@ class HealthChecker:
                     target=self._loop, args=(endpoint, probe), daemon=True,
                     name=f"rag_llm-health-{self.name}-{endpoint}")
                 self._threads.append(thread)
+                self._running += 1
                 thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Wake and join every thread (each gets ``timeout`` seconds); no new probe starts."""
+        """Wake and join every thread (each gets ``timeout`` seconds); no new probe starts.
+
+        With ``timeout=0`` it only wakes them, and returns at once. Called from a checking
+        thread (a probe or listener), it does not wait for that thread.
+        """
         with self._lock:
             self._stop.set()
             threads = list(self._threads)
+        current = threading.current_thread()
         for thread in threads:
-            thread.join(timeout)
+            if thread is not current:
+                thread.join(timeout)
 
     def healthy(self, endpoint: str) -> bool:
         return self._health[endpoint].healthy
@@ -196,10 +208,20 @@ class HealthChecker:
         return self.snapshot()
 
     def _loop(self, endpoint: str, probe: Probe) -> None:
-        while not self._stop.is_set():
-            self._check(endpoint, probe)
-            if self._stop.wait(next_wait(self.policy, self._rng)):
-                return
+        try:
+            while not self._stop.is_set():
+                self._check(endpoint, probe)
+                if self._stop.wait(next_wait(self.policy, self._rng)):
+                    return
+        finally:
+            with self._lock:
+                self._running -= 1
+                last = self._running == 0
+            if last and self._on_stop is not None:
+                try:
+                    self._on_stop()
+                except Exception:
+                    _log.exception("health_stop_failed", checker=self.name)
 
     def _check(self, endpoint: str, probe: Probe) -> None:
         try:
