@@ -29,8 +29,8 @@ from rag_llm.rag.answer import (
 from rag_llm.rag.chunking import Chunker, approximate_tokens
 from rag_llm.rag.ingest import Ingestor, IngestReport, Progress
 from rag_llm.rag.settings import RagSettings
-from rag_llm.rag.sqlite_store import SQLiteStore
 from rag_llm.rag.store import DocumentRecord, DocumentStore
+from rag_llm.rag.stores import open_store
 
 __all__ = ["RagService", "embedding_model_of"]
 
@@ -72,10 +72,11 @@ class RagService:
     @classmethod
     def from_locator(cls, locator: ServiceLocator, settings: RagSettings,
                      environ: Mapping[str, str] | None = None) -> RagService:
-        """The service over ``locator``'s providers (defaults filled in) and the SQLite store."""
+        """The service over ``locator``'s providers (defaults filled in) and the store
+        ``settings.store`` names (SQLite by default)."""
         embedder = defaults.embedder(locator, environ)
         chat = defaults.chat_model(locator, environ)
-        return cls(settings, embedder, chat, SQLiteStore(settings.data_dir))
+        return cls(settings, embedder, chat, open_store(settings))
 
     def __repr__(self) -> str:
         chat = self.chat.name if self.chat is not None else None

@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from rag_llm.config import ENV_PREFIX, Secret, read_config_file
 from rag_llm.errors import ConfigError
+from rag_llm.rag.stores import DEFAULT_STORE, check_store
 
 __all__ = ["DEFAULT_DATA_DIR", "RagSettings"]
 
@@ -35,14 +36,16 @@ _INT_FIELDS: Final = ("chunk_size", "chunk_overlap", "top_k", "embed_batch_size"
 class RagSettings:
     """Validated settings of the RAG service.
 
-    ``chunk_size`` and ``chunk_overlap`` count tokens; ``api_key``, when set, is required by
-    every ``/v1`` endpoint of the HTTP service.
+    ``store`` names the document store (see :mod:`rag_llm.rag.stores`; SQLite files under
+    ``data_dir`` by default). ``chunk_size`` and ``chunk_overlap`` count tokens;
+    ``api_key``, when set, is required by every ``/v1`` endpoint of the HTTP service.
 
     >>> RagSettings(data_dir=Path("/tmp/rag"), chunk_size=200, chunk_overlap=40).top_k
     5
     """
 
     data_dir: Path = Path(DEFAULT_DATA_DIR)
+    store: str = DEFAULT_STORE
     chunk_size: int = DEFAULT_CHUNK_SIZE
     chunk_overlap: int = DEFAULT_CHUNK_OVERLAP
     top_k: int = DEFAULT_TOP_K
@@ -55,6 +58,7 @@ class RagSettings:
     def __post_init__(self) -> None:
         if not isinstance(self.data_dir, Path):
             object.__setattr__(self, "data_dir", Path(_text("data_dir", self.data_dir)))
+        check_store(self.store)
         for name in _INT_FIELDS:
             value = getattr(self, name)
             minimum = 0 if name == "chunk_overlap" else 1

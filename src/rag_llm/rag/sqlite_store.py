@@ -22,13 +22,16 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
 from rag_llm.errors import ConfigError
 from rag_llm.rag.store import ChunkRecord, DocumentRecord, NewDocument, SearchHit
+
+if TYPE_CHECKING:
+    from rag_llm.rag.settings import RagSettings
 
 __all__ = ["SQLiteStore"]
 
@@ -58,6 +61,11 @@ _FloatMatrix = npt.NDArray[np.float32]
 
 class SQLiteStore:
     """A :class:`~rag_llm.rag.store.DocumentStore` in one directory; thread-safe."""
+
+    @classmethod
+    def from_settings(cls, settings: RagSettings) -> SQLiteStore:
+        """The ``sqlite`` entry of :data:`~rag_llm.rag.stores.STORES`: files in ``data_dir``."""
+        return cls(settings.data_dir)
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
