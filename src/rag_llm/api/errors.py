@@ -24,8 +24,6 @@ from rag_llm.observability.events import get_logger, scrub_text
 __all__ = ["install_error_handlers"]
 
 _log = get_logger()
-# Where a validation error's location starts; the rest names the field.
-_SECTIONS = frozenset({"body", "query", "path", "header", "cookie"})
 
 
 def _field(location: tuple[object, ...]) -> str:
