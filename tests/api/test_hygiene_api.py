@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from apikit import AppFactory, upload
 from fastapi.testclient import TestClient
 from structlog.testing import capture_logs
+from support import provider_config
 
-from rag_llm.rag import RagService
+from rag_llm.api import create_app
+from rag_llm.config import Settings
+from rag_llm.locator import ServiceLocator
+from rag_llm.rag import RagService, RagSettings
 from rag_llm.testing import Fault, UpstreamServer
 
 SERVICE_KEY = "svc-key-0123456789abcdef"
@@ -165,3 +171,17 @@ def test_an_unexpected_error_is_a_500_without_a_stack_trace(
     assert "Traceback" not in response.text
     assert [e["error"] for e in logs if e["event"] == "request_crashed"] == [
         "ZeroDivisionError"]
+
+
+def test_a_request_after_the_locator_closed_is_a_503_saying_so(
+    upstream: UpstreamServer, tmp_path: Path,
+) -> None:
+    locator = ServiceLocator(Settings(providers={"embedding": provider_config(upstream)}))
+    asyncio.run(locator.cleanup())
+    app = create_app(locator, rag_settings=RagSettings(data_dir=tmp_path / "data"))
+    with TestClient(app) as client:
+        response = client.get("/v1/documents")
+    assert response.status_code == 503
+    detail = response.json()["detail"]
+    assert detail.startswith("the service is shutting down:")
+    assert "'embedding'" in detail
