@@ -20,7 +20,6 @@ from typing import Final
 from rag_llm.observability.events import get_logger
 
 __all__ = [
-    "CLOSE_REASONS",
     "ClientStats",
     "ClientStatsSnapshot",
     "Histogram",
@@ -28,10 +27,6 @@ __all__ = [
     "percentile",
 ]
 
-# Why a connection closed.
-# "client": closed by the client for its own reasons, such as the keep-alive cap or a
-# response abandoned before its end.
-CLOSE_REASONS: Final = ("expired", "server_closed", "error", "shutdown", "client")
 # Seconds: from sub-millisecond loopback calls to multi-minute generations.
 LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                           1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
