@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import provider_config
 
 from rag_llm.errors import ServerError
-from rag_llm.observability.metrics import render_metrics
+from rag_llm.metrics import render_metrics
 from rag_llm.providers import EmbeddingProvider, create_provider
 from rag_llm.testing import UpstreamServer
 

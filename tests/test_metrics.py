@@ -11,7 +11,7 @@ from support import KEY, provider_config
 
 from rag_llm.api.observability import pool_readiness
 from rag_llm.errors import ServerError
-from rag_llm.observability.metrics import render_metrics
+from rag_llm.metrics import render_metrics
 from rag_llm.providers import create_provider
 from rag_llm.testing import Fault, UpstreamServer
 

@@ -10,7 +10,7 @@ import rag_llm
 
 MODULES = ["rag_llm", "rag_llm.errors", "rag_llm.config", "rag_llm.providers",
            "rag_llm.locator", "rag_llm.pool", "rag_llm.testing", "rag_llm.transport",
-           "rag_llm.observability.stats", "rag_llm.observability.metrics",
+           "rag_llm.observability.stats", "rag_llm.metrics",
            "rag_llm.rag", "rag_llm.rag.answer", "rag_llm.rag.chunking", "rag_llm.rag.defaults",
            "rag_llm.rag.ingest", "rag_llm.rag.loaders", "rag_llm.rag.service",
            "rag_llm.rag.settings", "rag_llm.rag.sqlite_store", "rag_llm.rag.store",

@@ -26,13 +26,18 @@ import os
 import threading
 import warnings
 import weakref
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import AsyncGenerator, Iterable
+from dataclasses import dataclass, replace
+from typing import Any, Final
 
 from rag_llm.errors import ProviderClosedError
 from rag_llm.observability.events import get_logger
-from rag_llm.observability.stats import ClientStats, ClientStatsSnapshot
+from rag_llm.observability.stats import (
+    ClientStats,
+    ClientStatsSnapshot,
+    Ledger,
+    merge_client_stats,
+)
 from rag_llm.transport import (
     AsyncTransport,
     Backend,
@@ -41,19 +46,30 @@ from rag_llm.transport import (
 )
 
 __all__ = [
+    "PROBE",
+    "TRAFFIC",
     "ClientPool",
     "ClientSnapshot",
     "PoolSnapshot",
     "PoolState",
     "all_snapshots",
+    "counted_stats",
     "live_pools",
+    "merge_pools",
 ]
+
+# A pool's role: it carries a provider's calls, or its active health checks.
+TRAFFIC: Final = "traffic"
+PROBE: Final = "probe"
 
 _log = get_logger()
 # Transports inherited across fork(): kept referenced so they are never closed or
 # garbage-collected in the child, which would disturb the parent's connections.
 _inherited: list[object] = []
 _live_pools: weakref.WeakSet[ClientPool] = weakref.WeakSet()
+# Every pool's counters, kept past the pool's life so exported counters never go down.
+_counters: Ledger[dict[str, ClientStats], ClientStatsSnapshot] = Ledger(
+    lambda stats: [s.snapshot(recent=False) for s in stats.values()], merge_client_stats)
 
 
 class PoolState(enum.Enum):
@@ -76,7 +92,12 @@ class ClientSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class PoolSnapshot:
-    """A plain view of a pool: its state, limits and the connections of each client."""
+    """A plain view of a pool: its state, limits and the connections of each client.
+
+    ``endpoint`` names the provider's endpoint the pool connects to and ``role`` says
+    what for: ``"traffic"`` (calls) or ``"probe"`` (active health checks). A snapshot
+    merged over several pools (:func:`merge_pools`) keeps them where all agree, else "".
+    """
 
     provider: str
     transport: str
@@ -85,6 +106,8 @@ class PoolSnapshot:
     max_connections: int
     keepalive_expiry: float
     clients: tuple[ClientSnapshot, ...]
+    endpoint: str = ""
+    role: str = TRAFFIC
 
 
 class _LoopClient:
@@ -158,11 +181,17 @@ async def _close_async(transport: AsyncTransport, provider: str) -> None:
 
 
 class ClientPool:
-    """Lazily created, reused sync and async transports of one provider."""
+    """Lazily created, reused sync and async transports of one provider.
 
-    def __init__(self, settings: TransportSettings, backend: Backend) -> None:
+    ``endpoint`` and ``role`` label its snapshots (see :class:`PoolSnapshot`).
+    """
+
+    def __init__(self, settings: TransportSettings, backend: Backend, *, endpoint: str = "",
+                 role: str = TRAFFIC) -> None:
         self._settings = settings
         self._backend = backend
+        self.endpoint = endpoint
+        self.role = role
         self._state = PoolState.UNOPENED
         self._sync: SyncTransport | None = None
         self._sync_reaper: threading.Thread | None = None
@@ -182,6 +211,7 @@ class ClientPool:
                                 slow_request_s=self._settings.slow_request_s)
             for client in ("sync", "async")
         }
+        _counters.track(self, self._stats)
 
     def _reset_locks(self) -> None:
         # _sync_lock guards sync transport creation; _loops_lock guards the per-loop
@@ -361,6 +391,8 @@ class ClientPool:
             max_connections=limits.max_connections,
             keepalive_expiry=limits.keepalive_expiry,
             clients=tuple(clients),
+            endpoint=self.endpoint,
+            role=self.role,
         )
 
     def _library(self, client: str) -> str:
@@ -470,7 +502,58 @@ def all_snapshots() -> list[PoolSnapshot]:
     return [pool.snapshot() for pool in live_pools()]
 
 
+def counted_stats() -> list[ClientStatsSnapshot]:
+    """The counters of every pool this process has had, collected ones folded by label.
+
+    Unlike :func:`all_snapshots`, nothing here ever goes down: what Prometheus counters
+    are read from. Recent latencies are left out.
+    """
+    return _counters.readings()
+
+
+_STATE_ORDER: Final = (PoolState.OPEN.value, PoolState.UNOPENED.value)
+
+
+def _merge_clients(a: ClientSnapshot, b: ClientSnapshot) -> ClientSnapshot:
+    (stats,) = merge_client_stats([a.stats, replace(b.stats, provider=a.stats.provider)])
+    return ClientSnapshot(client=a.client, library=b.library, open=a.open or b.open,
+                          active=a.active + b.active, idle=a.idle + b.idle, stats=stats)
+
+
+def _merge_group(group: list[PoolSnapshot]) -> PoolSnapshot:
+    # Limits are configured per pool: shown as a pool that is not closed has them.
+    limits = next((s for s in reversed(group) if s.state != PoolState.CLOSED.value), group[0])
+    states = {s.state for s in group}
+    clients: dict[str, ClientSnapshot] = {}
+    for snapshot in group:
+        for client in snapshot.clients:
+            old = clients.get(client.client)
+            clients[client.client] = client if old is None else _merge_clients(old, client)
+    endpoints = {s.endpoint for s in group}
+    roles = {s.role for s in group}
+    return replace(
+        limits,
+        state=next((s for s in _STATE_ORDER if s in states), PoolState.CLOSED.value),
+        clients=tuple(clients.values()),
+        endpoint=endpoints.pop() if len(endpoints) == 1 else "",
+        role=roles.pop() if len(roles) == 1 else "")
+
+
+def merge_pools(snapshots: Iterable[PoolSnapshot]) -> list[PoolSnapshot]:
+    """One snapshot per provider name, summing its pools' connections and statistics.
+
+    The state is ``open`` if any pool is, else ``unopened`` if any is, else ``closed``;
+    limits are those of a pool still open. Every per-provider view (``pool_stats()``,
+    ``/health``, ``/metrics``, the dashboard) merges through here.
+    """
+    groups: dict[str, list[PoolSnapshot]] = {}
+    for snapshot in snapshots:
+        groups.setdefault(snapshot.provider, []).append(snapshot)
+    return [_merge_group(group) for group in groups.values()]
+
+
 def _reset_pools_in_child() -> None:
+    _counters.forget_totals()
     for pool in list(_live_pools):
         pool._after_fork_in_child()
 

@@ -395,7 +395,7 @@ async def test_active_health_checks_take_a_failing_endpoint_out_and_back(
 async def test_metrics_show_attempts_breakers_and_rejections(two: list[UpstreamServer]) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
-    from rag_llm.observability.metrics import render_metrics
+    from rag_llm.metrics import render_metrics
 
     _a, b = two
     b.add_fault(Fault(status=503, times=FOREVER))

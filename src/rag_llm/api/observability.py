@@ -12,8 +12,8 @@ from typing import Any, Final
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
-from rag_llm.observability.metrics import CONTENT_TYPE, render_metrics
-from rag_llm.pool import PoolSnapshot
+from rag_llm.metrics import CONTENT_TYPE, render_metrics
+from rag_llm.pool import TRAFFIC, ClientSnapshot, PoolSnapshot, merge_pools
 
 __all__ = ["observability_router", "pool_readiness"]
 
@@ -58,13 +58,36 @@ def pool_readiness(snapshot: PoolSnapshot, now: float | None = None) -> dict[str
     }
 
 
+def _traffic(group: list[PoolSnapshot]) -> PoolSnapshot:
+    """A provider's calls: its traffic pools (every endpoint's), summed."""
+    (merged,) = merge_pools(s for s in group if s.role == TRAFFIC)
+    return merged
+
+
+def _client_health(c: ClientSnapshot) -> dict[str, Any]:
+    return {"client": c.client, "library": c.library, "active": c.active, "idle": c.idle,
+            "connections_opened": c.stats.connections_opened}
+
+
+def _pool_health(s: PoolSnapshot) -> dict[str, Any]:
+    return {"state": s.state, "max_connections": s.max_connections,
+            "max_keepalive_connections": s.max_keepalive_connections,
+            "clients": [_client_health(c) for c in s.clients]}
+
+
 def observability_router(providers: Callable[[], Mapping[str, Any]]) -> APIRouter:
     """Routes over ``providers()`` (the locator's providers built so far)."""
     router = APIRouter(tags=["observability"])
 
-    def snapshots() -> dict[str, PoolSnapshot]:
-        return {name: provider.pool_stats() for name, provider in providers().items()
-                if hasattr(provider, "pool_stats")}
+    def pools() -> dict[str, list[PoolSnapshot]]:
+        """Each provider's pools: every endpoint's, then its health checks' own."""
+        found: dict[str, list[PoolSnapshot]] = {}
+        for name, provider in providers().items():
+            if hasattr(provider, "pools_stats"):
+                found[name] = provider.pools_stats()
+            elif hasattr(provider, "pool_stats"):
+                found[name] = [provider.pool_stats()]
+        return found
 
     @router.get("/metrics", response_class=Response)
     def metrics() -> Response:
@@ -73,22 +96,23 @@ def observability_router(providers: Callable[[], Mapping[str, Any]]) -> APIRoute
 
     @router.get("/health")
     def health() -> dict[str, Any]:
-        """Liveness, with the state and connections of each provider's pool."""
-        pools = {
-            name: {"state": s.state, "max_connections": s.max_connections,
-                   "max_keepalive_connections": s.max_keepalive_connections, "clients": [
-                {"client": c.client, "library": c.library, "active": c.active, "idle": c.idle,
-                 "connections_opened": c.stats.connections_opened} for c in s.clients]}
-            for name, s in snapshots().items()
-        }
-        return {"status": "ok", "providers": pools}
+        """Liveness, with the state and connections of each provider's pools.
+
+        A provider's figures sum its endpoints' pools; ``pools`` lists each pool apart,
+        health checks' own (role ``probe``) included.
+        """
+        report: dict[str, Any] = {}
+        for name, group in pools().items():
+            report[name] = {**_pool_health(_traffic(group)), "pools": [
+                {"endpoint": s.endpoint, "role": s.role, **_pool_health(s)} for s in group]}
+        return {"status": "ok", "providers": report}
 
     @router.get("/health/ready")
     def ready() -> JSONResponse:
         """Ready unless a provider's pool is saturated, failing or closed (then 503)."""
-        pools = {name: pool_readiness(s) for name, s in snapshots().items()}
-        is_ready = all(p["ready"] for p in pools.values())
-        return JSONResponse({"ready": is_ready, "providers": pools},
+        verdicts = {name: pool_readiness(_traffic(group)) for name, group in pools().items()}
+        is_ready = all(v["ready"] for v in verdicts.values())
+        return JSONResponse({"ready": is_ready, "providers": verdicts},
                             status_code=200 if is_ready else 503)
 
     return router

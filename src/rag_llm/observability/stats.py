@@ -12,26 +12,24 @@ import bisect
 import math
 import threading
 import time
+import weakref
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 from rag_llm.observability.events import get_logger
 
 __all__ = [
-    "CLOSE_REASONS",
     "ClientStats",
     "ClientStatsSnapshot",
     "Histogram",
     "HistogramSnapshot",
+    "Ledger",
+    "merge_client_stats",
     "percentile",
 ]
 
-# Why a connection closed.
-# "client": closed by the client for its own reasons, such as the keep-alive cap or a
-# response abandoned before its end.
-CLOSE_REASONS: Final = ("expired", "server_closed", "error", "shutdown", "client")
 # Seconds: from sub-millisecond loopback calls to multi-minute generations.
 LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                           1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -46,6 +44,9 @@ SATURATION_WAIT_S: Final = 0.1
 WARN_INTERVAL_S: Final = 10.0
 
 _log = get_logger()
+C = TypeVar("C")
+S = TypeVar("S")
+T = TypeVar("T", bound=Hashable)
 
 
 class _Throttle:
@@ -101,6 +102,19 @@ class Histogram:
     def snapshot(self) -> HistogramSnapshot:
         return HistogramSnapshot(self._buckets, tuple(self._counts), sum(self._counts),
                                  self._sum)
+
+
+def _add_histograms(a: HistogramSnapshot, b: HistogramSnapshot) -> HistogramSnapshot:
+    return HistogramSnapshot(a.buckets, tuple(x + y for x, y in zip(a.counts, b.counts,
+                                                                    strict=True)),
+                             a.count + b.count, a.sum + b.sum)
+
+
+def _add_counts(a: dict[T, int], b: dict[T, int]) -> dict[T, int]:
+    total = dict(a)
+    for key, count in b.items():
+        total[key] = total.get(key, 0) + count
+    return total
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +256,8 @@ class ClientStats:
         with self._lock:
             self._ttft.observe(seconds)
 
-    def snapshot(self) -> ClientStatsSnapshot:
+    def snapshot(self, *, recent: bool = True) -> ClientStatsSnapshot:
+        """The counters now; ``recent=False`` leaves out the recent latencies."""
         with self._lock:
             return ClientStatsSnapshot(
                 provider=self.provider,
@@ -259,9 +274,100 @@ class ClientStats:
                 tls=self._tls.snapshot(),
                 latency={op: h.snapshot() for op, h in self._latency.items()},
                 time_to_first_token=self._ttft.snapshot(),
-                recent_latencies=tuple(self._recent),
+                recent_latencies=tuple(self._recent) if recent else (),
                 last_error=self._last_error,
                 last_error_at=self._last_error_at,
                 last_success_at=self._last_success_at,
                 concurrency_limit=self.concurrency_limit,
             )
+
+
+def _add_client_stats(a: ClientStatsSnapshot, b: ClientStatsSnapshot) -> ClientStatsSnapshot:
+    latency = dict(a.latency)
+    for operation, histogram in b.latency.items():
+        old = latency.get(operation)
+        latency[operation] = histogram if old is None else _add_histograms(old, histogram)
+    latest = b if b.last_error is not None and (
+        (b.last_error_at or 0.0) >= (a.last_error_at or 0.0)) else a
+    successes = [t for t in (a.last_success_at, b.last_success_at) if t is not None]
+    limits = [n for n in (a.concurrency_limit, b.concurrency_limit) if n is not None]
+    return ClientStatsSnapshot(
+        provider=a.provider,
+        client=a.client,
+        library=b.library,
+        connections_opened=a.connections_opened + b.connections_opened,
+        connections_closed=_add_counts(a.connections_closed, b.connections_closed),
+        requests_waiting=a.requests_waiting + b.requests_waiting,
+        requests=_add_counts(a.requests, b.requests),
+        errors=_add_counts(a.errors, b.errors),
+        resent=a.resent + b.resent,
+        pool_wait=_add_histograms(a.pool_wait, b.pool_wait),
+        connect=_add_histograms(a.connect, b.connect),
+        tls=_add_histograms(a.tls, b.tls),
+        latency=latency,
+        time_to_first_token=_add_histograms(a.time_to_first_token, b.time_to_first_token),
+        recent_latencies=a.recent_latencies + b.recent_latencies,
+        last_error=latest.last_error,
+        last_error_at=latest.last_error_at,
+        last_success_at=max(successes) if successes else None,
+        concurrency_limit=sum(limits) if limits else None,
+    )
+
+
+def merge_client_stats(snapshots: Iterable[ClientStatsSnapshot]) -> list[ClientStatsSnapshot]:
+    """``snapshots`` summed per (provider, client), in order of first appearance.
+
+    Counters and histograms add up, recent latencies are joined, and the latest error and
+    success win: what the exporter, the health routes and the dashboard show of a provider
+    whose calls spread over several pools.
+    """
+    merged: dict[tuple[str, str], ClientStatsSnapshot] = {}
+    for snapshot in snapshots:
+        key = (snapshot.provider, snapshot.client)
+        old = merged.get(key)
+        merged[key] = snapshot if old is None else _add_client_stats(old, snapshot)
+    return list(merged.values())
+
+
+class Ledger(Generic[C, S]):
+    """Counters that outlive their owners, so that exported totals never go down.
+
+    ``track(owner, counters)`` counts ``counters`` (read with ``read``) while ``owner``
+    lives; once ``owner`` is garbage-collected, their last reading is folded, by ``fold``
+    (which sums readings with the same labels), into totals kept for the life of the
+    process. A closed and rebuilt provider's counters thus go on from where they were.
+    """
+
+    def __init__(self, read: Callable[[C], Iterable[S]],
+                 fold: Callable[[Iterable[S]], list[S]]) -> None:
+        self._read = read
+        self._fold = fold
+        self._lock = threading.Lock()
+        self._live: dict[weakref.ref[object], C] = {}
+        # Filled by weakref callbacks, which may run in any thread, even one holding the
+        # lock (a garbage collection inside readings()): so they only append here.
+        self._dead: list[weakref.ref[object]] = []
+        self._totals: list[S] = []
+
+    def track(self, owner: object, counters: C) -> None:
+        """Count ``counters`` from now on; tracking ``owner`` again replaces its counters."""
+        ref = weakref.ref(owner, self._dead.append)
+        with self._lock:
+            self._live[ref] = counters
+
+    def readings(self) -> list[S]:
+        """The totals of collected owners, then a reading of each live owner's counters."""
+        with self._lock:
+            while self._dead:
+                counters = self._live.pop(self._dead.pop(), None)
+                if counters is not None:
+                    self._totals = self._fold([*self._totals, *self._read(counters)])
+            totals, live = list(self._totals), list(self._live.values())
+        # An owner collected from here on is still in ``live`` and folded only later.
+        return [*totals, *(reading for counters in live for reading in self._read(counters))]
+
+    def forget_totals(self) -> None:
+        """Drop the folded totals (a forked child, whose counters start afresh)."""
+        with self._lock:
+            self._dead.clear()
+            self._totals = []

@@ -29,7 +29,7 @@ from rag_llm.errors import (
 )
 from rag_llm.observability.events import get_logger
 from rag_llm.observability.stats import ClientStats
-from rag_llm.pool import ClientPool, PoolSnapshot
+from rag_llm.pool import TRAFFIC, ClientPool, PoolSnapshot, merge_pools
 from rag_llm.providers.batching import EmbeddingBatcher, split, text_tokens
 from rag_llm.providers.openai import Message, OpenAIAPI, endpoint_of
 from rag_llm.transport import Request, Response
@@ -95,6 +95,7 @@ class BaseProvider:
         from rag_llm.providers.routing import Router
 
         self.router: Router = Router(config, api_class)
+        _export_metrics()
         # The first endpoint's adapter and pool: all there is with a single base_url.
         self.api = self.router.primary.api
         self.pool = self.router.primary.pool
@@ -131,8 +132,18 @@ class BaseProvider:
                 f"base_url={endpoint_of(self.config.base_url)!r} pool={self.pool.state.value}>")
 
     def pool_stats(self) -> PoolSnapshot:
-        """Limits, connections and exact statistics of the first endpoint's clients."""
-        return self.pool.snapshot()
+        """Limits, connections and exact statistics of the provider's clients.
+
+        With several endpoints, their pools are summed (:func:`~rag_llm.pool.merge_pools`);
+        :meth:`pools_stats` has each pool apart.
+        """
+        (merged,) = merge_pools(s for s in self.pools_stats() if s.role == TRAFFIC)
+        return merged
+
+    def pools_stats(self) -> list[PoolSnapshot]:
+        """A snapshot of each pool: every endpoint's (role ``"traffic"``), then those of the
+        active health checks (role ``"probe"``, provider ``"<name>-health"``)."""
+        return [pool.snapshot() for pool in self.router.pools()]
 
     def routing_stats(self) -> RouterSnapshot:
         """Each endpoint's health, breaker, load and attempts; retries and local rejections."""
@@ -293,6 +304,22 @@ class _InFlight:
 
 # How often a closing provider looks whether its calls have finished.
 _DRAIN_POLL: Final = 0.01
+_exported = False
+
+
+def _export_metrics() -> None:
+    """Put rag-llm's collectors in prometheus_client's default registry, once per process,
+    unless the application gave its own (:func:`rag_llm.metrics.register`)."""
+    global _exported
+    if not _exported:
+        _exported = True
+        # Imported here, not at the top: the exporter sits above the providers, and
+        # prometheus_client stays off the `import rag_llm` path.
+        from rag_llm.metrics import register_default
+
+        register_default()
+
+
 class _Call:
     """Times one call and records its outcome: the HTTP status, or what went wrong."""
 

@@ -28,7 +28,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
@@ -42,7 +42,8 @@ from rag_llm.errors import (
     RequestTimeoutError,
 )
 from rag_llm.observability.events import get_logger
-from rag_llm.pool import ClientPool, PoolState
+from rag_llm.observability.stats import Ledger
+from rag_llm.pool import PROBE, ClientPool, PoolState
 from rag_llm.providers._deadlines import Deadline, watch_deadline
 from rag_llm.providers.admission import EndpointAdmission
 from rag_llm.providers.openai import OpenAIAPI
@@ -60,7 +61,8 @@ from rag_llm.transport._tls import ssl_context
 if TYPE_CHECKING:
     from rag_llm.resilience.health import HealthCheckPolicy
 
-__all__ = ["Attempt", "EndpointState", "Router", "RouterSnapshot", "Upstream", "live_routers"]
+__all__ = ["Attempt", "EndpointState", "Router", "RouterSnapshot", "RoutingCounts", "Upstream",
+           "counted_routing", "live_routers"]
 
 _log = get_logger("rag_llm.resilience")
 # A capped timeout that fires this close to the deadline is the deadline's doing.
@@ -119,6 +121,54 @@ class RouterSnapshot:
     budget_available: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class RoutingCounts:
+    """A provider's routing counters: they only ever go up (see :func:`counted_routing`)."""
+
+    provider: str
+    attempts: Mapping[tuple[str, str], int]  # (endpoint, outcome) -> count
+    retries: int
+    gave_up: Mapping[str, int]
+    rejected: Mapping[str, int]
+
+
+class _Counts:
+    """A router's counters, apart from it so they can be folded once it is collected."""
+
+    __slots__ = ("attempts", "gave_up", "lock", "rejected", "retries")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.attempts: Counter[tuple[str, str]] = Counter()
+        self.gave_up: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.retries = 0
+
+    def read(self, provider: str) -> RoutingCounts:
+        with self.lock:
+            return RoutingCounts(provider, dict(self.attempts), self.retries,
+                                 dict(self.gave_up), dict(self.rejected))
+
+
+def _sum_counts(readings: Iterable[RoutingCounts]) -> list[RoutingCounts]:
+    merged: dict[str, RoutingCounts] = {}
+    for r in readings:
+        old = merged.get(r.provider)
+        merged[r.provider] = r if old is None else RoutingCounts(
+            r.provider, Counter(old.attempts) + Counter(r.attempts), old.retries + r.retries,
+            Counter(old.gave_up) + Counter(r.gave_up), Counter(old.rejected) + Counter(r.rejected))
+    return list(merged.values())
+
+
+_COUNTS: Final[Ledger[tuple[str, _Counts], RoutingCounts]] = Ledger(
+    lambda held: [held[1].read(held[0])], _sum_counts)
+
+
+def counted_routing() -> list[RoutingCounts]:
+    """The routing counters of every router this process has had, collected ones folded."""
+    return _COUNTS.readings()
+
+
 class Router:
     """The endpoints of one provider and the policies that spread and retry its calls."""
 
@@ -141,16 +191,15 @@ class Router:
         self.balancer = Balancer([u.endpoint for u in self.upstreams.values()],
                                  config.load_balancer, health=self._health_view)
         self._lock = threading.Lock()
-        self._attempts: Counter[tuple[str, str]] = Counter()
-        self._gave_up: Counter[str] = Counter()
-        self._rejected: Counter[str] = Counter()
-        self._retries = 0
+        self._counts = _Counts()
         self._budget_warned = -math.inf
         self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
-        self._health_pools: list[ClientPool] = []
+        # The health checks' own pools, by endpoint name (health_check with a path).
+        self._health_pools: dict[str, ClientPool] = {}
         self._health_lock = threading.Lock()
         self._closed = False
         _LIVE.add(self)
+        _COUNTS.track(self, (self.provider, self._counts))
 
     # -- calls -------------------------------------------------------------------
 
@@ -241,8 +290,8 @@ class Router:
             else:
                 attempt.permit.release()  # cancelled: says nothing about the endpoint
         label = "ok" if exc is None else _label(exc)
-        with self._lock:
-            self._attempts[(attempt.upstream.name, label)] += 1
+        with self._counts.lock:
+            self._counts.attempts[(attempt.upstream.name, label)] += 1
 
     def _decide(self, call: Attempts, exc: Exception) -> RetryDecision:
         decision = call.state.decide(exc, remaining=call.remaining(), budget=self.budget)
@@ -256,11 +305,11 @@ class Router:
             decision = RetryDecision(
                 RetryVerdict.NOT_RETRYABLE, 0.0,
                 "no endpoint can take a retry in time: every circuit is open")
-        with self._lock:
+        with self._counts.lock:
             if decision.retry:
-                self._retries += 1
+                self._counts.retries += 1
             else:
-                self._gave_up[decision.verdict.value] += 1
+                self._counts.gave_up[decision.verdict.value] += 1
         if decision.verdict is RetryVerdict.BUDGET:
             self._warn_budget()
         return decision
@@ -289,8 +338,8 @@ class Router:
         _log.warning("retry_budget_exhausted", provider=self.provider)
 
     def _count_rejected(self, reason: str) -> None:
-        with self._lock:
-            self._rejected[reason] += 1
+        with self._counts.lock:
+            self._counts.rejected[reason] += 1
 
     # -- health checks and warm-up --------------------------------------------------
 
@@ -302,20 +351,20 @@ class Router:
         with self._health_lock:
             if self._health_view.checker is not None or self._closed:
                 return
-            pools: list[ClientPool] = []
+            pools: dict[str, ClientPool] = {}
             probes = {name: self._probe(upstream, policy, pools)
                       for name, upstream in self.upstreams.items()}
             # The checker's threads hold neither the router nor the provider, and close
             # the probes' pools as they end, however the checks were stopped.
             checker = HealthChecker(probes, policy, name=self.provider,
                                     on_change=functools.partial(_health_changed, self.provider),
-                                    on_stop=functools.partial(_close_pools, pools))
+                                    on_stop=functools.partial(_close_pools, pools.values()))
             checker.start()
             self._health_pools = pools
             self._health_view.checker = checker
 
     def _probe(self, upstream: Upstream, policy: HealthCheckPolicy,
-               pools: list[ClientPool]) -> Callable[[], bool]:
+               pools: dict[str, ClientPool]) -> Callable[[], bool]:
         if policy.path is None:
             context = ssl_context(self.config.verify)
             return connect_probe(upstream.config.base_url, timeout=policy.timeout,
@@ -325,8 +374,9 @@ class Router:
             provider=f"{self.provider}-health", limits=PoolLimits(1, 1, policy.interval * 2),
             timeouts=Timeouts(connect=policy.timeout, read=policy.timeout,
                               write=policy.timeout, pool=policy.timeout),
-            http2=False, verify=self.config.verify), get_backend("httpx2"))
-        pools.append(pool)
+            http2=False, verify=self.config.verify), get_backend("httpx2"),
+            endpoint=upstream.name, role=PROBE)
+        pools[upstream.name] = pool
         request = upstream.api.get_request(policy.path)
 
         def probe() -> bool:
@@ -359,13 +409,23 @@ class Router:
 
     # -- state and shutdown -----------------------------------------------------------
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def pools(self) -> list[ClientPool]:
+        """Every pool of this provider: each endpoint's, then the health checks' own."""
+        with self._health_lock:
+            probes = list(self._health_pools.values())
+        return [*(u.pool for u in self.upstreams.values()), *probes]
+
     def snapshot(self) -> RouterSnapshot:
         checker = self._health_view.checker
         health = checker.snapshot() if checker is not None else {}
         balanced = {s.endpoint.name: s for s in self.balancer.snapshot()}
-        with self._lock:
-            attempts = Counter(self._attempts)
-            state = (self._retries, dict(self._gave_up), dict(self._rejected))
+        counts = self._counts.read(self.provider)
+        attempts = counts.attempts
+        state = (counts.retries, dict(counts.gave_up), dict(counts.rejected))
         endpoints = []
         for name, upstream in self.upstreams.items():
             snapshot = balanced[name]
@@ -391,7 +451,7 @@ class Router:
         with self._health_lock:
             self._closed = True
             checker, self._health_view.checker = self._health_view.checker, None
-            pools, self._health_pools = self._health_pools, []
+            pools = list(self._health_pools.values())
         if checker is not None:
             checker.stop()
         return pools
@@ -415,7 +475,8 @@ def _upstream(config: ProviderConfig, endpoint: EndpointConfig, api_class: type[
     breaker = None if config.circuit_breaker is None else CircuitBreaker(
         config.circuit_breaker,
         on_transition=functools.partial(_breaker_changed, config.name, endpoint.name))
-    pool = ClientPool(settings, get_backend(config.transport, http2=config.http2))
+    pool = ClientPool(settings, get_backend(config.transport, http2=config.http2),
+                      endpoint=endpoint.name)
     admission = None
     if config.adaptive_concurrency:
         admission = EndpointAdmission(pool, AdaptivePolicy(
@@ -450,7 +511,7 @@ def _abandon(view: _HealthView) -> bool:
         u.pool.state is PoolState.OPEN for u in view.upstreams.values())
 
 
-def _close_pools(pools: Sequence[ClientPool]) -> None:
+def _close_pools(pools: Iterable[ClientPool]) -> None:
     for pool in pools:
         try:
             pool.close()
@@ -604,8 +665,9 @@ class Attempt:
             f"(attempt {self.call.state.attempt})",
             provider=self.call.router.provider, endpoint=self.upstream.api.endpoint)
         self.call.router._settle(self, error)  # a hung upstream counts as failing
-        with self.call.router._lock:
-            self.call.router._gave_up[RetryVerdict.DEADLINE.value] += 1
+        counts = self.call.router._counts
+        with counts.lock:
+            counts.gave_up[RetryVerdict.DEADLINE.value] += 1
         raise error from cause
 
     def capped(self, request: Request) -> Request:
