@@ -44,7 +44,7 @@ from rag_llm.errors import ConfigError, ProviderClosedError, RagLLMError
 from rag_llm.locator import ServiceLocator
 from rag_llm.observability import configure_logging
 from rag_llm.providers import BaseProvider, ChatProvider, EmbeddingProvider, create_provider
-from rag_llm.providers.openai import endpoint_of
+from rag_llm.validation import redact_url
 
 if TYPE_CHECKING:
     from rag_llm.testing import UpstreamServer
@@ -534,7 +534,7 @@ def describe(target: Target, options: Options) -> None:
         print(f"upstream: local UpstreamServer {target.base_url} (HTTPS, generated CA); "
               "connection counts are server-side")
     else:
-        print(f"upstream: {endpoint_of(target.base_url)} (remote; api key "
+        print(f"upstream: {redact_url(target.base_url)} (remote; api key "
               f"{'set' if target.api_key else 'not set'}); connection counts are the pool's "
               "own view")
     print(f"models: {target.embedding_model}, {target.chat_model}; transport: "

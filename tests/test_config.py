@@ -174,16 +174,15 @@ def test_environment_alone_defines_a_provider() -> None:
         assert provider.config.base_url == "http://127.0.0.1:8080/v1"
 
 
-@pytest.mark.parametrize(("name", "raw", "field"), [
-    ("RAG_LLM_EMBEDDING__MAX_CONNECTIONS", "abc", "max_connections"),
-    ("RAG_LLM_EMBEDDING__KEEPALIVE_EXPIRY", "soon", "keepalive_expiry"),
-    ("RAG_LLM_EMBEDDING__HTTP2", "maybe", "http2"),
+@pytest.mark.parametrize(("name", "raw"), [
+    ("RAG_LLM_EMBEDDING__MAX_CONNECTIONS", "abc"),
+    ("RAG_LLM_EMBEDDING__KEEPALIVE_EXPIRY", "soon"),
+    ("RAG_LLM_EMBEDDING__HTTP2", "maybe"),
 ])
-def test_bad_environment_value_raises_config_error(name: str, raw: str, field: str) -> None:
+def test_bad_environment_value_names_the_variable(name: str, raw: str) -> None:
     with pytest.raises(ConfigError) as info:
         Settings.load(environ={name: raw, "OPENAI_API_KEY": KEY})
-    assert info.value.field == field
-    assert field in str(info.value)
+    assert info.value.field == name
     assert raw in str(info.value)
     assert KEY not in str(info.value)
 

@@ -63,11 +63,19 @@ class RagLLMError(Exception):
 class ConfigError(RagLLMError, ValueError):
     """A setting is missing or invalid; ``field`` and ``value`` say which."""
 
+    # A ``value`` that the message leaves out: an unknown key's value may be a secret.
+    UNSHOWN: object = object()
+
     def __init__(self, field: str, value: object, reason: str) -> None:
         self.field = field
         self.value = value
         self.reason = reason
-        super().__init__(f"{field}={value!r}: {reason}")
+        shown = field if value is ConfigError.UNSHOWN else f"{field}={value!r}"
+        super().__init__(f"{shown}: {reason}")
+
+    def within(self, prefix: str) -> ConfigError:
+        """The same error with ``field`` under ``prefix`` (``providers.embedding.``, say)."""
+        return ConfigError(prefix + self.field, self.value, self.reason)
 
 
 class ProviderClosedError(RagLLMError, RuntimeError):

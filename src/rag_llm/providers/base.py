@@ -31,8 +31,9 @@ from rag_llm.observability.events import get_logger
 from rag_llm.observability.stats import ClientStats
 from rag_llm.pool import TRAFFIC, ClientPool, PoolSnapshot, merge_pools
 from rag_llm.providers.batching import EmbeddingBatcher, split, text_tokens
-from rag_llm.providers.openai import Message, OpenAIAPI, endpoint_of
+from rag_llm.providers.openai import Message, OpenAIAPI
 from rag_llm.transport import Request, Response
+from rag_llm.validation import redact_url
 
 if TYPE_CHECKING:
     from rag_llm.providers.routing import Attempt, Router, RouterSnapshot
@@ -129,7 +130,7 @@ class BaseProvider:
 
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} name={self.name!r} model={self.config.model!r} "
-                f"base_url={endpoint_of(self.config.base_url)!r} pool={self.pool.state.value}>")
+                f"base_url={redact_url(self.config.base_url)!r} pool={self.pool.state.value}>")
 
     def pool_stats(self) -> PoolSnapshot:
         """Limits, connections and exact statistics of the provider's clients.

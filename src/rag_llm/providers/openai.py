@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from rag_llm import __version__
 from rag_llm.config import ProviderConfig
@@ -16,17 +16,12 @@ from rag_llm.errors import ConfigError, MalformedResponseError, UpstreamError
 from rag_llm.providers._errors import upstream_error
 from rag_llm.providers._sse import DONE, sse_data
 from rag_llm.transport import Request, Response
+from rag_llm.validation import redact_url
 
-__all__ = ["AzureOpenAIAPI", "ChatStreamParser", "OpenAIAPI", "endpoint_of"]
+__all__ = ["AzureOpenAIAPI", "ChatStreamParser", "OpenAIAPI"]
 
 Message = Mapping[str, Any]
 _USER_AGENT: Final = f"rag-llm/{__version__}"
-
-
-def endpoint_of(url: str) -> str:
-    """Scheme, host, port and path: the part of a URL that errors and events may show."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
 
 
 class OpenAIAPI:
@@ -52,7 +47,7 @@ class OpenAIAPI:
         self._headers: Mapping[str, str] = headers
         self._stream_headers = {**headers, "accept": "text/event-stream"}
         # Scheme, host, port and path: what errors and events may show of this endpoint.
-        self.endpoint = endpoint_of(config.base_url)
+        self.endpoint = redact_url(config.base_url)
         self._embeddings_url = self.url("embeddings")
         self._chat_url = self.url("chat/completions")
 
@@ -68,13 +63,13 @@ class OpenAIAPI:
             url=url,
             headers=self._stream_headers if stream else self._headers,
             content=self._dumps(body),
-            endpoint=endpoint_of(url),
+            endpoint=redact_url(url),
         )
 
     def get_request(self, operation: str) -> Request:
         """A GET of ``operation`` (e.g. ``models``): cheap, for health checks and warm-up."""
         url = self.url(operation)
-        return Request(method="GET", url=url, headers=self._headers, endpoint=endpoint_of(url))
+        return Request(method="GET", url=url, headers=self._headers, endpoint=redact_url(url))
 
     # -- embeddings --------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable
 from typing import Protocol, TypeAlias
 
-from rag_llm.config import check_number
+from rag_llm.validation import check_number
 
 __all__ = ["Clock", "Random", "check_number", "retry_after_of"]
 

@@ -21,9 +21,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Final
 
-from rag_llm.config import check_number
 from rag_llm.errors import ConfigError
 from rag_llm.resilience._common import Clock
+from rag_llm.validation import check_number
 
 __all__ = ["DEFAULT_BACKOFF_RATIO", "AdaptiveLimit", "AdaptivePolicy", "AdmissionGate",
            "ThreadGate"]

@@ -1,0 +1,47 @@
+"""Frozen, validated settings: pool limits, timeouts, provider configs and their loading.
+
+Every value is checked when the object is built, whichever way it is built (constructor,
+mapping, file or environment); a bad one raises :class:`ConfigError` naming the field and
+the value, and an unknown key names the closest known one. API keys are held in
+:class:`Secret`, which never shows its value in a repr, a log line or an error.
+"""
+
+from __future__ import annotations
+
+from rag_llm.config._limits import (
+    DEFAULT_KEEPALIVE_EXPIRY,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_KEEPALIVE_CONNECTIONS,
+    PoolLimits,
+    Timeouts,
+)
+from rag_llm.config._provider import (
+    DEFAULT_DEADLINE,
+    ENDPOINT_KEYS,
+    FIELD_TYPES,
+    TRANSPORTS,
+    EndpointConfig,
+    ProviderConfig,
+)
+from rag_llm.config._secret import Secret
+from rag_llm.config._settings import ENV_PREFIX, Settings, read_config_file
+from rag_llm.validation import check_number
+
+__all__ = [
+    "DEFAULT_DEADLINE",
+    "DEFAULT_KEEPALIVE_EXPIRY",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_KEEPALIVE_CONNECTIONS",
+    "ENDPOINT_KEYS",
+    "ENV_PREFIX",
+    "FIELD_TYPES",
+    "TRANSPORTS",
+    "EndpointConfig",
+    "PoolLimits",
+    "ProviderConfig",
+    "Secret",
+    "Settings",
+    "Timeouts",
+    "check_number",
+    "read_config_file",
+]

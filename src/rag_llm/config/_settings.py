@@ -1,0 +1,190 @@
+"""``Settings``: provider tables and logging, from a TOML or YAML file and the environment.
+
+Each value remembers where it came from (``file PATH``, ``environment VAR``), so an error
+in it names the file's table or the variable, and ``rag-llm config check`` can say which
+value is a default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from rag_llm.config._provider import FIELD_TYPES
+from rag_llm.config._secret import Secret
+from rag_llm.errors import ConfigError
+from rag_llm.validation import closest
+
+__all__ = ["ENV_PREFIX", "Settings", "read_config_file"]
+
+ENV_PREFIX: Final = "RAG_LLM_"
+LOG_FORMATS: Final = ("console", "json")
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+
+
+def _coerce_env(name: str, key: str, raw: str) -> object:
+    """The value of variable ``name`` as the type setting ``key`` takes."""
+    kind = FIELD_TYPES.get(key, str)
+    try:
+        if kind is bool or (key == "verify" and raw.lower() in ("true", "false", "1", "0")):
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1", "yes")
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+    except ValueError:
+        raise ConfigError(name, raw, f"must be {kind.__name__}") from None
+    if kind in (dict, list):
+        raise ConfigError(name, ConfigError.UNSHOWN,
+                          "cannot be set from the environment; use a config file")
+    return raw
+
+
+def env_name(kind: str, key: str) -> str:
+    """The environment variable that sets ``key`` of the ``kind`` provider."""
+    return f"{ENV_PREFIX}{kind.upper()}__{key.upper()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Provider configs by kind (``"embedding"``, ``"llm"``) plus logging settings.
+
+    Loaded by :meth:`load` from a TOML or YAML file, then environment variables
+    (``RAG_LLM_<KIND>__<FIELD>``, e.g. ``RAG_LLM_EMBEDDING__MAX_CONNECTIONS=50``), which
+    take precedence. ``OPENAI_API_KEY`` fills ``api_key`` for ``openai`` providers that set none.
+    ``sources`` maps ``providers.KIND.KEY`` to where that value came from.
+    """
+
+    providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    log_format: str = "console"
+    log_level: str = "info"
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError("log_format", self.log_format, "must be 'console' or 'json'")
+        if not isinstance(self.log_level, str) or self.log_level.lower() not in LOG_LEVELS:
+            raise ConfigError("log_level", self.log_level, "must be a logging level name")
+        if not isinstance(self.providers, Mapping) or not all(
+                isinstance(table, Mapping) for table in self.providers.values()):
+            raise ConfigError("providers", ConfigError.UNSHOWN,
+                              "must map provider kinds to tables of settings")
+
+    def __repr__(self) -> str:
+        return (f"Settings(providers={sorted(self.providers)!r}, "
+                f"log_format={self.log_format!r}, log_level={self.log_level!r})")
+
+    def provider(self, kind: str) -> Mapping[str, Any] | None:
+        return self.providers.get(kind)
+
+    def source(self, kind: str, key: str) -> str:
+        """Where ``key`` of the ``kind`` provider came from: a file, a variable, or code."""
+        if key not in self.providers.get(kind, {}):
+            return "default"
+        return self.sources.get(f"providers.{kind}.{key}", "code")
+
+    def locate(self, kind: str, error: ConfigError) -> ConfigError:
+        """``error`` from building the ``kind`` provider, naming where the bad value was set.
+
+        A key set by a variable is named by the variable (with the one it was likely
+        meant to be); any other by its table: ``providers.embedding.max_connections``.
+        """
+        key = error.field.partition(".")[0].partition("[")[0]
+        origin = self.sources.get(f"providers.{kind}.{key}", "")
+        if origin.startswith("environment "):
+            variable = origin.removeprefix("environment ")
+            if variable.startswith(ENV_PREFIX):
+                reason = error.reason.replace(f"of [providers.{kind}]", "")
+                guess = closest(key, FIELD_TYPES)
+                if "did you mean" in reason and guess:
+                    reason = reason.partition(";")[0] + f"; did you mean {env_name(kind, guess)}?"
+                rest = error.field[len(key):]
+                return ConfigError(variable + rest, error.value, reason)
+        return error.within(f"providers.{kind}.")
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Read the config file (``path`` or ``$RAG_LLM_CONFIG``), then overlay the environment."""
+        env = os.environ if environ is None else environ
+        file_path = path if path is not None else env.get(f"{ENV_PREFIX}CONFIG")
+        data: dict[str, Any] = _read_file(Path(file_path)) if file_path else {}
+        sources: dict[str, str] = {}
+        providers: dict[str, dict[str, Any]] = {}
+        for kind, values in data.get("providers", {}).items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"providers.{kind}", type(values).__name__, "must be a table")
+            providers[kind] = dict(values)
+            sources.update({f"providers.{kind}.{key}": f"file {file_path}" for key in values})
+        logging_section = data.get("logging", {})
+        log_format = env.get(f"{ENV_PREFIX}LOG_FORMAT", logging_section.get("format", "console"))
+        log_level = env.get(f"{ENV_PREFIX}LOG_LEVEL", logging_section.get("level", "info"))
+        for name, raw in env.items():
+            if not name.startswith(ENV_PREFIX) or "__" not in name:
+                continue
+            kind, _, key = name[len(ENV_PREFIX):].lower().partition("__")
+            providers.setdefault(kind, {})[key] = _coerce_env(name, key, raw)
+            sources[f"providers.{kind}.{key}"] = f"environment {name}"
+        openai_key = env.get("OPENAI_API_KEY")
+        for kind, values in providers.items():
+            if openai_key and values.get("type") == "openai" and not values.get("api_key"):
+                values["api_key"] = Secret(openai_key)
+                sources[f"providers.{kind}.api_key"] = "environment OPENAI_API_KEY"
+        return cls(providers=providers, log_format=log_format, log_level=log_level,
+                   sources=sources)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The parsed TOML or YAML file at ``path``, as a mapping of its top-level tables."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("config_file", str(path), f"cannot be read: {exc.strerror}") from None
+    if path.suffix not in (".toml", ".yaml", ".yml"):
+        raise ConfigError("config_file", str(path), "must end in .toml, .yaml or .yml")
+    try:
+        if path.suffix == ".toml":
+            import tomllib  # imported here: parsing config is off the import path
+
+            data: object = tomllib.loads(text)
+        else:
+            import yaml  # imported here: only YAML users pay for it
+
+            data = yaml.safe_load(text) or {}
+    except Exception as exc:  # TOMLDecodeError or yaml.YAMLError
+        raise ConfigError("config_file", str(path), f"is not valid: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("config_file", str(path), "must hold tables such as [providers]")
+    return data
+
+
+# The file's top-level tables: providers, logging, and the RAG service's own.
+_TABLES: Final = ("providers", "logging", "rag")
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    data = read_config_file(path)
+    for table in data:
+        if table not in _TABLES:
+            guess = closest(table, _TABLES)
+            hint = f"did you mean [{guess}]?" if guess else f"known: {', '.join(_TABLES)}"
+            raise ConfigError(table, ConfigError.UNSHOWN,
+                              f"is not a known table of {path}; {hint}")
+    if not isinstance(data.get("providers", {}), dict):
+        raise ConfigError("config_file", str(path), "must hold a 'providers' table")
+    logging_section = data.get("logging", {})
+    if not isinstance(logging_section, dict):
+        raise ConfigError("logging", type(logging_section).__name__, "must be a table")
+    for key in logging_section:
+        if key not in ("format", "level"):
+            guess = closest(key, ("format", "level"))
+            raise ConfigError(f"logging.{key}", ConfigError.UNSHOWN,
+                              "is not a known setting of [logging]"
+                              + (f"; did you mean `{guess}`?" if guess else ""))
+    return data
