@@ -20,6 +20,7 @@ from support import KEY, closed_port, provider_config
 import rag_llm.locator as locator_module
 from rag_llm.api import create_app
 from rag_llm.config import Settings
+from rag_llm.errors import ConfigError
 from rag_llm.locator import LocatorState, ServiceLocator, get_service_locator
 from rag_llm.rag.settings import RagSettings
 from rag_llm.testing import UpstreamServer
@@ -28,7 +29,10 @@ from rag_llm.testing import UpstreamServer
 def test_health_reports_pools_and_shutdown_closes_them(upstream: UpstreamServer) -> None:
     locator = ServiceLocator(Settings(providers={"embedding": provider_config(upstream)}))
     with TestClient(create_app(locator)) as client:
-        assert client.get("/health").json() == {"status": "ok", "providers": {}}
+        # Built at start-up, so a bad setting stops it; no connection is opened yet.
+        health = client.get("/health").json()
+        assert health["status"] == "ok"
+        assert health["providers"]["embedding"]["state"] == "unopened"
         locator.get("embedding").embed(["warm the pool"])
         body = client.get("/health").json()
         pool = body["providers"]["embedding"]
@@ -126,3 +130,23 @@ def test_an_app_on_the_process_wide_locator_uses_the_live_one_after_a_restart(
         assert app.state.rag.locator is get_service_locator()
         assert app.state.rag.locator.state is LocatorState.OPEN
     assert locator_module._locator is None
+
+
+def test_health_is_not_ok_while_a_configured_provider_cannot_be_built(tmp_path: Path) -> None:
+    bad = {"type": "openai", "model": "m", "base_url": "ftp//nowhere", "api_key": KEY}
+    locator = ServiceLocator(Settings(providers={"embedding": bad}))
+    client = TestClient(create_app(locator))  # no lifespan: nothing was built at start
+    response = client.get("/health")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "error"
+    assert "base_url='ftp//nowhere'" in body["providers"]["embedding"]["error"]
+    assert KEY not in response.text
+
+
+def test_startup_fails_on_a_provider_that_cannot_be_built() -> None:
+    bad = {"type": "openai", "model": "m", "max_conections": 5}
+    locator = ServiceLocator(Settings(providers={"embedding": bad}))
+    with pytest.raises(ConfigError, match="did you mean `max_connections`"), \
+            TestClient(create_app(locator)):
+        pass

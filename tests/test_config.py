@@ -4,7 +4,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import BAD_CONFIGS, KEY, config
+from support import BAD_CONFIGS, DROP, KEY, config
 
 from rag_llm.config import PoolLimits, ProviderConfig, Secret, Settings, Timeouts
 from rag_llm.errors import ConfigError, RagLLMError
@@ -260,3 +260,96 @@ def test_secret_repr_and_str_hide_the_value() -> None:
     assert secret != KEY
     assert bool(secret)
     assert not Secret("")
+
+
+# -- one validation for every way a config is built -------------------------------------
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("base_url", "not a url"),
+    ("base_url", "ftp//nowhere"),
+    ("model", ""),
+    ("transport", "carrier-pigeon"),
+    ("max_batch_size", 0),
+    ("http2", "yes"),
+])
+def test_the_constructor_refuses_what_from_mapping_refuses(field: str, value: object) -> None:
+    base: dict[str, Any] = {"type": "openai", "model": "m", "name": "p",
+                            "base_url": "http://127.0.0.1:9/v1"}
+    with pytest.raises(ConfigError) as built:
+        ProviderConfig(**{**base, field: value})
+    with pytest.raises(ConfigError) as mapped:
+        ProviderConfig.from_mapping({**base, field: value})
+    assert built.value.field == mapped.value.field == field
+
+
+def test_an_unknown_key_names_the_closest_known_one() -> None:
+    with pytest.raises(ConfigError) as info:
+        ProviderConfig.from_mapping(config(max_conections=50))
+    assert info.value.field == "max_conections"
+    assert "did you mean `max_connections`?" in str(info.value)
+    assert "50" not in str(info.value)  # a misspelt api_key must not show either
+
+
+def test_an_unknown_key_in_a_section_or_endpoint_is_named_with_its_path() -> None:
+    with pytest.raises(ConfigError, match=r"retry\.max_atempts: .*`max_attempts`"):
+        ProviderConfig.from_mapping(config(retry={"max_atempts": 2}))
+    endpoints = [{"base_url": "http://127.0.0.1:9/v1", "wieght": 2}]
+    with pytest.raises(ConfigError, match=r"endpoints\[0\]\.wieght: .*`weight`"):
+        ProviderConfig.from_mapping(config(endpoints=endpoints, base_url=DROP))
+
+
+def test_keep_alive_follows_a_smaller_max_connections() -> None:
+    with create_provider("embedding", config(max_connections=5)) as provider:
+        assert provider.max_keepalive_connections == 5
+    assert PoolLimits(max_connections=50).max_keepalive_connections == 20
+    with pytest.raises(ConfigError, match="must not exceed max_connections=5"):
+        create_provider("embedding", config(max_connections=5, max_keepalive_connections=20))
+
+
+def _locator_error(tmp_path: Path, table: str, environ: dict[str, str]) -> ConfigError:
+    from rag_llm.locator import ServiceLocator
+
+    path = tmp_path / "rag-llm.toml"
+    path.write_text('[providers.embedding]\ntype = "openai"\nmodel = "m"\n'
+                    f'base_url = "http://127.0.0.1:9/v1"\napi_key = "{KEY}"\n{table}')
+    locator = ServiceLocator(Settings.load(path, environ=environ))
+    with pytest.raises(ConfigError) as info:
+        locator.build_all()
+    assert KEY not in str(info.value)
+    return info.value
+
+
+def test_a_bad_file_value_is_named_by_its_table(tmp_path: Path) -> None:
+    error = _locator_error(tmp_path, "max_conections = 50\n", {})
+    assert str(error) == ("providers.embedding.max_conections: is not a known setting; "
+                          "did you mean `max_connections`?")
+    error = _locator_error(tmp_path, "max_connections = -1\n", {})
+    assert error.field == "providers.embedding.max_connections"
+
+
+def test_an_unknown_variable_is_named_with_the_one_it_was_meant_to_be(tmp_path: Path) -> None:
+    error = _locator_error(tmp_path, "", {"RAG_LLM_EMBEDDING__MAX_CONECTIONS": "5"})
+    assert error.field == "RAG_LLM_EMBEDDING__MAX_CONECTIONS"
+    assert "did you mean RAG_LLM_EMBEDDING__MAX_CONNECTIONS?" in str(error)
+    error = _locator_error(tmp_path, "", {"RAG_LLM_EMBEDDING__MAX_CONNECTIONS": "0"})
+    assert error.field == "RAG_LLM_EMBEDDING__MAX_CONNECTIONS"
+
+
+def test_an_unknown_table_in_the_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "rag-llm.toml"
+    path.write_text('[provider.embedding]\ntype = "openai"\n')
+    with pytest.raises(ConfigError, match=r"did you mean \[providers\]\?"):
+        Settings.load(path, environ={})
+
+
+def test_settings_remember_where_each_value_came_from(tmp_path: Path) -> None:
+    path = tmp_path / "rag-llm.toml"
+    path.write_text('[providers.embedding]\ntype = "openai"\nmodel = "m"\n')
+    settings = Settings.load(path, environ={"RAG_LLM_EMBEDDING__MAX_CONNECTIONS": "7",
+                                            "OPENAI_API_KEY": KEY})
+    assert settings.source("embedding", "model") == f"file {path}"
+    assert settings.source("embedding", "max_connections") == (
+        "environment RAG_LLM_EMBEDDING__MAX_CONNECTIONS")
+    assert settings.source("embedding", "api_key") == "environment OPENAI_API_KEY"
+    assert settings.source("embedding", "keepalive_expiry") == "default"

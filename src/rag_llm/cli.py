@@ -56,6 +56,7 @@ def _service(args: argparse.Namespace) -> Iterator[tuple[ServiceLocator, RagServ
     settings, rag = _settings(args)
     locator = ServiceLocator(settings)
     try:
+        locator.build_all()
         with RagService.from_locator(locator, rag) as service:
             yield locator, service
     finally:
@@ -172,6 +173,12 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     settings, rag = _settings(args)
     locator = ServiceLocator(settings)
+    try:
+        locator.build_all()
+    except BaseException:
+        if locator.providers():  # close what was built before the bad one
+            asyncio.run(locator.cleanup())
+        raise
     if args.ingest:
         from rag_llm.rag import RagService
 
@@ -181,6 +188,59 @@ def _run_serve(args: argparse.Namespace) -> int:
           file=sys.stderr)
     uvicorn.run(create_app(locator, rag_settings=rag), host=args.host, port=args.port,
                 log_level=settings.log_level)
+    return 0
+
+
+def _rag_entries(args: argparse.Namespace, rag: RagSettings) -> list[tuple[str, object, str]]:
+    """The ``[rag]`` settings with where each came from: flag, environment, file or default."""
+    from dataclasses import fields
+
+    from rag_llm.config import ENV_PREFIX, read_config_file
+
+    path = args.config or os.environ.get(f"{ENV_PREFIX}CONFIG")
+    table = read_config_file(Path(path)).get("rag", {}) if path else {}
+    entries = []
+    for item in fields(rag):
+        variable = f"{ENV_PREFIX}{item.name.upper()}"
+        if item.name == "data_dir" and args.data_dir is not None:
+            source = "command line --data-dir"
+        elif variable in os.environ:
+            source = f"environment {variable}"
+        elif item.name in table:
+            source = f"file {path}"
+        else:
+            source = "default"
+        value = getattr(rag, item.name)
+        entries.append((item.name, str(value) if isinstance(value, Path) else value, source))
+    return entries
+
+
+def _run_config_check(args: argparse.Namespace) -> int:
+    """Build every configured provider, then print the effective configuration."""
+    from rag_llm.config import ProviderConfig
+    from rag_llm.config._report import provider_entries, render
+    from rag_llm.locator import ServiceLocator
+
+    settings, rag = _settings(args)
+    locator = ServiceLocator(settings)
+    try:
+        tables = []
+        for kind, provider in locator.build_all().items():
+            config = getattr(provider, "config", None)
+            if isinstance(config, ProviderConfig):
+                values = provider_entries(config)
+            else:  # an in-process provider: the settings it was built from
+                values = {key: getattr(provider, key, value)
+                          for key, value in settings.providers[kind].items()}
+                values.update({key: getattr(provider, key) for key in
+                               ("model", "device", "batch_size") if hasattr(provider, key)})
+            tables.append((f"providers.{kind}", [(key, value, settings.source(kind, key))
+                                                 for key, value in values.items()]))
+        tables.append(("rag", _rag_entries(args, rag)))
+        print(render(tables), end="")
+    finally:
+        asyncio.run(locator.cleanup())
+    print("rag-llm: configuration is valid", file=sys.stderr)
     return 0
 
 
@@ -252,6 +312,13 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--json", action="store_true", help="print the answer as JSON")
     query.set_defaults(run=_run_query)
 
+    config = commands.add_parser("config", help="inspect the configuration")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    check = config_commands.add_parser(
+        "check", parents=[common], help="build every provider and print the effective "
+                                        "configuration, secrets masked, with each value's source")
+    check.set_defaults(run=_run_config_check)
+
     top = commands.add_parser("top", help="watch a running service's connection pools live")
     top.add_argument("--url", default="http://127.0.0.1:8000",
                      help="the service (default http://127.0.0.1:8000)")
@@ -275,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args))
     except ConfigError as exc:
         print(f"rag-llm: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return 1
     except _MissingExtraError as exc:
         print(f"rag-llm {args.command} {exc}", file=sys.stderr)
         return 2

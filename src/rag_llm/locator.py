@@ -98,8 +98,34 @@ class ServiceLocator:
                         "is not configured (config file [providers."
                         f"{provider_type}] or RAG_LLM_{provider_type.upper()}__TYPE)",
                     )
-                provider = self._providers[provider_type] = self._factory(provider_type, config)
+                try:
+                    provider = self._factory(provider_type, config)
+                except ConfigError as exc:
+                    raise self.settings.locate(provider_type, exc) from None
+                self._providers[provider_type] = provider
             return provider
+
+    def build_all(self) -> Mapping[str, Any]:
+        """Build every configured provider now, so that a bad setting fails at start.
+
+        Building opens no connection; a ``ConfigError`` names the table or variable.
+        """
+        for provider_type in self.settings.providers:
+            self.get(provider_type)
+        return self.providers()
+
+    def problems(self) -> dict[str, str]:
+        """The configured providers that cannot be built, each with the reason."""
+        found: dict[str, str] = {}
+        if self._state is not LocatorState.OPEN:
+            return found
+        for provider_type in self.settings.providers:
+            if provider_type not in self._providers:
+                try:
+                    self.get(provider_type)
+                except ConfigError as exc:
+                    found[provider_type] = str(exc)
+        return found
 
     def providers(self) -> Mapping[str, Any]:
         """The providers built or registered so far."""

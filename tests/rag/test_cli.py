@@ -86,7 +86,7 @@ def test_a_store_built_with_another_model_is_named(
 ) -> None:
     main(["ingest", str(SAMPLES / "espresso.txt"), "--config", str(config)])
     config.write_text(config.read_text().replace('model = "m"', 'model = "other"'))
-    assert main(["query", "espresso", "--config", str(config)]) == 2
+    assert main(["query", "espresso", "--config", str(config)]) == 1
     err = capsys.readouterr().err
     assert "configuration error: embedding='openai/other'" in err
     assert "'openai/m'" in err
@@ -126,3 +126,52 @@ def test_serve_ingests_first_then_serves_the_api(
     assert answer["mode"] == "generated"
     assert "7 documents (7 added, 0 updated, 0 unchanged), 0 failed" in stderr
     assert process.returncode in (0, -signal.SIGTERM)
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ("max_conections = 50", "providers.embedding.max_conections: is not a known setting; "
+                            "did you mean `max_connections`?"),
+    ("max_connections = -1", "providers.embedding.max_connections=-1: must be >= 1"),
+])
+def test_every_command_refuses_a_bad_provider_at_start_in_one_line(
+    config: Path, table: str, message: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    config.write_text(config.read_text().replace('model = "m"\n', f'model = "m"\n{table}\n', 1))
+    for command in (["documents"], ["query", "q"], ["config", "check"]):
+        assert main([*command, "--config", str(config)]) == 1
+        err = capsys.readouterr().err
+        assert err == f"rag-llm: configuration error: {message}\n", command
+
+
+def test_serve_exits_1_on_a_bad_variable_before_serving(config: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAG_LLM_", "OPENAI_"))}
+    env["RAG_LLM_EMBEDDING__MAX_CONECTIONS"] = "5"
+    result = subprocess.run(
+        [sys.executable, "-m", "rag_llm.cli", "serve", "--port", str(closed_port()),
+         "--config", str(config)], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr == ("rag-llm: configuration error: RAG_LLM_EMBEDDING__MAX_CONECTIONS: "
+                             "is not a known setting; did you mean "
+                             "RAG_LLM_EMBEDDING__MAX_CONNECTIONS?\n")
+
+
+def test_config_check_prints_every_value_masked_with_its_source(
+    config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = "sk-check-SECRET-42"
+    config.write_text(config.read_text().replace('model = "m"\n', f'model = "m"\n'
+                                                 f'api_key = "{secret}"\n', 1))
+    monkeypatch.setenv("RAG_LLM_EMBEDDING__MAX_CONNECTIONS", "7")
+    monkeypatch.setenv("RAG_LLM_TOP_K", "3")
+    assert main(["config", "check", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert secret not in out
+    lines = {line.split(" = ")[0]: line for line in out.splitlines() if " = " in line}
+    embedding = out.split("[providers.llm]")[0]
+    assert 'api_key = "**********"' in embedding
+    assert f"# file {config}" in lines["model"]
+    assert "max_connections = 7" in embedding
+    assert "# environment RAG_LLM_EMBEDDING__MAX_CONNECTIONS" in embedding
+    assert "max_keepalive_connections = 7" in embedding  # follows the smaller limit
+    assert lines["top_k"].endswith("# environment RAG_LLM_TOP_K")
+    assert lines["chunk_size"].endswith("# default")

@@ -22,7 +22,12 @@ from rag_llm.api.errors import install_error_handlers
 from rag_llm.api.observability import observability_router
 from rag_llm.api.request_id import RequestIdMiddleware
 from rag_llm.api.security import BodyLimitMiddleware, api_key_dependency
-from rag_llm.locator import ServiceLocator, cleanup_service_locator, get_service_locator
+from rag_llm.locator import (
+    LocatorState,
+    ServiceLocator,
+    cleanup_service_locator,
+    get_service_locator,
+)
 
 if TYPE_CHECKING:
     from rag_llm.rag import RagService, RagSettings
@@ -52,6 +57,10 @@ def create_app(locator: ServiceLocator | None = None, *, rag: RagService | None 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Every configured provider is built now: a bad setting stops the start-up, naming
+        # the setting, instead of turning the first request into a 503.
+        if current_locator().state is LocatorState.OPEN:
+            current_locator().build_all()
         await current_locator().awarmup()
         yield
         holder.close()
@@ -74,7 +83,8 @@ def create_app(locator: ServiceLocator | None = None, *, rag: RagService | None 
     app.include_router(documents.router, dependencies=guard)
     app.include_router(query.router, dependencies=guard)
     app.include_router(dashboard_router())
-    app.include_router(observability_router(lambda: current_locator().providers()))
+    app.include_router(observability_router(lambda: current_locator().providers(),
+                                            lambda: current_locator().problems()))
     app.add_middleware(RequestIdMiddleware)
 
     return app

@@ -75,8 +75,10 @@ def _pool_health(s: PoolSnapshot) -> dict[str, Any]:
             "clients": [_client_health(c) for c in s.clients]}
 
 
-def observability_router(providers: Callable[[], Mapping[str, Any]]) -> APIRouter:
-    """Routes over ``providers()`` (the locator's providers built so far)."""
+def observability_router(providers: Callable[[], Mapping[str, Any]],
+                         problems: Callable[[], Mapping[str, str]] = dict) -> APIRouter:
+    """Routes over ``providers()`` (the locator's providers built so far) and ``problems()``
+    (the configured providers that cannot be built, with the reason)."""
     router = APIRouter(tags=["observability"])
 
     def pools() -> dict[str, list[PoolSnapshot]]:
@@ -95,17 +97,21 @@ def observability_router(providers: Callable[[], Mapping[str, Any]]) -> APIRoute
         return Response(render_metrics(), media_type=CONTENT_TYPE)
 
     @router.get("/health")
-    def health() -> dict[str, Any]:
+    def health() -> JSONResponse:
         """Liveness, with the state and connections of each provider's pools.
 
         A provider's figures sum its endpoints' pools; ``pools`` lists each pool apart,
-        health checks' own (role ``probe``) included.
+        health checks' own (role ``probe``) included. A configured provider that cannot be
+        built makes the status ``error`` (503), with the reason under its name.
         """
-        report: dict[str, Any] = {}
+        broken = problems()
+        report: dict[str, Any] = {name: {"state": "error", "error": reason}
+                                  for name, reason in broken.items()}
         for name, group in pools().items():
             report[name] = {**_pool_health(_traffic(group)), "pools": [
                 {"endpoint": s.endpoint, "role": s.role, **_pool_health(s)} for s in group]}
-        return {"status": "ok", "providers": report}
+        return JSONResponse({"status": "error" if broken else "ok", "providers": report},
+                            status_code=503 if broken else 200)
 
     @router.get("/health/ready")
     def ready() -> JSONResponse:

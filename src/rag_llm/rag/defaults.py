@@ -81,7 +81,29 @@ def resolve_settings(settings: Settings, environ: Mapping[str, str] | None = Non
         else:
             providers.pop(kind, None)
     return Settings(providers=providers, log_format=settings.log_format,
-                    log_level=settings.log_level)
+                    log_level=settings.log_level,
+                    sources=_sources(settings, providers, env))
+
+
+# Filled-in values that come from these variables; every other one is a default.
+_FROM_ENV: Final = {"api_key": "OPENAI_API_KEY", "base_url": "OPENAI_BASE_URL"}
+
+
+def _sources(settings: Settings, providers: Mapping[str, Mapping[str, Any]],
+             env: Mapping[str, str]) -> dict[str, str]:
+    """``settings.sources`` plus where each value filled in here came from."""
+    sources = dict(settings.sources)
+    for kind, values in providers.items():
+        given = settings.providers.get(kind, {})
+        for key in values:
+            if key in given:
+                continue
+            variable = _FROM_ENV.get(key) or (
+                ("OPENAI_EMBEDDING_MODEL" if kind == "embedding" else "OPENAI_CHAT_MODEL")
+                if key == "model" else None)
+            sources[f"providers.{kind}.{key}"] = (
+                f"environment {variable}" if variable and variable in env else "default")
+    return sources
 
 
 def _provider(locator: ServiceLocator, kind: str, environ: Mapping[str, str] | None) -> Any:
