@@ -102,7 +102,7 @@ async def test_a_cancelled_call_leaves_the_others_whole(upstream: UpstreamServer
 
 
 def test_token_bounds_close_a_batch_before_its_text_count_does() -> None:
-    from rag_llm.providers.batching import batch_bounds
+    from rag_llm.calls.batching import batch_bounds
 
     texts = ["a" * 40, "b" * 40, "c" * 4, "d" * 400, "e" * 4]  # 10, 10, 1, 100, 1 tokens
     assert batch_bounds(texts, size=10, max_tokens=20) == [(0, 2), (2, 3), (3, 4), (4, 5)]

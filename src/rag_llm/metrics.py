@@ -36,7 +36,7 @@ from rag_llm.observability.stats import ClientStatsSnapshot, HistogramSnapshot, 
 from rag_llm.pool import PoolSnapshot, all_snapshots, counted_stats, merge_pools
 
 if TYPE_CHECKING:
-    from rag_llm.providers.routing import RouterSnapshot, RoutingCounts
+    from rag_llm.calls.counts import RouterSnapshot, RoutingCounts
 
 __all__ = ["CONTENT_TYPE", "PoolCollector", "RoutingCollector", "register",
            "register_default", "render_metrics"]
@@ -148,14 +148,14 @@ class PoolCollector:
                     pool_wait, connect, tls, ttft, latency, max_connections, max_keepalive)
 
 
-_ROUTING: Final = "rag_llm.providers.routing"
+_ROUTING: Final = "rag_llm.calls.router"
 
 
 def _router_snapshots() -> list[RouterSnapshot]:
     # No router exists until a provider module made one: don't import it to find none.
     if _ROUTING not in sys.modules:
         return []
-    from rag_llm.providers.routing import live_routers
+    from rag_llm.calls.router import live_routers
 
     return [r.snapshot() for r in live_routers() if not r.closed]
 
@@ -163,7 +163,7 @@ def _router_snapshots() -> list[RouterSnapshot]:
 def _routing_counts() -> list[RoutingCounts]:
     if _ROUTING not in sys.modules:
         return []
-    from rag_llm.providers.routing import counted_routing
+    from rag_llm.calls.counts import counted_routing
 
     return counted_routing()
 

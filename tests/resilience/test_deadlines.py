@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from rag_llm.providers._deadlines import TICK, watch_deadline
+from rag_llm.calls.deadlines import TICK, watch_deadline
 
 
 async def test_a_passed_deadline_cancels_its_task_within_a_tick() -> None:

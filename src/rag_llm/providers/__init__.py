@@ -13,6 +13,8 @@ import importlib
 from collections.abc import Mapping
 from typing import Any, Final, Literal, overload
 
+from rag_llm.adapters import AdapterFactory
+from rag_llm.adapters.openai import AzureOpenAIAPI, OpenAIAPI
 from rag_llm.config import ProviderConfig
 from rag_llm.errors import ConfigError
 from rag_llm.providers.base import (
@@ -22,7 +24,6 @@ from rag_llm.providers.base import (
     Embedder,
     EmbeddingProvider,
 )
-from rag_llm.providers.openai import AzureOpenAIAPI, OpenAIAPI
 
 __all__ = [
     "API_TYPES",
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 # type -> (API adapter, default base_url). Every entry speaks the OpenAI wire format.
-API_TYPES: Final[Mapping[str, tuple[type[OpenAIAPI], str | None]]] = {
+API_TYPES: Final[Mapping[str, tuple[AdapterFactory, str | None]]] = {
     "openai": (OpenAIAPI, "https://api.openai.com/v1"),
     "azure": (AzureOpenAIAPI, None),
     "vllm": (OpenAIAPI, "http://127.0.0.1:8000/v1"),

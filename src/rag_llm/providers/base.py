@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, Self, TypeVar
 
+from rag_llm.adapters import AdapterFactory, APIAdapter, Message
+from rag_llm.calls.batching import EmbeddingBatcher, split, text_tokens
 from rag_llm.config import ProviderConfig
 from rag_llm.errors import (
     ConnectionLostError,
@@ -30,13 +32,13 @@ from rag_llm.errors import (
 from rag_llm.observability.events import get_logger
 from rag_llm.observability.stats import ClientStats
 from rag_llm.pool import TRAFFIC, ClientPool, PoolSnapshot, merge_pools
-from rag_llm.providers.batching import EmbeddingBatcher, split, text_tokens
-from rag_llm.providers.openai import Message, OpenAIAPI
 from rag_llm.transport import Request, Response
 from rag_llm.validation import redact_url
 
 if TYPE_CHECKING:
-    from rag_llm.providers.routing import Attempt, Router, RouterSnapshot
+    from rag_llm.calls.attempts import Attempt
+    from rag_llm.calls.counts import RouterSnapshot
+    from rag_llm.calls.router import Router
 
 __all__ = [
     "BaseProvider",
@@ -83,17 +85,17 @@ class ChatModel(Protocol):
 class BaseProvider:
     """Owns one connection pool per endpoint of one model; close it with ``aclose()``/``close()``.
 
-    Every call goes through the provider's :class:`~rag_llm.providers.routing.Router`:
+    Every call goes through the provider's :class:`~rag_llm.calls.router.Router`:
     endpoint choice, circuit breakers, retries under a budget and one deadline.
     """
 
     kind = "provider"
 
-    def __init__(self, config: ProviderConfig, api_class: type[OpenAIAPI]) -> None:
+    def __init__(self, config: ProviderConfig, api_class: AdapterFactory) -> None:
         self.config = config
         self.name = config.name
         # Imported here: the resilience policies are the costliest part of the import.
-        from rag_llm.providers.routing import Router
+        from rag_llm.calls.router import Router
 
         self.router: Router = Router(config, api_class)
         _export_metrics()
@@ -153,8 +155,8 @@ class BaseProvider:
     def _call(self, operation: str, client: str) -> _Call:
         return _Call(self.pool.stats(client), operation)
 
-    async def _asend(self, call: _Call, build: Callable[[OpenAIAPI], Request],
-                     parse: Callable[[OpenAIAPI, Request, Response], T], cost: float) -> T:
+    async def _asend(self, call: _Call, build: Callable[[APIAdapter], Request],
+                     parse: Callable[[APIAdapter, Request, Response], T], cost: float) -> T:
         with self._tracked():
             async for attempt in self.router.attempts(cost):
                 async with attempt:
@@ -171,8 +173,8 @@ class BaseProvider:
                     return parse(upstream.api, request, response)
         raise AssertionError("attempts end by return or raise")
 
-    def _send(self, call: _Call, build: Callable[[OpenAIAPI], Request],
-              parse: Callable[[OpenAIAPI, Request, Response], T], cost: float) -> T:
+    def _send(self, call: _Call, build: Callable[[APIAdapter], Request],
+              parse: Callable[[APIAdapter, Request, Response], T], cost: float) -> T:
         with self._tracked():
             for attempt in self.router.attempts(cost):
                 with attempt:
@@ -376,12 +378,12 @@ class EmbeddingProvider(BaseProvider):
 
     A list longer than ``max_batch_size`` goes out as several requests, concurrently for
     ``aembed``. With ``coalesce_window`` set, concurrent ``aembed`` calls also share
-    requests (see :mod:`rag_llm.providers.batching`).
+    requests (see :mod:`rag_llm.calls.batching`).
     """
 
     kind = "embedding"
 
-    def __init__(self, config: ProviderConfig, api_class: type[OpenAIAPI]) -> None:
+    def __init__(self, config: ProviderConfig, api_class: AdapterFactory) -> None:
         super().__init__(config, api_class)
         self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
                                                   EmbeddingBatcher] = weakref.WeakKeyDictionary()
@@ -581,7 +583,7 @@ class _OpenStream(Generic[L]):
 
     __slots__ = ("api", "first", "lines", "parser", "request")
 
-    def __init__(self, api: OpenAIAPI, request: Request, lines: L) -> None:
+    def __init__(self, api: APIAdapter, request: Request, lines: L) -> None:
         self.api = api
         self.request = request
         self.lines: L = lines

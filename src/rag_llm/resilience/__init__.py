@@ -2,7 +2,7 @@
 
 Each state machine works on an injected clock (and random source where it draws), holds no
 I/O, and is safe to share between threads; ``health`` alone runs probes, on threads of its
-own. :mod:`rag_llm.providers.routing` composes them on the provider call path; see
+own. :mod:`rag_llm.calls` composes them on the provider call path; see
 ``retry``, ``budget``, ``breaker``, ``balancer``, ``limiter``, ``adaptive`` and ``health``
 for each one's defaults and sources.
 """

@@ -1,7 +1,7 @@
 """The OpenAI API family: OpenAI, Azure OpenAI, vLLM, Ollama, TEI and compatible servers.
 
 Building requests and parsing responses happens here, once, for sync and async callers
-alike; only sending differs, and that lives in the provider.
+alike; sending is the call layer's (:mod:`rag_llm.calls`).
 """
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ from typing import Any, Final
 from urllib.parse import urlencode
 
 from rag_llm import __version__
+from rag_llm.adapters import Message
+from rag_llm.adapters._errors import upstream_error
+from rag_llm.adapters._sse import DONE, sse_data
 from rag_llm.config import ProviderConfig
 from rag_llm.errors import ConfigError, MalformedResponseError, UpstreamError
-from rag_llm.providers._errors import upstream_error
-from rag_llm.providers._sse import DONE, sse_data
 from rag_llm.transport import Request, Response
 from rag_llm.validation import redact_url
 
 __all__ = ["AzureOpenAIAPI", "ChatStreamParser", "OpenAIAPI"]
 
-Message = Mapping[str, Any]
 _USER_AGENT: Final = f"rag-llm/{__version__}"
 
 

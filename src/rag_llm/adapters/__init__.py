@@ -1,0 +1,70 @@
+"""Wire formats: how a provider's calls become HTTP requests and responses become values.
+
+An :class:`APIAdapter` knows one API family's URLs, headers, bodies and error bodies, and
+nothing of pools, retries or event loops; the call layer (:mod:`rag_llm.calls`) knows the
+reverse. The OpenAI-compatible family (OpenAI, Azure OpenAI, vLLM, Ollama, TEI and any
+server of that shape) is the first adapter, in :mod:`rag_llm.adapters.openai`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from rag_llm.config import ProviderConfig
+    from rag_llm.errors import MalformedResponseError, UpstreamError
+    from rag_llm.transport import Request, Response
+
+__all__ = ["APIAdapter", "AdapterFactory", "Message", "StreamParser"]
+
+Message = Mapping[str, Any]
+
+
+class StreamParser(Protocol):
+    """Turns the lines of one streamed answer into text deltas; ``done`` once it ended."""
+
+    done: bool
+
+    def feed(self, line: str) -> str | None:
+        """The text ``line`` carries, or None; raises the adapter's errors on a bad line."""
+        ...
+
+
+class APIAdapter(Protocol):
+    """One endpoint's wire format: builds every request and parses every response.
+
+    ``provider`` and ``endpoint`` (scheme, host, port and path only) name it in errors.
+    """
+
+    provider: str
+    endpoint: str
+
+    def embeddings_request(self, texts: Sequence[str]) -> Request: ...
+
+    def parse_embeddings(self, request: Request, response: Response,
+                         count: int) -> list[list[float]]: ...
+
+    def chat_request(self, messages: Sequence[Message], params: Mapping[str, Any],
+                     *, stream: bool = False) -> Request: ...
+
+    def parse_chat(self, request: Request, response: Response) -> str: ...
+
+    def stream_parser(self, request: Request) -> StreamParser: ...
+
+    def error(self, request: Request, status: int, headers: Mapping[str, str],
+              content: bytes) -> UpstreamError:
+        """The error an error response (status >= 400) stands for."""
+        ...
+
+    def malformed(self, request: Request, detail: str) -> MalformedResponseError: ...
+
+    def get_request(self, operation: str) -> Request:
+        """A cheap GET of ``operation``, as health probes and warm-up send it."""
+        ...
+
+
+class AdapterFactory(Protocol):
+    """What builds an adapter for one endpoint's config: the adapter class, usually."""
+
+    def __call__(self, config: ProviderConfig) -> APIAdapter: ...

@@ -1,0 +1,148 @@
+"""A router's active health checks: their probes and pools, and the view the balancer reads.
+
+Nothing here refers back to the router or the provider, so a provider dropped unclosed is
+collected at once; its checks then stop, and their last thread closes the probes' pools.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
+
+from rag_llm.calls.endpoint import Upstream
+from rag_llm.config import PoolLimits, ProviderConfig, Timeouts
+from rag_llm.observability.events import get_logger
+from rag_llm.pool import PROBE, ClientPool, PoolState
+from rag_llm.resilience.balancer import Endpoint
+from rag_llm.resilience.health import HealthChecker, connect_probe
+from rag_llm.transport import TransportSettings, get_backend
+from rag_llm.transport._tls import ssl_context
+
+if TYPE_CHECKING:
+    from rag_llm.resilience.health import HealthCheckPolicy
+
+__all__ = ["HealthChecks", "HealthView"]
+
+_log = get_logger("rag_llm.resilience")
+
+
+class HealthView:
+    """Whether the balancer may count an endpoint healthy: breaker and active check agree."""
+
+    __slots__ = ("checker", "upstreams")
+
+    def __init__(self, upstreams: Mapping[str, Upstream]) -> None:
+        self.upstreams = upstreams
+        self.checker: HealthChecker | None = None
+
+    def __call__(self, endpoint: Endpoint) -> bool:
+        breaker = self.upstreams[endpoint.name].breaker
+        if breaker is not None and not breaker.available:
+            return False
+        checker = self.checker
+        return checker is None or checker.healthy(endpoint.name)
+
+
+
+class HealthChecks:
+    """The active checks of one provider's endpoints, started on its first call."""
+
+    def __init__(self, config: ProviderConfig, upstreams: Mapping[str, Upstream]) -> None:
+        self.config = config
+        self.provider = config.name
+        self.upstreams = upstreams
+        self.view = HealthView(upstreams)
+        # The checks' own pools, by endpoint name (health_check with a path).
+        self._pools: dict[str, ClientPool] = {}
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def start(self) -> None:
+        """Start the checks, if configured; idempotent, cheap when running."""
+        policy = self.config.health_check
+        if policy is None or self.view.checker is not None or self.closed:
+            return
+        with self._lock:
+            if self.view.checker is not None or self.closed:
+                return
+            pools: dict[str, ClientPool] = {}
+            probes = {name: self._probe(upstream, policy, pools)
+                      for name, upstream in self.upstreams.items()}
+            # The checker's threads hold neither the router nor the provider, and close
+            # the probes' pools as they end, however the checks were stopped.
+            checker = HealthChecker(probes, policy, name=self.provider,
+                                    on_change=functools.partial(_health_changed, self.provider),
+                                    on_stop=functools.partial(_close_pools, pools.values()))
+            checker.start()
+            self._pools = pools
+            self.view.checker = checker
+
+    def _probe(self, upstream: Upstream, policy: HealthCheckPolicy,
+               pools: dict[str, ClientPool]) -> Callable[[], bool]:
+        if policy.path is None:
+            context = ssl_context(self.config.verify)
+            return connect_probe(upstream.config.base_url, timeout=policy.timeout,
+                                 ssl_context=context if not isinstance(context, bool) else None)
+        # A pool of its own, with the check's timeout, so a check never waits behind calls.
+        pool = ClientPool(TransportSettings(
+            provider=f"{self.provider}-health", limits=PoolLimits(1, 1, policy.interval * 2),
+            timeouts=Timeouts(connect=policy.timeout, read=policy.timeout,
+                              write=policy.timeout, pool=policy.timeout),
+            http2=False, verify=self.config.verify), get_backend("httpx2"),
+            endpoint=upstream.name, role=PROBE)
+        pools[upstream.name] = pool
+        request = upstream.api.get_request(policy.path)
+
+        def probe() -> bool:
+            return pool.sync_transport().send(request).status < 500
+
+        return probe
+
+    def pools(self) -> list[ClientPool]:
+        """The probes' own pools."""
+        with self._lock:
+            return list(self._pools.values())
+
+    def release_when_collected(self) -> Callable[[], bool]:
+        """For the owner's finalizer: stops the checks without waiting (their last thread
+        closes their pools) and says whether anything was left open.
+
+        It refers to the view, never to the router, so it cannot keep it alive.
+        """
+        return functools.partial(_abandon, self.view)
+
+    def stop(self) -> list[ClientPool]:
+        """Stop the checks for good; the probes' pools, for the caller to close."""
+        with self._lock:
+            self.closed = True
+            checker, self.view.checker = self.view.checker, None
+            pools = list(self._pools.values())
+        if checker is not None:
+            checker.stop()
+        return pools
+
+
+def _abandon(view: HealthView) -> bool:
+    """Stop ``view``'s checks without joining; True if they ran or a pool was opened."""
+    checker, view.checker = view.checker, None
+    if checker is not None:
+        checker.stop(timeout=0)
+    return checker is not None or any(
+        u.pool.state is PoolState.OPEN for u in view.upstreams.values())
+
+
+def _close_pools(pools: Iterable[ClientPool]) -> None:
+    for pool in pools:
+        try:
+            pool.close()
+        except Exception:
+            _log.exception("health_pool_close_failed", provider=pool.provider)
+
+
+
+def _health_changed(provider: str, endpoint: str, healthy: bool) -> None:
+    log = _log.info if healthy else _log.warning
+    log("endpoint_health_changed", provider=provider, endpoint=endpoint, healthy=healthy)
+
