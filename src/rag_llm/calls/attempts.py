@@ -162,10 +162,12 @@ class Attempt:
         raise error from cause
 
     def capped(self, request: Request) -> Request:
-        """``request`` with its timeouts capped by the time left (sync calls): a thread
-        cannot be interrupted, so the deadline has to reach the socket."""
+        """``request`` with its timeouts capped by the time left, for sync calls: a thread
+        cannot be interrupted, so the deadline has to reach the socket. An async attempt's
+        deadline timer cancels it instead, and its request is left as it is."""
         remaining = self.call.remaining()
-        if remaining is None or remaining >= self.call.router.config.timeouts.read:
+        if self._deadline is not None or remaining is None or \
+                remaining >= self.call.router.config.timeouts.read:
             return request
         return replace(request, timeout=max(remaining, _MIN_TIMEOUT))
 

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
-__all__ = ["EmbeddingBatcher", "batch_bounds", "split", "text_tokens"]
+__all__ = ["EmbeddingBatcher", "batch_bounds", "estimate_tokens", "split", "text_tokens"]
 
 Vectors = list[list[float]]
 SendBatch = Callable[[list[str]], Awaitable[Vectors]]
@@ -144,3 +144,8 @@ class EmbeddingBatcher:
             return
         for (caller, position, _), vector in zip(live, vectors, strict=True):
             caller.fill(position, vector)
+
+
+def estimate_tokens(texts: Sequence[str], extra: int = 0) -> float:
+    """A rate-limit token estimate: about four characters a token, plus ``extra``."""
+    return sum(text_tokens(text) for text in texts) + extra

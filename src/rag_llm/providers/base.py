@@ -1,42 +1,34 @@
-"""Providers: a pooled client plus an API adapter, with sync and async twins of each call.
+"""Providers: the embedding and chat calls users make, over the call layer's router.
 
-The adapter builds every request and parses every response; the provider only sends,
-through its :class:`~rag_llm.pool.ClientPool`, so sync and async share one code path.
+An adapter (:mod:`rag_llm.adapters`) builds every request and parses every response; the
+call layer (:mod:`rag_llm.calls`) sends them, its sync code generated from its async code,
+so sync and async calls take the same steps.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, Self, TypeVar
 
 from rag_llm.adapters import AdapterFactory, APIAdapter, Message
-from rag_llm.calls.batching import EmbeddingBatcher, split, text_tokens
+from rag_llm.calls._async import sending as async_sending
+from rag_llm.calls._sync import sending as sync_sending
+from rag_llm.calls.batching import EmbeddingBatcher, estimate_tokens, split
+from rag_llm.calls.record import CallRecord
 from rag_llm.config import ProviderConfig
-from rag_llm.errors import (
-    ConnectionLostError,
-    MalformedResponseError,
-    ProviderClosedError,
-    RagLLMError,
-    ReadTimeoutError,
-    StreamInterruptedError,
-    TransportError,
-    UpstreamError,
-)
+from rag_llm.errors import ProviderClosedError
 from rag_llm.observability.events import get_logger
-from rag_llm.observability.stats import ClientStats
 from rag_llm.pool import TRAFFIC, ClientPool, PoolSnapshot, merge_pools
 from rag_llm.transport import Request, Response
 from rag_llm.validation import redact_url
 
 if TYPE_CHECKING:
-    from rag_llm.calls.attempts import Attempt
     from rag_llm.calls.counts import RouterSnapshot
     from rag_llm.calls.router import Router
 
@@ -51,7 +43,6 @@ __all__ = [
 
 _log = get_logger()
 T = TypeVar("T")
-L = TypeVar("L", AsyncIterator[str], Iterator[str])
 
 
 class Embedder(Protocol):
@@ -152,44 +143,18 @@ class BaseProvider:
         """Each endpoint's health, breaker, load and attempts; retries and local rejections."""
         return self.router.snapshot()
 
-    def _call(self, operation: str, client: str) -> _Call:
-        return _Call(self.pool.stats(client), operation)
+    def _call(self, operation: str, client: str) -> CallRecord:
+        return CallRecord(self.pool.stats(client), operation)
 
-    async def _asend(self, call: _Call, build: Callable[[APIAdapter], Request],
+    async def _asend(self, call: CallRecord, build: Callable[[APIAdapter], Request],
                      parse: Callable[[APIAdapter, Request, Response], T], cost: float) -> T:
         with self._tracked():
-            async for attempt in self.router.attempts(cost):
-                async with attempt:
-                    upstream = attempt.upstream
-                    request = build(upstream.api)
-                    if upstream.admission is None:
-                        response = await (await upstream.pool.async_transport()).send(request)
-                        call.status = response.status
-                    else:
-                        async with upstream.admission.admitted(request) as admission:
-                            transport = await upstream.pool.async_transport()
-                            response = await transport.send(request)
-                            call.status = admission.status = response.status
-                    return parse(upstream.api, request, response)
-        raise AssertionError("attempts end by return or raise")
+            return await async_sending.send(self.router, call, build, parse, cost)
 
-    def _send(self, call: _Call, build: Callable[[APIAdapter], Request],
+    def _send(self, call: CallRecord, build: Callable[[APIAdapter], Request],
               parse: Callable[[APIAdapter, Request, Response], T], cost: float) -> T:
         with self._tracked():
-            for attempt in self.router.attempts(cost):
-                with attempt:
-                    upstream = attempt.upstream
-                    transport = upstream.pool.sync_transport()  # before the deadline's cap
-                    request = attempt.capped(build(upstream.api))
-                    if upstream.admission is None:
-                        response = transport.send(request)
-                        call.status = response.status
-                    else:
-                        with upstream.admission.admitted_sync(request) as admission:
-                            response = transport.send(request)
-                            call.status = admission.status = response.status
-                    return parse(upstream.api, request, response)
-        raise AssertionError("attempts end by return or raise")
+            return sync_sending.send(self.router, call, build, parse, cost)
 
     def _tracked(self) -> _InFlight:
         """Count one call in flight while it runs; refused once shutdown has begun."""
@@ -323,45 +288,6 @@ def _export_metrics() -> None:
         register_default()
 
 
-class _Call:
-    """Times one call and records its outcome: the HTTP status, or what went wrong."""
-
-    __slots__ = ("_first", "_operation", "_started", "_stats", "status")
-
-    def __init__(self, stats: ClientStats, operation: str) -> None:
-        self._stats = stats
-        self._operation = operation
-        self._started = time.perf_counter()
-        self._first = True
-        self.status = 0
-
-    def __enter__(self) -> _Call:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        seconds = time.perf_counter() - self._started
-        if exc is None:
-            self._stats.request_done(self._operation, str(self.status), seconds)
-        elif isinstance(exc, RagLLMError):
-            self._stats.request_done(self._operation, _outcome(exc), seconds, exc)
-        else:  # cancelled, or a stream abandoned by its reader
-            self._stats.request_done(self._operation, "cancelled", seconds)
-
-    def token(self) -> None:
-        if self._first:
-            self._first = False
-            self._stats.first_token(time.perf_counter() - self._started)
-
-
-def _outcome(exc: RagLLMError) -> str:
-    if isinstance(exc, UpstreamError):
-        return str(exc.status)
-    if isinstance(exc, MalformedResponseError):
-        return "malformed"
-    return type(exc).__name__
-
-
 def as_texts(texts: Sequence[str] | str) -> list[str]:
     """``texts`` as a list: a single string is one text; anything but strings is a TypeError."""
     if isinstance(texts, str):
@@ -457,155 +383,18 @@ class ChatProvider(BaseProvider):
 
     async def astream(self, messages: Sequence[Message], **params: Any) -> AsyncIterator[str]:
         """Yield text deltas as they arrive."""
-        timeouts = self.config.timeouts
         with self._call("chat_stream", "async") as call, self._tracked():
-            async with contextlib.AsyncExitStack() as held:
-                async for attempt in self.router.attempts(_chat_cost(messages, params)):
-                    async with attempt:
-                        stream = await self._aopen_stream(attempt, messages, params, call, held)
-                        break
-                received: list[str] = []
-                text = stream.first
-                while True:
-                    if text is not None:
-                        received.append(text)
-                        call.token()
-                        yield text
-                    idle = asyncio.timeout(timeouts.stream_idle)
-                    try:
-                        async with idle:
-                            line = await anext(stream.lines)
-                    except StopAsyncIteration:
-                        break
-                    except TransportError as exc:  # read timeouts included
-                        raise stream.interrupted(received, exc.detail) from exc
-                    except TimeoutError:
-                        if not idle.expired():
-                            raise
-                        raise stream.interrupted(
-                            received, f"no token for stream_idle_timeout="
-                                      f"{timeouts.stream_idle:g}s") from None
-                    text = stream.parser.feed(line)
-                if not stream.parser.done:
-                    raise stream.interrupted(received, "the stream ended before [DONE]")
-
-    async def _aopen_stream(self, attempt: Attempt, messages: Sequence[Message],
-                            params: dict[str, Any], call: _Call,
-                            held: contextlib.AsyncExitStack) -> _OpenStream[AsyncIterator[str]]:
-        """Send, then read up to the first token within ``first_token_timeout``.
-
-        Up to there a failure is the attempt's, and may be retried; the open response then
-        moves to ``held``, which the stream's reader owns.
-        """
-        api = attempt.upstream.api
-        request = api.chat_request(messages, params, stream=True)
-        limit = self.config.timeouts.first_token
-        first_token = asyncio.timeout(limit)
-        async with contextlib.AsyncExitStack() as stack:
-            admission = None if attempt.upstream.admission is None else \
-                await stack.enter_async_context(attempt.upstream.admission.admitted(request))
-            try:
-                async with first_token:
-                    transport = await attempt.upstream.pool.async_transport()
-                    response = await stack.enter_async_context(transport.stream(request))
-                    call.status = response.status
-                    if admission is not None:
-                        admission.status = response.status
-                    if response.status >= 400:
-                        raise api.error(request, response.status, response.headers,
-                                        await response.aread())
-                    stream = _OpenStream(api, request, response.aiter_lines())
-                    async for line in stream.lines:
-                        stream.first = stream.parser.feed(line)
-                        if stream.first is not None or stream.parser.done:
-                            break
-            except TimeoutError:
-                if not first_token.expired():
-                    raise
-                raise ReadTimeoutError(f"no token within first_token_timeout={limit:g}s",
-                                       provider=self.name, endpoint=request.endpoint) from None
-            stream.check_started()
-            held.push_async_exit(stack.pop_all())
-        return stream
+            async for text in async_sending.stream(
+                    self.router, call, lambda api: api.chat_request(messages, params, stream=True),
+                    _chat_cost(messages, params), self.config.timeouts):
+                yield text
 
     def stream(self, messages: Sequence[Message], **params: Any) -> Iterator[str]:
         """Sync twin of :meth:`astream` (the read timeout bounds each wait for a token)."""
-        with self._call("chat_stream", "sync") as call, self._tracked(), \
-                contextlib.ExitStack() as held:
-            for attempt in self.router.attempts(_chat_cost(messages, params)):
-                with attempt:
-                    stream = self._open_stream(attempt, messages, params, call, held)
-                    break
-            received: list[str] = []
-            text = stream.first
-            while True:
-                if text is not None:
-                    received.append(text)
-                    call.token()
-                    yield text
-                try:
-                    line = next(stream.lines)
-                except StopIteration:
-                    break
-                except TransportError as exc:
-                    raise stream.interrupted(received, exc.detail) from exc
-                text = stream.parser.feed(line)
-            if not stream.parser.done:
-                raise stream.interrupted(received, "the stream ended before [DONE]")
-
-    def _open_stream(self, attempt: Attempt, messages: Sequence[Message],
-                     params: dict[str, Any], call: _Call,
-                     held: contextlib.ExitStack) -> _OpenStream[Iterator[str]]:
-        api = attempt.upstream.api
-        transport = attempt.upstream.pool.sync_transport()  # before the deadline's cap
-        request = attempt.capped(api.chat_request(messages, params, stream=True))
-        with contextlib.ExitStack() as stack:
-            admission = None if attempt.upstream.admission is None else \
-                stack.enter_context(attempt.upstream.admission.admitted_sync(request))
-            response = stack.enter_context(transport.stream(request))
-            call.status = response.status
-            if admission is not None:
-                admission.status = response.status
-            if response.status >= 400:
-                raise api.error(request, response.status, response.headers, response.read())
-            stream = _OpenStream(api, request, response.iter_lines())
-            for line in stream.lines:
-                stream.first = stream.parser.feed(line)
-                if stream.first is not None or stream.parser.done:
-                    break
-            stream.check_started()
-            held.push(stack.pop_all())
-        return stream
-
-
-class _OpenStream(Generic[L]):
-    """A stream that has answered: its lines, parser, and the first text (None if none)."""
-
-    __slots__ = ("api", "first", "lines", "parser", "request")
-
-    def __init__(self, api: APIAdapter, request: Request, lines: L) -> None:
-        self.api = api
-        self.request = request
-        self.lines: L = lines
-        self.parser = api.stream_parser(request)
-        self.first: str | None = None
-
-    def check_started(self) -> None:
-        """Fail the attempt (retryable) if the body ended before any text or [DONE]."""
-        if self.first is None and not self.parser.done:
-            raise ConnectionLostError("the stream ended before its first token",
-                                      provider=self.api.provider, endpoint=self.request.endpoint)
-
-    def interrupted(self, received: list[str], why: str) -> StreamInterruptedError:
-        return StreamInterruptedError(
-            f"stream interrupted after {len(received)} deltas: {why}",
-            provider=self.api.provider, endpoint=self.request.endpoint,
-            received="".join(received))
-
-
-def estimate_tokens(texts: Sequence[str], extra: int = 0) -> float:
-    """A rate-limit token estimate: about four characters a token, plus ``extra``."""
-    return sum(text_tokens(text) for text in texts) + extra
+        with self._call("chat_stream", "sync") as call, self._tracked():
+            yield from sync_sending.stream(
+                self.router, call, lambda api: api.chat_request(messages, params, stream=True),
+                _chat_cost(messages, params), self.config.timeouts)
 
 
 def _chat_cost(messages: Sequence[Message], params: Mapping[str, Any]) -> float:

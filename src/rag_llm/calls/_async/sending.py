@@ -1,0 +1,121 @@
+"""Sending one call through its router: attempts, admission, the pool, and streams.
+
+The async code is the source: the sync twin of this module is generated from it by
+``scripts/unasync.py`` (``--check`` in CI fails when the two disagree), so both kinds of
+call take the same steps in the same order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from rag_llm.calls.streams import OpenStream
+from rag_llm.calls.timers import AsyncTimer
+from rag_llm.errors import ReadTimeoutError, TransportError
+
+if TYPE_CHECKING:
+    from rag_llm.adapters import APIAdapter
+    from rag_llm.calls.attempts import Attempt
+    from rag_llm.calls.record import CallRecord
+    from rag_llm.calls.router import Router
+    from rag_llm.config import Timeouts
+    from rag_llm.transport import Request, Response
+
+__all__ = ["send", "stream"]
+
+T = TypeVar("T")
+
+
+async def send(router: Router, call: CallRecord, build: Callable[[APIAdapter], Request],
+               parse: Callable[[APIAdapter, Request, Response], T], cost: float) -> T:
+    """``parse`` of the answer to ``build``'s request, retried as the router decides."""
+    async for attempt in router.attempts(cost):
+        async with attempt:
+            upstream = attempt.upstream
+            transport = await upstream.pool.async_transport()  # before the deadline's cap
+            request = attempt.capped(build(upstream.api))
+            if upstream.admission is None:
+                response = await transport.send(request)
+                call.status = response.status
+            else:
+                async with upstream.admission.admitted(request) as admission:
+                    response = await transport.send(request)
+                    call.status = admission.status = response.status
+            return parse(upstream.api, request, response)
+    raise AssertionError("attempts end by return or raise")
+
+
+async def stream(router: Router, call: CallRecord, build: Callable[[APIAdapter], Request],
+                 cost: float, timeouts: Timeouts) -> AsyncIterator[str]:
+    """The text deltas of ``build``'s streamed request, retried only until the first one."""
+    async with contextlib.AsyncExitStack() as held:
+        async for attempt in router.attempts(cost):
+            async with attempt:
+                opened = await _open(attempt, build, call, held, timeouts)
+                break
+        received: list[str] = []
+        text = opened.first
+        while True:
+            if text is not None:
+                received.append(text)
+                call.token()
+                yield text
+            idle = AsyncTimer(timeouts.stream_idle)
+            try:
+                async with idle:
+                    line = await anext(opened.lines)
+            except StopAsyncIteration:
+                break
+            except TransportError as exc:  # read timeouts included
+                raise opened.interrupted(received, exc.detail) from exc
+            except TimeoutError:
+                if not idle.expired():
+                    raise
+                raise opened.interrupted(
+                    received, f"no token for stream_idle_timeout="
+                              f"{timeouts.stream_idle:g}s") from None
+            text = opened.parser.feed(line)
+        if not opened.parser.done:
+            raise opened.interrupted(received, "the stream ended before [DONE]")
+
+
+async def _open(attempt: Attempt, build: Callable[[APIAdapter], Request], call: CallRecord,
+                held: contextlib.AsyncExitStack,
+                timeouts: Timeouts) -> OpenStream[AsyncIterator[str]]:
+    """Send, then read up to the first token within ``first_token_timeout``.
+
+    Up to there a failure is the attempt's, and may be retried; the open response then
+    moves to ``held``, which the stream's reader owns.
+    """
+    api = attempt.upstream.api
+    transport = await attempt.upstream.pool.async_transport()  # before the deadline's cap
+    request = attempt.capped(build(api))
+    first_token = AsyncTimer(timeouts.first_token)
+    async with contextlib.AsyncExitStack() as stack:
+        admission = None if attempt.upstream.admission is None else \
+            await stack.enter_async_context(attempt.upstream.admission.admitted(request))
+        try:
+            async with first_token:
+                response = await stack.enter_async_context(transport.stream(request))
+                call.status = response.status
+                if admission is not None:
+                    admission.status = response.status
+                if response.status >= 400:
+                    raise api.error(request, response.status, response.headers,
+                                    await response.aread())
+                opened = OpenStream(api, request, response.aiter_lines())
+                async for line in opened.lines:
+                    opened.first = opened.parser.feed(line)
+                    if opened.first is not None or opened.parser.done:
+                        break
+        except TimeoutError:
+            if not first_token.expired():
+                raise
+            raise ReadTimeoutError(
+                f"no token within first_token_timeout={timeouts.first_token:g}s",
+                provider=api.provider, endpoint=request.endpoint) from None
+        opened.check_started()
+        held.push_async_exit(stack.pop_all())
+    return opened

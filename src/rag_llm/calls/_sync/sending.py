@@ -1,0 +1,123 @@
+# Generated from rag_llm/calls/_async/sending.py by scripts/unasync.py:
+# edit that file, then run the script.
+"""Sending one call through its router: attempts, admission, the pool, and streams.
+
+The async code is the source: the sync twin of this module is generated from it by
+``scripts/unasync.py`` (``--check`` in CI fails when the two disagree), so both kinds of
+call take the same steps in the same order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, TypeVar
+
+from rag_llm.calls.streams import OpenStream
+from rag_llm.calls.timers import Timer
+from rag_llm.errors import ReadTimeoutError, TransportError
+
+if TYPE_CHECKING:
+    from rag_llm.adapters import APIAdapter
+    from rag_llm.calls.attempts import Attempt
+    from rag_llm.calls.record import CallRecord
+    from rag_llm.calls.router import Router
+    from rag_llm.config import Timeouts
+    from rag_llm.transport import Request, Response
+
+__all__ = ["send", "stream"]
+
+T = TypeVar("T")
+
+
+def send(router: Router, call: CallRecord, build: Callable[[APIAdapter], Request],
+         parse: Callable[[APIAdapter, Request, Response], T], cost: float) -> T:
+    """``parse`` of the answer to ``build``'s request, retried as the router decides."""
+    for attempt in router.attempts(cost):
+        with attempt:
+            upstream = attempt.upstream
+            transport = upstream.pool.sync_transport()  # before the deadline's cap
+            request = attempt.capped(build(upstream.api))
+            if upstream.admission is None:
+                response = transport.send(request)
+                call.status = response.status
+            else:
+                with upstream.admission.admitted_sync(request) as admission:
+                    response = transport.send(request)
+                    call.status = admission.status = response.status
+            return parse(upstream.api, request, response)
+    raise AssertionError("attempts end by return or raise")
+
+
+def stream(router: Router, call: CallRecord, build: Callable[[APIAdapter], Request],
+           cost: float, timeouts: Timeouts) -> Iterator[str]:
+    """The text deltas of ``build``'s streamed request, retried only until the first one."""
+    with contextlib.ExitStack() as held:
+        for attempt in router.attempts(cost):
+            with attempt:
+                opened = _open(attempt, build, call, held, timeouts)
+                break
+        received: list[str] = []
+        text = opened.first
+        while True:
+            if text is not None:
+                received.append(text)
+                call.token()
+                yield text
+            idle = Timer(timeouts.stream_idle)
+            try:
+                with idle:
+                    line = next(opened.lines)
+            except StopIteration:
+                break
+            except TransportError as exc:  # read timeouts included
+                raise opened.interrupted(received, exc.detail) from exc
+            except TimeoutError:
+                if not idle.expired():
+                    raise
+                raise opened.interrupted(
+                    received, f"no token for stream_idle_timeout="
+                              f"{timeouts.stream_idle:g}s") from None
+            text = opened.parser.feed(line)
+        if not opened.parser.done:
+            raise opened.interrupted(received, "the stream ended before [DONE]")
+
+
+def _open(attempt: Attempt, build: Callable[[APIAdapter], Request], call: CallRecord,
+          held: contextlib.ExitStack,
+          timeouts: Timeouts) -> OpenStream[Iterator[str]]:
+    """Send, then read up to the first token within ``first_token_timeout``.
+
+    Up to there a failure is the attempt's, and may be retried; the open response then
+    moves to ``held``, which the stream's reader owns.
+    """
+    api = attempt.upstream.api
+    transport = attempt.upstream.pool.sync_transport()  # before the deadline's cap
+    request = attempt.capped(build(api))
+    first_token = Timer(timeouts.first_token)
+    with contextlib.ExitStack() as stack:
+        admission = None if attempt.upstream.admission is None else \
+            stack.enter_context(attempt.upstream.admission.admitted_sync(request))
+        try:
+            with first_token:
+                response = stack.enter_context(transport.stream(request))
+                call.status = response.status
+                if admission is not None:
+                    admission.status = response.status
+                if response.status >= 400:
+                    raise api.error(request, response.status, response.headers,
+                                    response.read())
+                opened = OpenStream(api, request, response.iter_lines())
+                for line in opened.lines:
+                    opened.first = opened.parser.feed(line)
+                    if opened.first is not None or opened.parser.done:
+                        break
+        except TimeoutError:
+            if not first_token.expired():
+                raise
+            raise ReadTimeoutError(
+                f"no token within first_token_timeout={timeouts.first_token:g}s",
+                provider=api.provider, endpoint=request.endpoint) from None
+        opened.check_started()
+        held.push(stack.pop_all())
+    return opened
