@@ -7,10 +7,10 @@ from dataclasses import replace
 from typing import Any
 
 from rag_llm.adapters import AdapterFactory, APIAdapter
+from rag_llm.calls.admission import EndpointAdmission
 from rag_llm.config import EndpointConfig, ProviderConfig
 from rag_llm.observability.events import get_logger
 from rag_llm.pool import ClientPool
-from rag_llm.providers.admission import EndpointAdmission
 from rag_llm.resilience.adaptive import AdaptivePolicy
 from rag_llm.resilience.balancer import Endpoint
 from rag_llm.resilience.breaker import BreakerState, CircuitBreaker, Transition
