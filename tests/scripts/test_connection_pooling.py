@@ -13,7 +13,7 @@ import pytest
 
 from rag_llm.testing import UpstreamServer
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "test_connection_pooling.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "test_connection_pooling.py"
 CHECK_NAMES = (
     "Pool settings",
     "Connection reuse",
