@@ -6,7 +6,6 @@ resilience policies validate the same way without importing each other.
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Iterable
 from urllib.parse import urlsplit
@@ -82,6 +81,8 @@ def redact_url(url: str) -> str:
 
 def closest(word: str, choices: Iterable[str]) -> str | None:
     """The choice ``word`` is most likely a misspelling of, if any is close."""
+    import difflib  # only an error needs it: off the import path
+
     matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return matches[0] if matches else None
 
