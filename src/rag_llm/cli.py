@@ -184,10 +184,63 @@ def _run_serve(args: argparse.Namespace) -> int:
 
         with RagService.from_locator(locator, rag) as service:
             asyncio.run(_ingest(service, args.ingest, sys.stderr))
+    if args.workers > 1:
+        return _serve_workers(args, locator)
     print(f"rag-llm: serving on http://{args.host}:{args.port} (API docs at /docs)",
           file=sys.stderr)
     uvicorn.run(create_app(locator, rag_settings=rag), host=args.host, port=args.port,
                 log_level=settings.log_level)
+    return 0
+
+
+def _shared_state(args: argparse.Namespace) -> bool:
+    """Whether a shared state store (``[state] url`` or ``$RAG_LLM_STATE__URL``) is set."""
+    from rag_llm.config import ENV_PREFIX, read_config_file
+
+    if os.environ.get(f"{ENV_PREFIX}STATE__URL"):
+        return True
+    path = args.config or os.environ.get(f"{ENV_PREFIX}CONFIG")
+    state = read_config_file(Path(path)).get("state", {}) if path else {}
+    return isinstance(state, dict) and bool(state.get("url"))
+
+
+def _serve_workers(args: argparse.Namespace, locator: ServiceLocator) -> int:
+    """``serve --workers N``: N uvicorn workers, each building its own providers from the
+    same configuration (:func:`rag_llm.api.create_app_from_environment`)."""
+    import uvicorn
+
+    from rag_llm.config import ENV_PREFIX
+    from rag_llm.observability.events import get_logger
+    from rag_llm.workers import worker_dir
+
+    limits = [f"max_connections={provider.max_connections} ({kind})"
+              for kind, provider in locator.providers().items()
+              if isinstance(getattr(provider, "max_connections", None), int)]
+    if limits and not _shared_state(args):
+        get_logger().warning(
+            "limits_per_worker", workers=args.workers,
+            message=f"limits hold per worker: {args.workers} workers each allow "
+                    f"{', '.join(limits)}; configure [state] url for shared limits")
+    # The workers build their own; the parent's were for checking and ingesting.
+    log_level = locator.settings.log_level
+    asyncio.run(locator.cleanup())
+    passed = {f"{ENV_PREFIX}CONFIG": args.config and str(Path(args.config).resolve()),
+              f"{ENV_PREFIX}DATA_DIR": args.data_dir and str(args.data_dir.resolve())}
+    before = {name: os.environ.get(name) for name in passed}
+    os.environ.update({name: value for name, value in passed.items() if value})
+    print(f"rag-llm: serving on http://{args.host}:{args.port} with {args.workers} workers "
+          "(API docs at /docs)", file=sys.stderr)
+    try:
+        with worker_dir():
+            uvicorn.run("rag_llm.api:create_app_from_environment", factory=True,
+                        workers=args.workers, host=args.host, port=args.port,
+                        log_level=log_level)
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return 0
 
 
@@ -287,6 +340,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--ingest", nargs="+", metavar="PATH",
                        help="ingest these files and folders before serving")
+    serve.add_argument("--workers", type=_positive, default=1,
+                       help="worker processes (default 1); /metrics, /health and the "
+                            "dashboard add up all of them")
     serve.set_defaults(run=_run_serve)
 
     ingest = commands.add_parser("ingest", parents=[common],

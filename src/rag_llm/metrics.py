@@ -38,8 +38,8 @@ from rag_llm.pool import PoolSnapshot, all_snapshots, counted_stats, merge_pools
 if TYPE_CHECKING:
     from rag_llm.calls.counts import RouterSnapshot, RoutingCounts
 
-__all__ = ["CONTENT_TYPE", "PoolCollector", "RoutingCollector", "register",
-           "register_default", "render_metrics"]
+__all__ = ["CONTENT_TYPE", "PoolCollector", "RoutingCollector", "collect_metrics", "register",
+           "register_default", "render_families", "render_metrics"]
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -296,3 +296,25 @@ def register_default() -> None:
 def render_metrics() -> bytes:
     """The Prometheus text exposition of rag-llm's metrics alone, whatever is registered."""
     return generate_latest(_exports.own)
+
+
+def collect_metrics() -> list[Metric]:
+    """rag-llm's metric families now, as ``render_metrics()`` would show them."""
+    return list(_exports.own.collect())
+
+
+class _Families:
+    """A collector that yields the families it was given (what several workers add up to)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+def render_families(families: list[Metric]) -> bytes:
+    """The Prometheus text exposition of ``families``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families))
+    return generate_latest(registry)

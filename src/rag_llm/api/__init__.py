@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from rag_llm.api.app import create_app
+from rag_llm.api.app import create_app, create_app_from_environment
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "create_app_from_environment"]

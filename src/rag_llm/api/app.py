@@ -8,6 +8,8 @@ The ``/v1`` routes need the ``rag`` extra and, when ``api_key`` is set, that key
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -19,7 +21,7 @@ from rag_llm.api import documents, query
 from rag_llm.api.dashboard import dashboard_router
 from rag_llm.api.dependencies import ServiceHolder
 from rag_llm.api.errors import install_error_handlers
-from rag_llm.api.observability import observability_router
+from rag_llm.api.observability import observability_router, provider_pools
 from rag_llm.api.request_id import RequestIdMiddleware
 from rag_llm.api.security import BodyLimitMiddleware, api_key_dependency
 from rag_llm.locator import (
@@ -28,11 +30,12 @@ from rag_llm.locator import (
     cleanup_service_locator,
     get_service_locator,
 )
+from rag_llm.workers import WorkerSet
 
 if TYPE_CHECKING:
     from rag_llm.rag import RagService, RagSettings
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "create_app_from_environment"]
 
 
 def _rag_settings() -> RagSettings:
@@ -47,6 +50,10 @@ def create_app(locator: ServiceLocator | None = None, *, rag: RagService | None 
 
     The RAG service is ``rag`` if given (the caller closes it), else built on first use from
     the locator's providers and ``rag_settings`` (default: ``RagSettings.load()``).
+
+    Under ``rag-llm serve --workers N`` (``$RAG_LLM_WORKER_DIR`` set), the app writes its
+    worker's snapshot there while it runs, and ``/metrics``, ``/health`` and the dashboard
+    show every worker's figures added up (:mod:`rag_llm.workers`).
     """
 
     def current_locator() -> ServiceLocator:
@@ -54,6 +61,7 @@ def create_app(locator: ServiceLocator | None = None, *, rag: RagService | None 
 
     settings = rag.settings if rag is not None else rag_settings or _rag_settings()
     holder = ServiceHolder(current_locator, settings, rag)
+    workers = WorkerSet.from_environment(lambda: provider_pools(current_locator().providers()))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -62,12 +70,21 @@ def create_app(locator: ServiceLocator | None = None, *, rag: RagService | None 
         if current_locator().state is LocatorState.OPEN:
             current_locator().build_all()
         await current_locator().awarmup()
+        writer = None if workers is None else asyncio.create_task(workers.run())
         yield
+        if writer is not None:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
         holder.close()
         if locator is not None:
             await locator.cleanup()
         else:
             await cleanup_service_locator()
+        if workers is not None:
+            # The last counters, kept for the service's totals; gauges count no more.
+            with contextlib.suppress(OSError):
+                workers.write(final=True)
 
     app = FastAPI(title="rag-llm", version=__version__, lifespan=lifespan,
                   description="Retrieval-augmented answers over your documents, through "
@@ -82,9 +99,31 @@ def create_app(locator: ServiceLocator | None = None, *, rag: RagService | None 
     guard = [Depends(api_key_dependency(settings.api_key))]
     app.include_router(documents.router, dependencies=guard)
     app.include_router(query.router, dependencies=guard)
-    app.include_router(dashboard_router())
+    if workers is None:
+        app.include_router(dashboard_router())
+    else:
+        app.include_router(dashboard_router(workers.pools, workers=workers.workers))
     app.include_router(observability_router(lambda: current_locator().providers(),
-                                            lambda: current_locator().problems()))
+                                            lambda: current_locator().problems(),
+                                            workers=workers))
     app.add_middleware(RequestIdMiddleware)
 
     return app
+
+
+def create_app_from_environment() -> FastAPI:
+    """The service as ``rag-llm serve`` configures it, for uvicorn's ``factory=True``.
+
+    Each worker process calls it: the settings come from ``$RAG_LLM_CONFIG`` and the
+    environment (``$RAG_LLM_DATA_DIR`` and the rest), which the parent set from its
+    command line, and the locator is this worker's own.
+    """
+    from rag_llm.config import Settings
+    from rag_llm.observability import configure_logging
+    from rag_llm.rag import RagSettings, resolve_settings
+
+    settings = resolve_settings(Settings.load())
+    configure_logging(settings.log_format, settings.log_level)
+    locator = ServiceLocator(settings)
+    locator.build_all()
+    return create_app(locator, rag_settings=RagSettings.load())

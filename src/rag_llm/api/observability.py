@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
@@ -15,7 +15,10 @@ from fastapi.responses import JSONResponse
 from rag_llm.metrics import CONTENT_TYPE, render_metrics
 from rag_llm.pool import TRAFFIC, ClientSnapshot, PoolSnapshot, merge_pools
 
-__all__ = ["observability_router", "pool_readiness"]
+if TYPE_CHECKING:
+    from rag_llm.workers import WorkerSet
+
+__all__ = ["observability_router", "pool_readiness", "provider_pools"]
 
 # A provider whose latest call failed within this many seconds, with no success since,
 # is failing.
@@ -75,26 +78,38 @@ def _pool_health(s: PoolSnapshot) -> dict[str, Any]:
             "clients": [_client_health(c) for c in s.clients]}
 
 
+def provider_pools(providers: Mapping[str, Any]) -> dict[str, list[PoolSnapshot]]:
+    """Each provider's pools: every endpoint's, then its health checks' own."""
+    found: dict[str, list[PoolSnapshot]] = {}
+    for name, provider in providers.items():
+        if hasattr(provider, "pools_stats"):
+            found[name] = provider.pools_stats()
+        elif hasattr(provider, "pool_stats"):
+            found[name] = [provider.pool_stats()]
+    return found
+
+
 def observability_router(providers: Callable[[], Mapping[str, Any]],
-                         problems: Callable[[], Mapping[str, str]] = dict) -> APIRouter:
+                         problems: Callable[[], Mapping[str, str]] = dict, *,
+                         workers: WorkerSet | None = None) -> APIRouter:
     """Routes over ``providers()`` (the locator's providers built so far) and ``problems()``
-    (the configured providers that cannot be built, with the reason)."""
+    (the configured providers that cannot be built, with the reason).
+
+    With ``workers`` (several worker processes), ``/metrics`` and ``/health`` show the
+    whole service, every worker's figures added up, and ``/health`` lists the workers.
+    """
     router = APIRouter(tags=["observability"])
 
     def pools() -> dict[str, list[PoolSnapshot]]:
-        """Each provider's pools: every endpoint's, then its health checks' own."""
-        found: dict[str, list[PoolSnapshot]] = {}
-        for name, provider in providers().items():
-            if hasattr(provider, "pools_stats"):
-                found[name] = provider.pools_stats()
-            elif hasattr(provider, "pool_stats"):
-                found[name] = [provider.pool_stats()]
-        return found
+        if workers is not None:
+            return workers.groups()
+        return provider_pools(providers())
 
     @router.get("/metrics", response_class=Response)
     def metrics() -> Response:
-        """Prometheus metrics of every connection pool in this process."""
-        return Response(render_metrics(), media_type=CONTENT_TYPE)
+        """Prometheus metrics of every connection pool of the service."""
+        body = render_metrics() if workers is None else workers.render_metrics()
+        return Response(body, media_type=CONTENT_TYPE)
 
     @router.get("/health")
     def health() -> JSONResponse:
@@ -102,7 +117,9 @@ def observability_router(providers: Callable[[], Mapping[str, Any]],
 
         A provider's figures sum its endpoints' pools; ``pools`` lists each pool apart,
         health checks' own (role ``probe``) included. A configured provider that cannot be
-        built makes the status ``error`` (503), with the reason under its name.
+        built makes the status ``error`` (503), with the reason under its name. With several
+        workers, each pool's figures add up every worker's, and ``workers`` gives their
+        count and pids.
         """
         broken = problems()
         report: dict[str, Any] = {name: {"state": "error", "error": reason}
@@ -110,13 +127,17 @@ def observability_router(providers: Callable[[], Mapping[str, Any]],
         for name, group in pools().items():
             report[name] = {**_pool_health(_traffic(group)), "pools": [
                 {"endpoint": s.endpoint, "role": s.role, **_pool_health(s)} for s in group]}
-        return JSONResponse({"status": "error" if broken else "ok", "providers": report},
-                            status_code=503 if broken else 200)
+        body: dict[str, Any] = {"status": "error" if broken else "ok", "providers": report}
+        if workers is not None:
+            body["workers"] = workers.workers()
+        return JSONResponse(body, status_code=503 if broken else 200)
 
     @router.get("/health/ready")
     def ready() -> JSONResponse:
-        """Ready unless a provider's pool is saturated, failing or closed (then 503)."""
-        verdicts = {name: pool_readiness(_traffic(group)) for name, group in pools().items()}
+        """Ready unless a provider's pool is saturated, failing or closed (then 503): this
+        worker's pools, whichever worker answers, since each holds its own limits."""
+        verdicts = {name: pool_readiness(_traffic(group))
+                    for name, group in provider_pools(providers()).items()}
         is_ready = all(v["ready"] for v in verdicts.values())
         return JSONResponse({"ready": is_ready, "providers": verdicts},
                             status_code=200 if is_ready else 503)

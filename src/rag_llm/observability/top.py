@@ -157,6 +157,11 @@ def render_frame(frame: _Frame, previous: _Frame | None, source: str) -> Rendera
         Text("latency p50/p95/p99 and mean pool wait in ms; queue: requests waiting now",
              style="dim"),
     ]
+    workers = frame.get("workers")
+    if workers:  # several worker processes: the figures are their totals
+        pids = ", ".join(str(pid) for pid in workers["pids"])
+        parts.append(Text(f"{workers['count']} workers, figures summed (pids {pids})",
+                          style="dim"))
     for provider in frame["providers"]:
         parts.append(Text())
         parts.extend(_provider_view(provider, before, dt, frame["time"]))

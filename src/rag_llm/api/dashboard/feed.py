@@ -92,9 +92,12 @@ def _provider_frame(merged: PoolSnapshot, pools: int) -> dict[str, Any]:
     }
 
 
-def dashboard_frame(snapshots: Iterable[PoolSnapshot], now: float | None = None,
-                    ) -> dict[str, Any]:
+def dashboard_frame(snapshots: Iterable[PoolSnapshot], now: float | None = None, *,
+                    workers: dict[str, Any] | None = None) -> dict[str, Any]:
     """The frame of ``snapshots``: per provider and client, counters and latency percentiles.
+
+    ``workers`` (``{"count": N, "pids": [...]}``, when several worker processes serve and
+    ``snapshots`` holds all their pools) is added to the frame as it is.
 
     >>> dashboard_frame([])["providers"]
     []
@@ -102,11 +105,14 @@ def dashboard_frame(snapshots: Iterable[PoolSnapshot], now: float | None = None,
     named = [replace(s, provider=_scrub(s.provider)) for s in snapshots]
     pools = Counter(s.provider for s in named)
     merged = sorted(merge_pools(named), key=lambda m: m.provider)
-    return {
+    frame = {
         "version": FRAME_VERSION,
         "time": time.time() if now is None else now,
         "providers": [_provider_frame(m, pools[m.provider]) for m in merged],
     }
+    if workers is not None:
+        frame["workers"] = workers
+    return frame
 
 
 def encode_event(frame: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Final
+from typing import Any, Final
 
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -32,7 +32,7 @@ _STREAM_HEADERS: Final = {
 }
 
 
-async def _events(source: Callable[[], list[PoolSnapshot]], interval: float,
+async def _events(frame: Callable[[], dict[str, Any]], interval: float,
                   lifetime: float) -> AsyncIterator[str]:
     # Ends by returning after ``lifetime``, or by cancellation when the client goes away
     # (the response then stops iterating and closes this generator).
@@ -40,7 +40,7 @@ async def _events(source: Callable[[], list[PoolSnapshot]], interval: float,
     ends = loop.time() + lifetime
     yield f"retry: {_RETRY_MS}\n\n"
     while True:
-        yield encode_event(dashboard_frame(source()))
+        yield encode_event(frame())
         if loop.time() + interval > ends:
             return
         await asyncio.sleep(interval)
@@ -48,10 +48,12 @@ async def _events(source: Callable[[], list[PoolSnapshot]], interval: float,
 
 def dashboard_router(source: Callable[[], list[PoolSnapshot]] = all_snapshots, *,
                      interval: float = DEFAULT_INTERVAL,
-                     stream_lifetime: float = DEFAULT_STREAM_LIFETIME) -> APIRouter:
+                     stream_lifetime: float = DEFAULT_STREAM_LIFETIME,
+                     workers: Callable[[], dict[str, Any]] | None = None) -> APIRouter:
     """Routes ``/dashboard`` (page), ``/dashboard/events`` (SSE) and ``/dashboard/data`` (JSON).
 
-    ``source`` gives the pools to show (default: every live pool of the process);
+    ``source`` gives the pools to show (default: every live pool of the process; with
+    several worker processes, every worker's, and then ``workers`` says which they are);
     ``interval`` is the seconds between events, ``stream_lifetime`` the most seconds
     one event stream stays open before the browser reconnects.
     """
@@ -62,6 +64,9 @@ def dashboard_router(source: Callable[[], list[PoolSnapshot]] = all_snapshots, *
                          f"got {stream_lifetime!r}")
     router = APIRouter(tags=["dashboard"])
 
+    def frame() -> dict[str, Any]:
+        return dashboard_frame(source(), workers=None if workers is None else workers())
+
     @router.get("/dashboard", response_class=HTMLResponse)
     def page() -> HTMLResponse:
         """The live dashboard: connections, request rate, latency, pool waits and errors."""
@@ -70,12 +75,12 @@ def dashboard_router(source: Callable[[], list[PoolSnapshot]] = all_snapshots, *
     @router.get("/dashboard/data")
     def data() -> JSONResponse:
         """The current frame: per provider and client, counters and latency percentiles."""
-        return JSONResponse(dashboard_frame(source()), headers=_NO_STORE)
+        return JSONResponse(frame(), headers=_NO_STORE)
 
     @router.get("/dashboard/events", response_class=StreamingResponse)
     def events() -> StreamingResponse:
         """Server-sent events: one frame every ``interval`` seconds."""
-        return StreamingResponse(_events(source, interval, stream_lifetime),
+        return StreamingResponse(_events(frame, interval, stream_lifetime),
                                  media_type="text/event-stream", headers=_STREAM_HEADERS)
 
     @router.get("/dashboard/static/{name}", include_in_schema=False)

@@ -374,7 +374,8 @@
       state.lastFrame = frame;
       render(frame);
       setStatus("live", "live");
-      updatedEl.textContent = "updated " + new Date(frame.time * 1000).toLocaleTimeString();
+      updatedEl.textContent = "updated " + new Date(frame.time * 1000).toLocaleTimeString() +
+        (frame.workers ? " \u00b7 " + frame.workers.count + " workers, summed" : "");
     };
     source.onerror = function () {
       // A stream that ends is reopened by the browser; one that failed for good is not.

@@ -1,0 +1,67 @@
+"""How several workers' figures add up, and when serve warns that limits are per worker."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rag_llm.cli import _shared_state
+from rag_llm.metrics import render_families
+from rag_llm.workers import merge_families
+
+
+def _family(name: str, kind: str, *samples: tuple[str, dict[str, str], float]) -> dict[str, Any]:
+    return {"name": name, "type": kind, "documentation": name, "samples": list(samples)}
+
+
+def test_counters_add_up_over_every_worker_and_gauges_over_the_running_ones() -> None:
+    def worker(requests: float, held: float, limit: float) -> list[dict[str, Any]]:
+        return [_family("rag_llm_requests", "counter",
+                        ("rag_llm_requests_total", {"provider": "p"}, requests)),
+                _family("rag_llm_pool_connections", "gauge",
+                        ("rag_llm_pool_connections", {"provider": "p"}, held)),
+                _family("rag_llm_pool_max_connections", "gauge",
+                        ("rag_llm_pool_max_connections", {"provider": "p"}, limit))]
+
+    merged = merge_families([(True, worker(3, 2, 10)), (True, worker(4, 1, 12)),
+                             (False, worker(5, 7, 99))])
+    text = render_families(merged).decode()
+    assert 'rag_llm_requests_total{provider="p"} 12.0' in text
+    assert 'rag_llm_pool_connections{provider="p"} 3.0' in text
+    assert 'rag_llm_pool_max_connections{provider="p"} 12.0' in text
+
+
+def test_histograms_add_up_bucket_by_bucket() -> None:
+    def worker(below: float, total: float) -> list[dict[str, Any]]:
+        return [_family("rag_llm_connect_seconds", "histogram",
+                        ("rag_llm_connect_seconds_bucket", {"le": "0.1"}, below),
+                        ("rag_llm_connect_seconds_bucket", {"le": "+Inf"}, total),
+                        ("rag_llm_connect_seconds_count", {}, total),
+                        ("rag_llm_connect_seconds_sum", {}, total / 10))]
+
+    text = render_families(merge_families([(True, worker(1, 2)), (False, worker(3, 3))])).decode()
+    assert 'rag_llm_connect_seconds_bucket{le="0.1"} 4.0' in text
+    assert 'rag_llm_connect_seconds_bucket{le="+Inf"} 5.0' in text
+    assert "rag_llm_connect_seconds_count 5.0" in text
+
+
+@pytest.mark.parametrize(("table", "variable", "shared"), [
+    ("", None, False),
+    ('[state]\nurl = "redis://127.0.0.1:6379/0"\n', None, True),
+    ("", "redis://127.0.0.1:6379/0", True),
+])
+def test_shared_state_is_a_state_url_in_the_file_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table: str, variable: str | None,
+    shared: bool,
+) -> None:
+    config = tmp_path / "rag-llm.toml"
+    config.write_text(table + '[providers.embedding]\ntype = "openai"\nmodel = "m"\n')
+    monkeypatch.delenv("RAG_LLM_CONFIG", raising=False)
+    if variable is None:
+        monkeypatch.delenv("RAG_LLM_STATE__URL", raising=False)
+    else:
+        monkeypatch.setenv("RAG_LLM_STATE__URL", variable)
+    assert _shared_state(argparse.Namespace(config=str(config))) is shared
