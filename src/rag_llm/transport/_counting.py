@@ -8,15 +8,29 @@ wrapped: each reports when it opened, how long TCP and TLS took, and, when close
 # ruff: noqa: ASYNC109 - the signatures are httpcore's network-backend interface
 from __future__ import annotations
 
+import contextlib
 import math
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 from rag_llm.observability.stats import ClientStats
+from rag_llm.transport._shared import ConnectionBudget
 
-__all__ = ["AsyncCountingBackend", "IdleExpiry", "SyncCountingBackend", "keep_alive_timeout"]
+__all__ = ["AsyncCountingBackend", "IdleExpiry", "SyncCountingBackend", "keep_alive_timeout",
+           "network_stream"]
+
+# How long a connection given up for another client waits for the server to close its
+# side, so that the server has seen it end before the budget opens another one.
+LINGER: Final = 1.0
+
+
+def network_stream(connection: Any) -> Any:
+    """The socket stream under an httpcore connection (ours, counting), or None."""
+    return getattr(getattr(connection, "_connection", None), "_network_stream", None)
 
 
 def keep_alive_timeout(value: str | bytes) -> float | None:
@@ -80,11 +94,14 @@ class IdleExpiry:
 class _Connection:
     """What is known about one connection when it closes."""
 
-    __slots__ = ("closed", "eof", "error", "expiry", "last_io", "stats")
+    __slots__ = ("budget", "closed", "eof", "error", "expiry", "last_io", "stats")
 
-    def __init__(self, stats: ClientStats, expiry: IdleExpiry) -> None:
+    def __init__(self, stats: ClientStats, expiry: IdleExpiry,
+                 budget: ConnectionBudget | None = None) -> None:
         self.stats = stats
         self.expiry = expiry
+        # The endpoint's connection budget this connection counts in, until released.
+        self.budget = budget
         self.last_io = time.monotonic()
         self.eof = False
         self.error = False
@@ -107,6 +124,16 @@ class _Connection:
         else:
             reason = "client"
         self.stats.connection_closed(reason)
+
+    def release(self) -> None:
+        """Give the connection back to the budget: called once its socket is closed."""
+        budget, self.budget = self.budget, None
+        if budget is not None:
+            budget.give_back()
+
+    def __del__(self) -> None:
+        # A connection dropped without being closed must not hold the budget forever.
+        self.release()
 
 
 def _readable(stream: Any) -> bool:
@@ -137,9 +164,25 @@ class AsyncCountingStream:
             self._connection.error = True
             raise
 
+    async def linger(self) -> None:
+        """Half-close, then wait until the server closes too (at most ``LINGER`` seconds).
+
+        TLS cannot half-close: such a connection is just closed.
+        """
+        send_eof = getattr(getattr(self._inner, "_stream", None), "send_eof", None)
+        if send_eof is None:
+            return
+        with contextlib.suppress(Exception):
+            await send_eof()
+            while await self._inner.read(65536, LINGER):
+                pass
+
     async def aclose(self) -> None:
         self._connection.close(self._inner)
-        await self._inner.aclose()
+        try:
+            await self._inner.aclose()
+        finally:
+            self._connection.release()
 
     async def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
                         timeout: float | None = None) -> AsyncCountingStream:
@@ -157,20 +200,32 @@ class AsyncCountingStream:
 
 
 class AsyncCountingBackend:
-    def __init__(self, inner: Any, stats: ClientStats, expiry: IdleExpiry) -> None:
+    """Counts connections; with a ``budget``, each one waits for room in it first."""
+
+    def __init__(self, inner: Any, stats: ClientStats, expiry: IdleExpiry,
+                 budget: ConnectionBudget | None = None) -> None:
         self._inner = inner
         self._stats = stats
         self._expiry = expiry
+        self._budget = budget
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                           local_address: str | None = None,
                           socket_options: Iterable[Any] | None = None) -> AsyncCountingStream:
-        started = time.monotonic()
-        inner = await self._inner.connect_tcp(host, port, timeout=timeout,
-                                              local_address=local_address,
-                                              socket_options=socket_options)
+        budget = self._budget
+        if budget is not None:
+            await budget.take()
+        try:
+            started = time.monotonic()
+            inner = await self._inner.connect_tcp(host, port, timeout=timeout,
+                                                  local_address=local_address,
+                                                  socket_options=socket_options)
+        except BaseException:
+            if budget is not None:
+                budget.give_back()
+            raise
         self._stats.connection_opened(time.monotonic() - started)
-        return AsyncCountingStream(inner, _Connection(self._stats, self._expiry))
+        return AsyncCountingStream(inner, _Connection(self._stats, self._expiry, budget))
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
                                   socket_options: Iterable[Any] | None = None) -> Any:
@@ -204,9 +259,23 @@ class SyncCountingStream:
             self._connection.error = True
             raise
 
+    def linger(self) -> None:
+        """Sync twin of :meth:`AsyncCountingStream.linger`; blocks up to ``LINGER``."""
+        sock = getattr(self._inner, "_sock", None)
+        if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
+            return
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(LINGER)
+            while sock.recv(65536):
+                pass
+
     def close(self) -> None:
         self._connection.close(self._inner)
-        self._inner.close()
+        try:
+            self._inner.close()
+        finally:
+            self._connection.release()
 
     def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
                   timeout: float | None = None) -> SyncCountingStream:
@@ -226,20 +295,30 @@ class SyncCountingStream:
 class SyncCountingBackend:
     """Sync twin of :class:`AsyncCountingBackend`."""
 
-    def __init__(self, inner: Any, stats: ClientStats, expiry: IdleExpiry) -> None:
+    def __init__(self, inner: Any, stats: ClientStats, expiry: IdleExpiry,
+                 budget: ConnectionBudget | None = None) -> None:
         self._inner = inner
         self._stats = stats
         self._expiry = expiry
+        self._budget = budget
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                     local_address: str | None = None,
                     socket_options: Iterable[Any] | None = None) -> SyncCountingStream:
-        started = time.monotonic()
-        inner = self._inner.connect_tcp(host, port, timeout=timeout,
-                                        local_address=local_address,
-                                        socket_options=socket_options)
+        budget = self._budget
+        if budget is not None:
+            budget.take_sync()
+        try:
+            started = time.monotonic()
+            inner = self._inner.connect_tcp(host, port, timeout=timeout,
+                                            local_address=local_address,
+                                            socket_options=socket_options)
+        except BaseException:
+            if budget is not None:
+                budget.give_back()
+            raise
         self._stats.connection_opened(time.monotonic() - started)
-        return SyncCountingStream(inner, _Connection(self._stats, self._expiry))
+        return SyncCountingStream(inner, _Connection(self._stats, self._expiry, budget))
 
     def connect_unix_socket(self, path: str, timeout: float | None = None,
                             socket_options: Iterable[Any] | None = None) -> Any:
