@@ -119,6 +119,8 @@ class _PoolConnector(aiohttp.TCPConnector):
                  budget: ConnectionBudget, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._rag_budget = budget
+        # Connections given up for another client, until the server has closed them.
+        self._rag_lingering: set[ResponseHandler] = set()
         self._max_idle = max_idle
         self._grace = min(1.0, expiry.configured)
         self._rag_idle = expiry
@@ -167,9 +169,19 @@ class _PoolConnector(aiohttp.TCPConnector):
         transport = proto.transport
         if transport is not None and transport.can_write_eof():
             transport.write_eof()
-            self._loop.call_later(LINGER, proto.close)
+            self._rag_lingering.add(proto)
+            self._loop.call_later(LINGER, self._rag_close_lingering, proto)
         else:
             proto.close()
+
+    def _rag_close_lingering(self, proto: ResponseHandler) -> None:
+        self._rag_lingering.discard(proto)
+        proto.close()
+
+    def close_lingering(self) -> None:
+        """Close connections still waiting for the server's close (they left the pool)."""
+        for proto in list(self._rag_lingering):
+            self._rag_close_lingering(proto)
 
     def idle_count(self) -> int:
         return sum(len(conns) for conns in self._conns.values())
@@ -463,6 +475,7 @@ class AiohttpTransport:
     async def aclose(self) -> None:
         self._closed = True
         self._limits.connections.unregister(self)
+        self._connector.close_lingering()
         await self._session.close()
 
 

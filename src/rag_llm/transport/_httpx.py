@@ -371,9 +371,11 @@ class _AsyncHttpxTransport:
         """Give up an idle connection for another client: closed once the server saw it end."""
         for connection in _take_idle(self._pool, 1):
             stream = network_stream(connection)
-            if stream is not None and hasattr(stream, "linger"):
-                await stream.linger()
-            await connection.aclose()
+            try:
+                if stream is not None and hasattr(stream, "linger"):
+                    await stream.linger()
+            finally:  # out of the pool: nobody else would close it
+                await connection.aclose()
 
     def release_idle(self) -> None:
         """Close an idle connection on this transport's loop: another client needs it."""
@@ -500,10 +502,12 @@ class _SyncHttpxTransport:
     def _evict_idle(self) -> None:
         for connection in _take_idle(self._pool, 1):
             stream = network_stream(connection)
-            if stream is not None and hasattr(stream, "linger"):
-                stream.linger()
-            with contextlib.suppress(Exception):  # a failed close is the reaper's to log
-                connection.close()
+            try:
+                if stream is not None and hasattr(stream, "linger"):
+                    stream.linger()
+            finally:
+                with contextlib.suppress(Exception):  # a failed close is the reaper's
+                    connection.close()
 
     def _send(self, request: Request, trace: _ConnectionTrace) -> Any:
         """Sync twin of ``_AsyncHttpxTransport._send``: resend once on a stale connection."""
