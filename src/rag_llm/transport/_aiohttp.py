@@ -34,7 +34,8 @@ from rag_llm.transport import (
     TransportSettings,
     pool_timeout_error,
 )
-from rag_llm.transport._counting import LINGER, IdleExpiry
+from rag_llm.transport._counting import IdleExpiry
+from rag_llm.transport._linger import close_then, hold_socket
 from rag_llm.transport._shared import (
     ConnectionBudget,
     ConnectionWaitTimeout,
@@ -69,6 +70,8 @@ class _CountedHandler(ResponseHandler):
         # The endpoint's budget this connection counts in, once the connector hands it over.
         self._rag_budget: ConnectionBudget | None = None
         self._rag_lost = False
+        # aiohttp drops ``transport`` on close(); the socket is still wanted after that.
+        self._rag_transport: asyncio.BaseTransport | None = None
 
     def counted_in(self, budget: ConnectionBudget) -> None:
         """Count this connection in ``budget`` until it is lost."""
@@ -79,6 +82,7 @@ class _CountedHandler(ResponseHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # after the TLS handshake, for https
+        self._rag_transport = transport
         self._rag_stats.connection_opened()
 
     def data_received(self, data: bytes) -> None:
@@ -101,10 +105,16 @@ class _CountedHandler(ResponseHandler):
         self._rag_stats.connection_closed(reason)
         self._rag_lost = True
         budget, self._rag_budget = self._rag_budget, None
+        transport, self._rag_transport = self._rag_transport, None
         if budget is not None:
-            # The loop closes the socket as this returns; a connection given up for another
-            # client was half-closed and the server has already closed its side.
-            budget.give_back()
+            # The loop closes the socket as this returns: unless the server closed first,
+            # hold it open until the server has closed its side too (see _linger).
+            held = None if self._rag_server_eof or transport is None else hold_socket(
+                transport.get_extra_info("socket"))
+            if held is None:
+                budget.give_back()
+            else:
+                close_then(held, budget.give_back)
         super().connection_lost(exc)
 
 
@@ -119,8 +129,6 @@ class _PoolConnector(aiohttp.TCPConnector):
                  budget: ConnectionBudget, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._rag_budget = budget
-        # Connections given up for another client, until the server has closed them.
-        self._rag_lingering: set[ResponseHandler] = set()
         self._max_idle = max_idle
         self._grace = min(1.0, expiry.configured)
         self._rag_idle = expiry
@@ -164,24 +172,7 @@ class _PoolConnector(aiohttp.TCPConnector):
         conns.remove((proto, t0))
         if not conns:
             del self._conns[key]
-        # Half-close and let the server close its side: it has then seen the connection
-        # end before its budget goes to another client (TLS cannot half-close).
-        transport = proto.transport
-        if transport is not None and transport.can_write_eof():
-            transport.write_eof()
-            self._rag_lingering.add(proto)
-            self._loop.call_later(LINGER, self._rag_close_lingering, proto)
-        else:
-            proto.close()
-
-    def _rag_close_lingering(self, proto: ResponseHandler) -> None:
-        self._rag_lingering.discard(proto)
-        proto.close()
-
-    def close_lingering(self) -> None:
-        """Close connections still waiting for the server's close (they left the pool)."""
-        for proto in list(self._rag_lingering):
-            self._rag_close_lingering(proto)
+        proto.close()  # its budget is given back once the server has closed too
 
     def idle_count(self) -> int:
         return sum(len(conns) for conns in self._conns.values())
@@ -475,7 +466,6 @@ class AiohttpTransport:
     async def aclose(self) -> None:
         self._closed = True
         self._limits.connections.unregister(self)
-        self._connector.close_lingering()
         await self._session.close()
 
 

@@ -8,29 +8,17 @@ wrapped: each reports when it opened, how long TCP and TLS took, and, when close
 # ruff: noqa: ASYNC109 - the signatures are httpcore's network-backend interface
 from __future__ import annotations
 
-import contextlib
 import math
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any
 
 from rag_llm.observability.stats import ClientStats
+from rag_llm.transport._linger import close_then, hold_socket
 from rag_llm.transport._shared import ConnectionBudget
 
-__all__ = ["AsyncCountingBackend", "IdleExpiry", "SyncCountingBackend", "keep_alive_timeout",
-           "network_stream"]
-
-# How long a connection given up for another client waits for the server to close its
-# side, so that the server has seen it end before the budget opens another one.
-LINGER: Final = 1.0
-
-
-def network_stream(connection: Any) -> Any:
-    """The socket stream under an httpcore connection (ours, counting), or None."""
-    return getattr(getattr(connection, "_connection", None), "_network_stream", None)
+__all__ = ["AsyncCountingBackend", "IdleExpiry", "SyncCountingBackend", "keep_alive_timeout"]
 
 
 def keep_alive_timeout(value: str | bytes) -> float | None:
@@ -125,11 +113,29 @@ class _Connection:
             reason = "client"
         self.stats.connection_closed(reason)
 
-    def release(self) -> None:
-        """Give the connection back to the budget: called once its socket is closed."""
+    def hold(self, stream: Any) -> Any:
+        """Before the stream closes: its socket, held open until the server closes too.
+
+        None when there is no need (the server closed first) or no TCP socket to hold.
+        """
+        if self.budget is None or self.eof:
+            return None
+        return hold_socket(_extra(stream, "socket"))
+
+    def release(self, held: Any = None) -> None:
+        """Give the connection back to the budget once its socket is closed at both ends.
+
+        ``held`` is what :meth:`hold` returned: the server has not closed yet, so the
+        budget is given back once it has.
+        """
         budget, self.budget = self.budget, None
-        if budget is not None:
+        if budget is None:
+            if held is not None:
+                held.close()
+        elif held is None:
             budget.give_back()
+        else:
+            close_then(held, budget.give_back)
 
     def __del__(self) -> None:
         # A connection dropped without being closed must not hold the budget forever.
@@ -137,10 +143,14 @@ class _Connection:
 
 
 def _readable(stream: Any) -> bool:
+    return bool(_extra(stream, "is_readable"))
+
+
+def _extra(stream: Any, info: str) -> Any:
     try:
-        return bool(stream.get_extra_info("is_readable"))
+        return stream.get_extra_info(info)
     except Exception:
-        return False
+        return None
 
 
 class AsyncCountingStream:
@@ -164,25 +174,14 @@ class AsyncCountingStream:
             self._connection.error = True
             raise
 
-    async def linger(self) -> None:
-        """Half-close, then wait until the server closes too (at most ``LINGER`` seconds).
-
-        TLS cannot half-close: such a connection is just closed.
-        """
-        send_eof = getattr(getattr(self._inner, "_stream", None), "send_eof", None)
-        if send_eof is None:
-            return
-        with contextlib.suppress(Exception):
-            await send_eof()
-            while await self._inner.read(65536, LINGER):
-                pass
-
     async def aclose(self) -> None:
-        self._connection.close(self._inner)
+        connection = self._connection
+        connection.close(self._inner)
+        held = connection.hold(self._inner)
         try:
             await self._inner.aclose()
         finally:
-            self._connection.release()
+            connection.release(held)
 
     async def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
                         timeout: float | None = None) -> AsyncCountingStream:
@@ -259,23 +258,14 @@ class SyncCountingStream:
             self._connection.error = True
             raise
 
-    def linger(self) -> None:
-        """Sync twin of :meth:`AsyncCountingStream.linger`; blocks up to ``LINGER``."""
-        sock = getattr(self._inner, "_sock", None)
-        if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
-            return
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_WR)
-            sock.settimeout(LINGER)
-            while sock.recv(65536):
-                pass
-
     def close(self) -> None:
-        self._connection.close(self._inner)
+        connection = self._connection
+        connection.close(self._inner)
+        held = connection.hold(self._inner)
         try:
             self._inner.close()
         finally:
-            self._connection.release()
+            connection.release(held)
 
     def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
                   timeout: float | None = None) -> SyncCountingStream:

@@ -30,7 +30,6 @@ from rag_llm.transport._counting import (
     AsyncCountingBackend,
     IdleExpiry,
     SyncCountingBackend,
-    network_stream,
 )
 from rag_llm.transport._shared import ConnectionWaitTimeout, EndpointLimits, pool_deadline
 from rag_llm.transport._tls import ssl_context
@@ -368,14 +367,10 @@ class _AsyncHttpxTransport:
                 await self._done()
 
     async def _evict_idle(self) -> None:
-        """Give up an idle connection for another client: closed once the server saw it end."""
+        """Give up an idle connection for another client (its budget comes back once the
+        server has closed it too)."""
         for connection in _take_idle(self._pool, 1):
-            stream = network_stream(connection)
-            try:
-                if stream is not None and hasattr(stream, "linger"):
-                    await stream.linger()
-            finally:  # out of the pool: nobody else would close it
-                await connection.aclose()
+            await connection.aclose()
 
     def release_idle(self) -> None:
         """Close an idle connection on this transport's loop: another client needs it."""
@@ -493,21 +488,17 @@ class _SyncHttpxTransport:
     def release_idle(self) -> None:
         """Give up an idle connection (any thread): another client needs it.
 
-        On a thread of its own: waiting for the server to close must not block the
-        caller, which may be an event loop.
+        Closed here, in the caller's thread: once out of the pool nobody else uses it, a
+        sync connection's close takes no lock, and it does not wait for the server (its
+        budget comes back once the server has closed too, see ``_linger``).
         """
         if not self._closed and self._pool.connections:
-            threading.Thread(target=self._evict_idle, name="rag_llm-evict", daemon=True).start()
+            self._evict_idle()
 
     def _evict_idle(self) -> None:
         for connection in _take_idle(self._pool, 1):
-            stream = network_stream(connection)
-            try:
-                if stream is not None and hasattr(stream, "linger"):
-                    stream.linger()
-            finally:
-                with contextlib.suppress(Exception):  # a failed close is the reaper's
-                    connection.close()
+            with contextlib.suppress(Exception):  # a failed close is the reaper's
+                connection.close()
 
     def _send(self, request: Request, trace: _ConnectionTrace) -> Any:
         """Sync twin of ``_AsyncHttpxTransport._send``: resend once on a stale connection."""

@@ -7,8 +7,10 @@ endpoint as a whole. Two counts do that, both shared by all of the endpoint's cl
 * :class:`Slots` counts calls in flight (at most ``max_connections``), first come first
   served across loops and threads, so no client starves the others;
 * :class:`ConnectionBudget` counts open connections, taken before connecting and given
-  back once the socket is closed. A client that must connect while idle connections of
-  other clients hold the budget asks them to close one (each on its own loop).
+  back once the connection is closed at both ends (the server closed its side too, see
+  ``_linger``), so the server never sees more open than the budget. A client that must
+  connect while idle connections of other clients hold the budget asks them to close one
+  (each on its own loop).
 
 Calls in flight never exceed the limit, so when every connection is taken at least one of
 them is idle or closing: a waiter for a connection always makes progress.
