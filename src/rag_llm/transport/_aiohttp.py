@@ -368,7 +368,7 @@ class AiohttpTransport:
         started = time.monotonic()
         self._stats.wait_started()
         try:
-            return await self._limits.admit()
+            return await self._limits.admit(self)
         except TimeoutError:
             raise pool_timeout_error(self._settings, request) from None
         finally:
@@ -376,7 +376,7 @@ class AiohttpTransport:
 
     def _release_slot(self) -> None:
         limits = self._limits
-        limits.requests.release()
+        limits.requests.release(self)  # its connection is idle: its own waiters first
         if limits.connections.wanted:
             self._connector.evict_idle()
 

@@ -291,7 +291,7 @@ class _AsyncHttpxTransport:
         """
         trace = _ConnectionTrace(self._stats)
         try:
-            deadline = await self._limits.admit()
+            deadline = await self._limits.admit(self)
         except TimeoutError:
             trace.end_wait()
             raise pool_timeout_error(self._settings, request) from None
@@ -308,7 +308,7 @@ class _AsyncHttpxTransport:
     async def _done(self) -> None:
         """The call's response is closed: give its slot back, and its connection if wanted."""
         limits = self._limits
-        limits.requests.release()
+        limits.requests.release(self)  # its connection is idle: its own waiters first
         if limits.connections.wanted:
             await self._evict_idle()
 
@@ -465,7 +465,7 @@ class _SyncHttpxTransport:
         """Sync twin of ``_AsyncHttpxTransport._open``."""
         trace = _ConnectionTrace(self._stats)
         try:
-            deadline = self._limits.admit_sync()
+            deadline = self._limits.admit_sync(self)
         except TimeoutError:
             trace.end_wait()
             raise pool_timeout_error(self._settings, request) from None
@@ -481,7 +481,7 @@ class _SyncHttpxTransport:
 
     def _done(self) -> None:
         limits = self._limits
-        limits.requests.release()
+        limits.requests.release(self)  # its connection is idle: its own waiters first
         if limits.connections.wanted:
             self._evict_idle()
 

@@ -5,7 +5,9 @@ own connection pool; ``max_connections`` still bounds what the provider holds to
 endpoint as a whole. Two counts do that, both shared by all of the endpoint's clients:
 
 * :class:`Slots` counts calls in flight (at most ``max_connections``), first come first
-  served across loops and threads, so no client starves the others;
+  served across loops and threads, so no client starves the others (a client's own
+  waiter may pass the others a few times: it reuses the connection the client's ended
+  call left idle, where another client would open one);
 * :class:`ConnectionBudget` counts open connections, taken before connecting and given
   back once the connection is closed at both ends (the server closed its side too, see
   ``_linger``), so the server never sees more open than the budget. A client that must
@@ -41,11 +43,18 @@ pool_deadline: Final[ContextVar[float | None]] = ContextVar("rag_llm_pool_deadli
                                                             default=None)
 
 
-class _Waiter:
-    __slots__ = ("future", "granted", "lock", "loop")
+# How many times a freed slot may go past the longest waiter to one of the releasing
+# client's own waiters (see Slots.release).
+_MAX_PASSED: Final = 4
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+
+class _Waiter:
+    __slots__ = ("future", "granted", "lock", "loop", "owner", "passed")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None, owner: object = None) -> None:
         self.loop = loop
+        self.owner = owner
+        self.passed = 0  # times a slot went past it to a later waiter
         self.granted = False
         self.future: asyncio.Future[None] | None = None
         self.lock: threading.Lock | None = None
@@ -82,6 +91,11 @@ class Slots:
     """A thread-safe count below ``limit()``, with waiters served in order of arrival.
 
     ``limit`` is read at each acquire and release, so it may change (an adaptive limit).
+
+    A waiter may name its ``owner`` (the client it calls through), and so may a release:
+    the freed slot then goes to the owner's first waiter rather than the longest waiter,
+    whose client would have to open a connection while the owner's just went idle. The
+    longest waiter is passed over at most ``_MAX_PASSED`` times, so no client starves.
     """
 
     __slots__ = ("_limit", "_lock", "_taken", "_waiters")
@@ -127,14 +141,14 @@ class Slots:
             return False
 
     async def acquire(self, timeout: float | None = None,
-                      on_wait: Callable[[], None] | None = None) -> bool:
+                      on_wait: Callable[[], None] | None = None, owner: object = None) -> bool:
         """Wait up to ``timeout`` seconds for a slot; False if none came.
 
         ``on_wait`` runs once the caller is queued (not when a slot was free at once).
         """
         if self.try_acquire():
             return True
-        waiter = _Waiter(asyncio.get_running_loop())
+        waiter = _Waiter(asyncio.get_running_loop(), owner)
         if not self._enqueue(waiter):
             return True
         if on_wait is not None:
@@ -152,11 +166,11 @@ class Slots:
         return True
 
     def acquire_sync(self, timeout: float | None = None,
-                     on_wait: Callable[[], None] | None = None) -> bool:
+                     on_wait: Callable[[], None] | None = None, owner: object = None) -> bool:
         """Blocking twin of :meth:`acquire`, for threads (never on an event loop)."""
         if self.try_acquire():
             return True
-        waiter = _Waiter(None)
+        waiter = _Waiter(None, owner)
         if not self._enqueue(waiter):
             return True
         if on_wait is not None:
@@ -166,12 +180,21 @@ class Slots:
             return True
         return self._give_up(waiter)
 
-    def release(self) -> None:
-        """Give a slot back, granting it (and any the limit now allows) to the next waiters."""
+    def release(self, owner: object = None) -> None:
+        """Give a slot back, granting it (and any the limit now allows) to the next waiters.
+
+        With an ``owner``, its first waiter may come before the others (see the class).
+        """
         woken: list[_Waiter] = []
         with self._lock:
             self._taken -= 1
             limit = self._limit()
+            if owner is not None and self._waiters and self._taken < limit:
+                mine = self._owned_by(owner)
+                if mine is not None:
+                    mine.granted = True
+                    self._taken += 1
+                    woken.append(mine)
             while self._waiters and self._taken < limit:
                 waiter = self._waiters.popleft()
                 waiter.granted = True
@@ -180,6 +203,20 @@ class Slots:
         for waiter in woken:
             if not waiter.wake():
                 self.release()
+
+    def _owned_by(self, owner: object) -> _Waiter | None:
+        """Take ``owner``'s first waiter out of the queue if it may pass the first one."""
+        first = self._waiters[0]
+        if first.owner is owner:
+            return None  # first in line anyway
+        if first.passed >= _MAX_PASSED:
+            return None
+        for waiter in self._waiters:
+            if waiter.owner is owner:
+                first.passed += 1
+                self._waiters.remove(waiter)
+                return waiter
+        return None
 
 
 def _constant(value: int) -> Callable[[], int]:
@@ -264,22 +301,24 @@ class EndpointLimits:
         self.requests = Slots(max_connections)
         self.connections = ConnectionBudget(max_connections, pool_timeout)
 
-    async def admit(self) -> float | None:
+    async def admit(self, client: object = None) -> float | None:
         """Take a call slot: None at once, else the pool deadline it waited under.
 
-        Raises ``TimeoutError`` when no slot came within ``pool_timeout``.
+        ``client`` is the transport the call goes through: a slot it releases goes to its
+        own waiters first (see :class:`Slots`). Raises ``TimeoutError`` when no slot came
+        within ``pool_timeout``.
         """
         if self.requests.try_acquire():
             return None
         deadline = time.monotonic() + self.pool_timeout
-        if not await self.requests.acquire(self.pool_timeout):
+        if not await self.requests.acquire(self.pool_timeout, owner=client):
             raise TimeoutError
         return deadline
 
-    def admit_sync(self) -> float | None:
+    def admit_sync(self, client: object = None) -> float | None:
         if self.requests.try_acquire():
             return None
         deadline = time.monotonic() + self.pool_timeout
-        if not self.requests.acquire_sync(self.pool_timeout):
+        if not self.requests.acquire_sync(self.pool_timeout, owner=client):
             raise TimeoutError
         return deadline
