@@ -1,7 +1,9 @@
 """Persistent HTTP clients of one provider: lazy creation, loop and fork ownership, close.
 
 A :class:`ClientPool` owns one sync transport per process and one async transport per
-event loop, each created on first use under a lock and reused for every request.
+event loop, each created on first use under a lock and reused for every request. They
+share one :class:`~rag_llm.transport.EndpointLimits`: ``max_connections`` bounds the calls
+in flight and the connections open of all of them together, not of each.
 
 Ownership rules, and why:
 
@@ -41,6 +43,7 @@ from rag_llm.observability.stats import (
 from rag_llm.transport import (
     AsyncTransport,
     Backend,
+    EndpointLimits,
     SyncTransport,
     TransportSettings,
 )
@@ -202,6 +205,7 @@ class ClientPool:
         )
         self._reset_locks()
         self._reset_stats()
+        self._reset_limits()
         _live_pools.add(self)
 
     def _reset_stats(self) -> None:
@@ -212,6 +216,16 @@ class ClientPool:
             for client in ("sync", "async")
         }
         _counters.track(self, self._stats)
+
+    def _reset_limits(self) -> None:
+        # One count for every client of the endpoint, across loops and threads.
+        self._limits = EndpointLimits(self._settings.limits.max_connections,
+                                      self._settings.timeouts.pool)
+
+    @property
+    def limits(self) -> EndpointLimits:
+        """The counts of calls in flight and connections open that all clients share."""
+        return self._limits
 
     def _reset_locks(self) -> None:
         # _sync_lock guards sync transport creation; _loops_lock guards the per-loop
@@ -277,7 +291,8 @@ class ClientPool:
     async def _open_loop_client(self, loop: asyncio.AbstractEventLoop) -> _LoopClient:
         self._check_open()
         self._drop_dead_loops()
-        entry = _LoopClient(loop, self._backend.open_async(self._settings, self._stats["async"]),
+        entry = _LoopClient(loop, self._backend.open_async(self._settings, self._stats["async"],
+                                                            self._limits),
                             self.provider)
         entry.guard = _loop_guard(weakref.ref(self), entry)
         await entry.guard.asend(None)  # registers the guard with the loop's shutdown hooks
@@ -326,7 +341,8 @@ class ClientPool:
         with self._sync_lock:
             self._check_open()
             if self._sync is None:
-                self._sync = self._backend.open_sync(self._settings, self._stats["sync"])
+                self._sync = self._backend.open_sync(self._settings, self._stats["sync"],
+                                                     self._limits)
                 self._sync_stop.clear()
                 self._sync_reaper = threading.Thread(
                     target=_reap_sync,
@@ -447,6 +463,7 @@ class ClientPool:
         self._sync_stop = threading.Event()
         self._reset_locks()
         self._reset_stats()  # the child's connections are its own
+        self._reset_limits()
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
         if self._state is not PoolState.OPEN or (self._sync is None and not self._loops):

@@ -1,24 +1,23 @@
-"""Adaptive admission per endpoint: one AIMD limit, gated per event loop and for threads.
+"""Adaptive admission per endpoint: one AIMD limit and one count of calls in flight.
 
 With ``adaptive_concurrency`` each endpoint's calls pass a gate whose limit follows the
 upstream (:mod:`rag_llm.resilience.adaptive`): a 429, a 503 or a timeout marks a call
-dropped and the limit backs off; successes under load grow it back. Async calls of one
-event loop share an :class:`~rag_llm.resilience.adaptive.AdmissionGate`, sync calls a
-:class:`~rag_llm.resilience.adaptive.ThreadGate`; both count against the one limit of the
-endpoint. Waiting at the gate counts against ``pool_timeout``.
+dropped and the limit backs off; successes under load grow it back. Async calls of every
+event loop and sync calls of every thread pass the same
+:class:`~rag_llm.resilience.adaptive.AdmissionGate`, so the limit bounds them together.
+Waiting at the gate counts against ``pool_timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Final
 
 from rag_llm.errors import ConnectTimeoutError, ReadTimeoutError
 from rag_llm.pool import ClientPool
-from rag_llm.resilience.adaptive import AdaptiveLimit, AdaptivePolicy, AdmissionGate, ThreadGate
+from rag_llm.resilience.adaptive import AdaptiveLimit, AdaptivePolicy, AdmissionGate
 from rag_llm.transport import Request, pool_timeout_error
 
 __all__ = ["Admission", "EndpointAdmission"]
@@ -38,43 +37,36 @@ class Admission:
 
 
 class EndpointAdmission:
-    """The adaptive limit of one endpoint and the gates in front of its pool."""
+    """The adaptive limit of one endpoint and the gate in front of its pool."""
 
     def __init__(self, pool: ClientPool, policy: AdaptivePolicy) -> None:
         self.limit = AdaptiveLimit(policy)
         self._pool = pool
-        self._threads = ThreadGate(self.limit)
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AdmissionGate] = (
-            weakref.WeakKeyDictionary())
+        self.gate = AdmissionGate(self.limit)
 
     @asynccontextmanager
     async def admitted(self, request: Request) -> AsyncIterator[Admission]:
         """Hold a slot for one async call, and report how it went."""
-        loop = asyncio.get_running_loop()
-        gate = self._loops.get(loop)
-        if gate is None:
-            gate = self._loops[loop] = AdmissionGate(self.limit)
         try:
             async with asyncio.timeout(self._pool.settings.timeouts.pool):
-                started = await gate.acquire()
+                started = await self.gate.acquire()
         except TimeoutError:
             raise pool_timeout_error(self._pool.settings, request) from None
-        with self._reported(gate, started, "async") as admission:
+        with self._reported(started, "async") as admission:
             yield admission
 
     @contextmanager
     def admitted_sync(self, request: Request) -> Iterator[Admission]:
         """Hold a slot for one sync call, and report how it went."""
-        started = self._threads.acquire(self._pool.settings.timeouts.pool)
+        started = self.gate.acquire_sync(self._pool.settings.timeouts.pool)
         if started is None:
             raise pool_timeout_error(self._pool.settings, request)
-        with self._reported(self._threads, started, "sync") as admission:
+        with self._reported(started, "sync") as admission:
             yield admission
 
     @contextmanager
-    def _reported(self, gate: AdmissionGate | ThreadGate, started: float,
-                  client: str) -> Iterator[Admission]:
-        """Release ``gate``'s slot when the call ends, saying whether it was dropped."""
+    def _reported(self, started: float, client: str) -> Iterator[Admission]:
+        """Release the gate's slot when the call ends, saying whether it was dropped."""
         admission = Admission()
         dropped = False
         try:
@@ -83,6 +75,6 @@ class EndpointAdmission:
             dropped = True
             raise
         finally:
-            gate.release(dropped=dropped or admission.status in _DROPPED_STATUSES,
+            self.gate.release(dropped=dropped or admission.status in _DROPPED_STATUSES,
                          started=started)
             self._pool.stats(client).concurrency_limit = self.limit.limit

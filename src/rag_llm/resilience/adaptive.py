@@ -8,25 +8,23 @@ after the last cut can cut again: a burst of drops from one overloaded moment sh
 once, not to the floor. It stays between ``min_limit`` and ``max_limit`` (the provider's
 ``max_connections``).
 
-:class:`AdmissionGate` holds callers of one event loop back while the limit is reached,
-:class:`ThreadGate` callers on threads.
+:class:`AdmissionGate` holds callers back while the limit is reached: one count for every
+event loop and thread of the endpoint.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Final
 
 from rag_llm.errors import ConfigError
 from rag_llm.resilience._common import Clock
+from rag_llm.transport._shared import Slots
 from rag_llm.validation import check_number
 
-__all__ = ["DEFAULT_BACKOFF_RATIO", "AdaptiveLimit", "AdaptivePolicy", "AdmissionGate",
-           "ThreadGate"]
+__all__ = ["DEFAULT_BACKOFF_RATIO", "AdaptiveLimit", "AdaptivePolicy", "AdmissionGate"]
 
 DEFAULT_BACKOFF_RATIO: Final = 0.9  # Netflix AIMDLimit's default
 
@@ -85,86 +83,34 @@ class AdaptiveLimit:
 
 
 class AdmissionGate:
-    """Admits calls of one event loop while fewer than ``limit.limit`` are in flight.
+    """Admits calls, from any event loop or thread, while fewer than ``limit.limit`` run.
 
-    Waiters are served first come, first served; ``release`` reports how the call went.
+    One gate per endpoint: the count is shared, waiters are served first come, first
+    served, and ``release`` reports how the call went.
     """
 
     def __init__(self, limit: AdaptiveLimit) -> None:
         self._limit = limit
-        self._in_flight = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._slots = Slots(lambda: limit.limit)
 
     @property
     def in_flight(self) -> int:
-        return self._in_flight
+        return self._slots.taken
 
     async def acquire(self) -> float:
         """Wait for a slot; the time it was granted, for :meth:`release`.
 
         The caller bounds the wait (e.g. with ``asyncio.timeout``).
         """
-        if self._in_flight < self._limit.limit and not self._waiters:
-            self._in_flight += 1
-            return self._limit.now()
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                self._release_slot()  # admitted just as the wait was cancelled: hand it on
-            elif waiter in self._waiters:
-                self._waiters.remove(waiter)
-            raise
+        await self._slots.acquire()
+        return self._limit.now()
+
+    def acquire_sync(self, timeout: float) -> float | None:
+        """Wait up to ``timeout`` seconds on a thread: the time it was granted, or None."""
+        if not self._slots.acquire_sync(timeout):
+            return None
         return self._limit.now()
 
     def release(self, *, dropped: bool, started: float) -> None:
-        self._limit.record(in_flight=self._in_flight, dropped=dropped, started=started)
-        self._release_slot()
-
-    def _release_slot(self) -> None:
-        self._in_flight -= 1
-        while self._waiters and self._in_flight < self._limit.limit:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                self._in_flight += 1
-                waiter.set_result(None)
-
-
-class ThreadGate:
-    """Admits calls from threads while fewer than ``limit.limit`` are in flight, in order."""
-
-    def __init__(self, limit: AdaptiveLimit) -> None:
-        self._limit = limit
-        self._in_flight = 0
-        self._cond = threading.Condition()
-        self._queue: deque[object] = deque()
-
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
-    def acquire(self, timeout: float) -> float | None:
-        """Wait up to ``timeout`` seconds for a slot: the time it was granted, or None."""
-        ticket = object()
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            self._queue.append(ticket)
-            while self._queue[0] is not ticket or self._in_flight >= self._limit.limit:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    self._queue.remove(ticket)
-                    self._cond.notify_all()  # the next in line may now be first
-                    return None
-                self._cond.wait(remaining)
-            self._queue.popleft()
-            self._in_flight += 1
-            self._cond.notify_all()
-        return self._limit.now()
-
-    def release(self, *, dropped: bool, started: float) -> None:
-        with self._cond:
-            self._limit.record(in_flight=self._in_flight, dropped=dropped, started=started)
-            self._in_flight -= 1
-            self._cond.notify_all()
+        self._limit.record(in_flight=self._slots.taken, dropped=dropped, started=started)
+        self._slots.release()

@@ -57,6 +57,8 @@ class UpstreamServer:
         # model server; settable while running.
         self.capacity: int | None = None
         self._in_flight = 0
+        # The most requests the server has held at once (read from the test thread).
+        self.max_in_flight = 0
         self._stats = Stats()
         self._faults = FaultQueue()
         self._ca: trustme.CA | None = None
@@ -74,6 +76,7 @@ class UpstreamServer:
     def admit(self) -> bool:
         """Count a request in flight; False if it is over ``capacity`` (server thread only)."""
         self._in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self._in_flight)
         return self.capacity is None or self._in_flight <= self.capacity
 
     def leave(self) -> None:

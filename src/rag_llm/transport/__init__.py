@@ -16,12 +16,14 @@ from typing import Protocol
 from rag_llm.config import PoolLimits, Timeouts
 from rag_llm.errors import PoolTimeoutError
 from rag_llm.observability.stats import ClientStats
+from rag_llm.transport._shared import EndpointLimits
 
 __all__ = [
     "AsyncStreamResponse",
     "AsyncTransport",
     "Backend",
     "ConnectionCounts",
+    "EndpointLimits",
     "Request",
     "Response",
     "SyncStreamResponse",
@@ -125,15 +127,22 @@ class SyncTransport(Protocol):
 
 
 class Backend(Protocol):
-    """Opens the async and sync transports that a ``transport`` setting names."""
+    """Opens the async and sync transports that a ``transport`` setting names.
+
+    Transports opened with the same ``limits`` (one endpoint's clients: each event loop's
+    and the sync one) share its count of calls in flight and of connections open, so
+    ``max_connections`` bounds them together; without, a transport counts on its own.
+    """
 
     name: str
     async_library: str
     sync_library: str
 
-    def open_async(self, settings: TransportSettings, stats: ClientStats) -> AsyncTransport: ...
+    def open_async(self, settings: TransportSettings, stats: ClientStats,
+                   limits: EndpointLimits | None = None) -> AsyncTransport: ...
 
-    def open_sync(self, settings: TransportSettings, stats: ClientStats) -> SyncTransport: ...
+    def open_sync(self, settings: TransportSettings, stats: ClientStats,
+                  limits: EndpointLimits | None = None) -> SyncTransport: ...
 
 
 def pool_timeout_error(settings: TransportSettings, request: Request) -> PoolTimeoutError:

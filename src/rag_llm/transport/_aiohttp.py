@@ -11,6 +11,7 @@ to ``pool_timeout``, and a connector subclass closes idle connections beyond
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 import weakref
@@ -34,6 +35,13 @@ from rag_llm.transport import (
     pool_timeout_error,
 )
 from rag_llm.transport._counting import IdleExpiry
+from rag_llm.transport._linger import close_then, hold_socket
+from rag_llm.transport._shared import (
+    ConnectionBudget,
+    ConnectionWaitTimeout,
+    EndpointLimits,
+    pool_deadline,
+)
 from rag_llm.transport._tls import ssl_context
 
 __all__ = ["AiohttpBackend", "AiohttpTransport"]
@@ -59,9 +67,22 @@ class _CountedHandler(ResponseHandler):
         self._rag_expiry = expiry
         self._rag_last_io = time.monotonic()
         self._rag_server_eof = False
+        # The endpoint's budget this connection counts in, once the connector hands it over.
+        self._rag_budget: ConnectionBudget | None = None
+        self._rag_lost = False
+        # aiohttp drops ``transport`` on close(); the socket is still wanted after that.
+        self._rag_transport: asyncio.BaseTransport | None = None
+
+    def counted_in(self, budget: ConnectionBudget) -> None:
+        """Count this connection in ``budget`` until it is lost."""
+        if self._rag_lost:
+            budget.give_back()
+        else:
+            self._rag_budget = budget
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # after the TLS handshake, for https
+        self._rag_transport = transport
         self._rag_stats.connection_opened()
 
     def data_received(self, data: bytes) -> None:
@@ -82,6 +103,18 @@ class _CountedHandler(ResponseHandler):
         else:
             reason = "client"
         self._rag_stats.connection_closed(reason)
+        self._rag_lost = True
+        budget, self._rag_budget = self._rag_budget, None
+        transport, self._rag_transport = self._rag_transport, None
+        if budget is not None:
+            # The loop closes the socket as this returns: unless the server closed first,
+            # hold it open until the server has closed its side too (see _linger).
+            held = None if self._rag_server_eof or transport is None else hold_socket(
+                transport.get_extra_info("socket"))
+            if held is None:
+                budget.give_back()
+            else:
+                close_then(held, budget.give_back)
         super().connection_lost(exc)
 
 
@@ -93,8 +126,9 @@ class _PoolConnector(aiohttp.TCPConnector):
     """
 
     def __init__(self, *, max_idle: int, stats: ClientStats, expiry: IdleExpiry,
-                 **kwargs: Any) -> None:
+                 budget: ConnectionBudget, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self._rag_budget = budget
         self._max_idle = max_idle
         self._grace = min(1.0, expiry.configured)
         self._rag_idle = expiry
@@ -111,6 +145,34 @@ class _PoolConnector(aiohttp.TCPConnector):
         """
         if self._rag_idle.learn(hint) and self._keepalive_timeout is not None:
             self._keepalive_timeout = self._rag_idle.seconds
+
+    async def _create_connection(self, req: Any, traces: Any,
+                                 timeout: Any) -> ResponseHandler:  # noqa: ASYNC109
+        """Take room in the endpoint's connection budget, then connect."""
+        budget = self._rag_budget
+        await budget.take()
+        try:
+            proto = await super()._create_connection(req, traces, timeout)
+        except BaseException:
+            budget.give_back()
+            raise
+        if isinstance(proto, _CountedHandler):
+            proto.counted_in(budget)
+        else:  # pragma: no cover - every connection comes from our factory
+            budget.give_back()
+        return proto
+
+    def evict_idle(self) -> None:
+        """Close the connection idle longest: another client of the endpoint needs room."""
+        if not self._conns:
+            return
+        t0, key, proto = min(((t0, key, proto) for key, conns in self._conns.items()
+                              for proto, t0 in conns), key=lambda item: item[0])
+        conns = self._conns[key]
+        conns.remove((proto, t0))
+        if not conns:
+            del self._conns[key]
+        proto.close()  # its budget is given back once the server has closed too
 
     def idle_count(self) -> int:
         return sum(len(conns) for conns in self._conns.values())
@@ -266,18 +328,24 @@ class _Translator:
 class AiohttpTransport:
     """A pooled aiohttp session bound to the running event loop."""
 
-    def __init__(self, settings: TransportSettings, stats: ClientStats) -> None:
+    def __init__(self, settings: TransportSettings, stats: ClientStats,
+                 shared: EndpointLimits | None = None) -> None:
         limits, timeouts = settings.limits, settings.timeouts
         self._settings = settings
         self._stats = stats
         self._translate = _Translator(settings)
-        self._slots = asyncio.Semaphore(limits.max_connections)
+        # Shared with the endpoint's other clients: calls in flight and connections open.
+        self._limits = shared if shared is not None else EndpointLimits(
+            limits.max_connections, timeouts.pool)
+        self._loop = asyncio.get_running_loop()
+        self._closed = False
         keep = limits.keepalive_expiry > 0 and limits.max_keepalive_connections > 0
         self._idle = IdleExpiry(limits.keepalive_expiry)
         self._connector = _PoolConnector(
             max_idle=limits.max_keepalive_connections,
             stats=stats,
             expiry=self._idle,
+            budget=self._limits.connections,
             limit=limits.max_connections,
             limit_per_host=0,
             keepalive_timeout=limits.keepalive_expiry if keep else None,
@@ -293,19 +361,43 @@ class AiohttpTransport:
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
             raise_for_status=False,
         )
+        self._limits.connections.register(self)
 
-    async def _acquire_slot(self, request: Request) -> None:
+    async def _acquire_slot(self, request: Request) -> float | None:
+        """Take a call slot of the endpoint; the pool deadline it waited under, if it did."""
         started = time.monotonic()
         self._stats.wait_started()
         try:
-            async with asyncio.timeout(self._settings.timeouts.pool):
-                await self._slots.acquire()
+            return await self._limits.admit(self)
         except TimeoutError:
             raise pool_timeout_error(self._settings, request) from None
         finally:
             self._stats.wait_ended(time.monotonic() - started)
 
-    async def _open(self, request: Request) -> aiohttp.ClientResponse:
+    def _release_slot(self) -> None:
+        limits = self._limits
+        limits.requests.release(self)  # its connection is idle: its own waiters first
+        if limits.connections.wanted:
+            self._connector.evict_idle()
+
+    def release_idle(self) -> None:
+        """Close an idle connection on this transport's loop: another client needs it."""
+        if self._closed:
+            return
+        with contextlib.suppress(RuntimeError):  # a closed loop: so are its connections
+            self._loop.call_soon_threadsafe(self._connector.evict_idle)
+
+    async def _open(self, request: Request, deadline: float | None) -> aiohttp.ClientResponse:
+        """``_send`` under the pool ``deadline`` the call waited under, if it did."""
+        if deadline is None:
+            return await self._send(request)
+        token = pool_deadline.set(deadline)
+        try:
+            return await self._send(request)
+        finally:
+            pool_deadline.reset(token)
+
+    async def _send(self, request: Request) -> aiohttp.ClientResponse:
         """Send ``request``; resend once if a reused connection was dropped before a response."""
         for attempt in (1, 2):
             trace = _RequestTrace(self._stats)
@@ -323,6 +415,8 @@ class AiohttpTransport:
                 raise self._translate(exc, request) from exc
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise self._translate(exc, request) from exc
+            except ConnectionWaitTimeout:
+                raise pool_timeout_error(self._settings, request) from None
             hint = response.headers.get(hdrs.KEEP_ALIVE)  # one lookup when absent
             if hint is not None and hint != self._idle.hint:
                 self._connector.learn_keep_alive(hint)
@@ -337,9 +431,9 @@ class AiohttpTransport:
                                      sock_read=min(timeouts.read, cap))
 
     async def send(self, request: Request) -> Response:
-        await self._acquire_slot(request)
+        deadline = await self._acquire_slot(request)
         try:
-            response = await self._open(request)
+            response = await self._open(request, deadline)
             try:
                 content = await response.read()
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -348,19 +442,19 @@ class AiohttpTransport:
                 response.release()
             return Response(response.status, response.headers, content)
         finally:
-            self._slots.release()
+            self._release_slot()
 
     @asynccontextmanager
     async def stream(self, request: Request) -> AsyncIterator[_Stream]:
-        await self._acquire_slot(request)
+        deadline = await self._acquire_slot(request)
         try:
-            response = await self._open(request)
+            response = await self._open(request, deadline)
             try:
                 yield _Stream(response, request, self._translate)
             finally:
                 response.release()
         finally:
-            self._slots.release()
+            self._release_slot()
 
     async def prune(self) -> None:
         self._connector.prune()
@@ -370,6 +464,8 @@ class AiohttpTransport:
                                 idle=self._connector.idle_count())
 
     async def aclose(self) -> None:
+        self._closed = True
+        self._limits.connections.unregister(self)
         await self._session.close()
 
 
@@ -382,11 +478,13 @@ class AiohttpBackend:
         self.sync_library = sync.sync_library
         self._sync = sync
 
-    def open_async(self, settings: TransportSettings, stats: ClientStats) -> AiohttpTransport:
+    def open_async(self, settings: TransportSettings, stats: ClientStats,
+                   limits: EndpointLimits | None = None) -> AiohttpTransport:
         if settings.http2:
             raise errors.ConfigError("http2", True, "is not supported by aiohttp; use "
                                      "transport='httpx2' (or 'auto', which does) for HTTP/2")
-        return AiohttpTransport(settings, stats)
+        return AiohttpTransport(settings, stats, limits)
 
-    def open_sync(self, settings: TransportSettings, stats: ClientStats) -> SyncTransport:
-        return self._sync.open_sync(settings, stats)
+    def open_sync(self, settings: TransportSettings, stats: ClientStats,
+                  limits: EndpointLimits | None = None) -> SyncTransport:
+        return self._sync.open_sync(settings, stats, limits)

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from rag_llm.observability.stats import ClientStats
+from rag_llm.transport._linger import close_then, hold_socket
+from rag_llm.transport._shared import ConnectionBudget
 
 __all__ = ["AsyncCountingBackend", "IdleExpiry", "SyncCountingBackend", "keep_alive_timeout"]
 
@@ -80,11 +82,14 @@ class IdleExpiry:
 class _Connection:
     """What is known about one connection when it closes."""
 
-    __slots__ = ("closed", "eof", "error", "expiry", "last_io", "stats")
+    __slots__ = ("budget", "closed", "eof", "error", "expiry", "last_io", "stats")
 
-    def __init__(self, stats: ClientStats, expiry: IdleExpiry) -> None:
+    def __init__(self, stats: ClientStats, expiry: IdleExpiry,
+                 budget: ConnectionBudget | None = None) -> None:
         self.stats = stats
         self.expiry = expiry
+        # The endpoint's connection budget this connection counts in, until released.
+        self.budget = budget
         self.last_io = time.monotonic()
         self.eof = False
         self.error = False
@@ -108,12 +113,44 @@ class _Connection:
             reason = "client"
         self.stats.connection_closed(reason)
 
+    def hold(self, stream: Any) -> Any:
+        """Before the stream closes: its socket, held open until the server closes too.
+
+        None when there is no need (the server closed first) or no TCP socket to hold.
+        """
+        if self.budget is None or self.eof:
+            return None
+        return hold_socket(_extra(stream, "socket"))
+
+    def release(self, held: Any = None) -> None:
+        """Give the connection back to the budget once its socket is closed at both ends.
+
+        ``held`` is what :meth:`hold` returned: the server has not closed yet, so the
+        budget is given back once it has.
+        """
+        budget, self.budget = self.budget, None
+        if budget is None:
+            if held is not None:
+                held.close()
+        elif held is None:
+            budget.give_back()
+        else:
+            close_then(held, budget.give_back)
+
+    def __del__(self) -> None:
+        # A connection dropped without being closed must not hold the budget forever.
+        self.release()
+
 
 def _readable(stream: Any) -> bool:
+    return bool(_extra(stream, "is_readable"))
+
+
+def _extra(stream: Any, info: str) -> Any:
     try:
-        return bool(stream.get_extra_info("is_readable"))
+        return stream.get_extra_info(info)
     except Exception:
-        return False
+        return None
 
 
 class AsyncCountingStream:
@@ -138,8 +175,13 @@ class AsyncCountingStream:
             raise
 
     async def aclose(self) -> None:
-        self._connection.close(self._inner)
-        await self._inner.aclose()
+        connection = self._connection
+        connection.close(self._inner)
+        held = connection.hold(self._inner)
+        try:
+            await self._inner.aclose()
+        finally:
+            connection.release(held)
 
     async def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
                         timeout: float | None = None) -> AsyncCountingStream:
@@ -157,20 +199,32 @@ class AsyncCountingStream:
 
 
 class AsyncCountingBackend:
-    def __init__(self, inner: Any, stats: ClientStats, expiry: IdleExpiry) -> None:
+    """Counts connections; with a ``budget``, each one waits for room in it first."""
+
+    def __init__(self, inner: Any, stats: ClientStats, expiry: IdleExpiry,
+                 budget: ConnectionBudget | None = None) -> None:
         self._inner = inner
         self._stats = stats
         self._expiry = expiry
+        self._budget = budget
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                           local_address: str | None = None,
                           socket_options: Iterable[Any] | None = None) -> AsyncCountingStream:
-        started = time.monotonic()
-        inner = await self._inner.connect_tcp(host, port, timeout=timeout,
-                                              local_address=local_address,
-                                              socket_options=socket_options)
+        budget = self._budget
+        if budget is not None:
+            await budget.take()
+        try:
+            started = time.monotonic()
+            inner = await self._inner.connect_tcp(host, port, timeout=timeout,
+                                                  local_address=local_address,
+                                                  socket_options=socket_options)
+        except BaseException:
+            if budget is not None:
+                budget.give_back()
+            raise
         self._stats.connection_opened(time.monotonic() - started)
-        return AsyncCountingStream(inner, _Connection(self._stats, self._expiry))
+        return AsyncCountingStream(inner, _Connection(self._stats, self._expiry, budget))
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
                                   socket_options: Iterable[Any] | None = None) -> Any:
@@ -205,8 +259,13 @@ class SyncCountingStream:
             raise
 
     def close(self) -> None:
-        self._connection.close(self._inner)
-        self._inner.close()
+        connection = self._connection
+        connection.close(self._inner)
+        held = connection.hold(self._inner)
+        try:
+            self._inner.close()
+        finally:
+            connection.release(held)
 
     def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
                   timeout: float | None = None) -> SyncCountingStream:
@@ -226,20 +285,30 @@ class SyncCountingStream:
 class SyncCountingBackend:
     """Sync twin of :class:`AsyncCountingBackend`."""
 
-    def __init__(self, inner: Any, stats: ClientStats, expiry: IdleExpiry) -> None:
+    def __init__(self, inner: Any, stats: ClientStats, expiry: IdleExpiry,
+                 budget: ConnectionBudget | None = None) -> None:
         self._inner = inner
         self._stats = stats
         self._expiry = expiry
+        self._budget = budget
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                     local_address: str | None = None,
                     socket_options: Iterable[Any] | None = None) -> SyncCountingStream:
-        started = time.monotonic()
-        inner = self._inner.connect_tcp(host, port, timeout=timeout,
-                                        local_address=local_address,
-                                        socket_options=socket_options)
+        budget = self._budget
+        if budget is not None:
+            budget.take_sync()
+        try:
+            started = time.monotonic()
+            inner = self._inner.connect_tcp(host, port, timeout=timeout,
+                                            local_address=local_address,
+                                            socket_options=socket_options)
+        except BaseException:
+            if budget is not None:
+                budget.give_back()
+            raise
         self._stats.connection_opened(time.monotonic() - started)
-        return SyncCountingStream(inner, _Connection(self._stats, self._expiry))
+        return SyncCountingStream(inner, _Connection(self._stats, self._expiry, budget))
 
     def connect_unix_socket(self, path: str, timeout: float | None = None,
                             socket_options: Iterable[Any] | None = None) -> Any:

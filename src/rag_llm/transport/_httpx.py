@@ -26,7 +26,12 @@ from rag_llm.transport import (
     TransportSettings,
     pool_timeout_error,
 )
-from rag_llm.transport._counting import AsyncCountingBackend, IdleExpiry, SyncCountingBackend
+from rag_llm.transport._counting import (
+    AsyncCountingBackend,
+    IdleExpiry,
+    SyncCountingBackend,
+)
+from rag_llm.transport._shared import ConnectionWaitTimeout, EndpointLimits, pool_deadline
 from rag_llm.transport._tls import ssl_context
 
 __all__ = ["HttpxBackend"]
@@ -177,6 +182,22 @@ def _apply_expiry(pool: Any, seconds: float) -> float | None:
     return soonest
 
 
+def _take_idle(pool: Any, most: int) -> list[Any]:
+    """Remove up to ``most`` idle connections, under the pool's lock, for the caller to close."""
+    with pool._optional_thread_lock:
+        # An idle connection may already be promised to a request that has not started.
+        promised = {id(r.connection) for r in getattr(pool, "_requests", ())}
+        idle = [c for c in pool._connections
+                if c.is_idle() and id(c) not in promised][:most]
+        for connection in idle:
+            pool._connections.remove(connection)
+    return idle
+
+
+def _own_limits(settings: TransportSettings) -> EndpointLimits:
+    return EndpointLimits(settings.limits.max_connections, settings.timeouts.pool)
+
+
 def _take_expired(pool: Any) -> list[Any]:
     """Remove idle connections that expired or were closed by the server, under the pool's lock.
 
@@ -235,9 +256,13 @@ class _SyncStream:
 
 class _AsyncHttpxTransport:
     def __init__(self, module: ModuleType, settings: TransportSettings,
-                 stats: ClientStats) -> None:
+                 stats: ClientStats, limits: EndpointLimits | None = None) -> None:
         self._module = module
+        self._settings = settings
         self._stats = stats
+        # Shared with the endpoint's other clients: calls in flight and connections open.
+        self._limits = limits if limits is not None else _own_limits(settings)
+        self._loop = asyncio.get_running_loop()
         self._translate = _Translator(module, settings)
         self._timeouts = _timeouts(settings)
         self._transport = module.AsyncHTTPTransport(
@@ -249,22 +274,53 @@ class _AsyncHttpxTransport:
         self._pool = self._transport._pool
         self._idle = IdleExpiry(settings.limits.keepalive_expiry)
         self._pool._network_backend = AsyncCountingBackend(
-            self._pool._network_backend, stats, self._idle
+            self._pool._network_backend, stats, self._idle, self._limits.connections
         )
         self._closed = False
         # A prune due before the reaper's next one, when a server's timeout is short.
         self._wake: asyncio.TimerHandle | None = None
         self._wake_at = 0.0
         self._wake_task: asyncio.Task[None] | None = None
+        self._evictions: set[asyncio.Task[None]] = set()
+        self._limits.connections.register(self)
 
     async def _open(self, request: Request) -> Any:
+        """Take a call slot of the endpoint, then send ``request`` (see ``_send``).
+
+        The slot is held until ``_done``; on failure it is given back here.
+        """
+        trace = _ConnectionTrace(self._stats)
+        try:
+            deadline = await self._limits.admit(self)
+        except TimeoutError:
+            trace.end_wait()
+            raise pool_timeout_error(self._settings, request) from None
+        token = None if deadline is None else pool_deadline.set(deadline)
+        try:
+            return await self._send(request, trace)
+        except BaseException:
+            self._limits.requests.release()
+            raise
+        finally:
+            if token is not None:
+                pool_deadline.reset(token)
+
+    async def _done(self) -> None:
+        """The call's response is closed: give its slot back, and its connection if wanted."""
+        limits = self._limits
+        limits.requests.release(self)  # its connection is idle: its own waiters first
+        if limits.connections.wanted:
+            await self._evict_idle()
+
+    async def _send(self, request: Request, trace: _ConnectionTrace) -> Any:
         """Send ``request`` and return once response headers arrive.
 
         A request that failed on a reused connection before any response is resent once:
         the server closed that idle connection just as it was reused.
         """
         for attempt in (1, 2):
-            trace = _ConnectionTrace(self._stats)
+            if attempt == 2:
+                trace = _ConnectionTrace(self._stats)
             try:
                 response = await self._transport.handle_async_request(
                     _request(self._module, request, self._timeouts, trace.atrace)
@@ -276,6 +332,8 @@ class _AsyncHttpxTransport:
                 raise self._translate(exc, request) from exc
             except self._translate.all as exc:
                 raise self._translate(exc, request) from exc
+            except ConnectionWaitTimeout:
+                raise pool_timeout_error(self._settings, request) from None
             finally:
                 trace.end_wait()
             hint = _keep_alive(response.headers)
@@ -291,7 +349,10 @@ class _AsyncHttpxTransport:
         except self._translate.all as exc:
             raise self._translate(exc, request) from exc
         finally:
-            await response.aclose()
+            try:
+                await response.aclose()
+            finally:
+                await self._done()
         return Response(response.status_code, response.headers, content)
 
     @asynccontextmanager
@@ -300,7 +361,33 @@ class _AsyncHttpxTransport:
         try:
             yield _AsyncStream(response, request, self._translate)
         finally:
-            await response.aclose()
+            try:
+                await response.aclose()
+            finally:
+                await self._done()
+
+    async def _evict_idle(self) -> None:
+        """Give up an idle connection for another client (its budget comes back once the
+        server has closed it too)."""
+        for connection in _take_idle(self._pool, 1):
+            await connection.aclose()
+
+    def release_idle(self) -> None:
+        """Close an idle connection on this transport's loop: another client needs it."""
+        if self._closed:
+            return
+        with contextlib.suppress(RuntimeError):  # a closed loop: so are its connections
+            self._loop.call_soon_threadsafe(self._start_eviction)
+
+    def _start_eviction(self) -> None:
+        if not self._closed:
+            task = self._loop.create_task(self._evict_quietly())
+            self._evictions.add(task)
+            task.add_done_callback(self._evictions.discard)
+
+    async def _evict_quietly(self) -> None:
+        with contextlib.suppress(Exception):  # a failed close is the reaper's to log
+            await self._evict_idle()
 
     async def prune(self) -> None:
         for connection in _take_expired(self._pool):
@@ -340,6 +427,7 @@ class _AsyncHttpxTransport:
 
     async def aclose(self) -> None:
         self._closed = True
+        self._limits.connections.unregister(self)
         if self._wake is not None:
             self._wake.cancel()
             self._wake = None
@@ -348,9 +436,11 @@ class _AsyncHttpxTransport:
 
 class _SyncHttpxTransport:
     def __init__(self, module: ModuleType, settings: TransportSettings,
-                 stats: ClientStats) -> None:
+                 stats: ClientStats, limits: EndpointLimits | None = None) -> None:
         self._module = module
+        self._settings = settings
         self._stats = stats
+        self._limits = limits if limits is not None else _own_limits(settings)
         self._translate = _Translator(module, settings)
         self._timeouts = _timeouts(settings)
         self._transport = module.HTTPTransport(
@@ -362,18 +452,59 @@ class _SyncHttpxTransport:
         self._pool = self._transport._pool
         self._idle = IdleExpiry(settings.limits.keepalive_expiry)
         self._pool._network_backend = SyncCountingBackend(
-            self._pool._network_backend, stats, self._idle
+            self._pool._network_backend, stats, self._idle, self._limits.connections
         )
         self._closed = False
         # A prune due before the reaper's next one, when a server's timeout is short.
         self._timer: threading.Timer | None = None
         self._timer_at = 0.0
         self._timer_lock = threading.Lock()
+        self._limits.connections.register(self)
 
     def _open(self, request: Request) -> Any:
-        """Sync twin of ``_AsyncHttpxTransport._open``: resend once on a stale connection."""
+        """Sync twin of ``_AsyncHttpxTransport._open``."""
+        trace = _ConnectionTrace(self._stats)
+        try:
+            deadline = self._limits.admit_sync(self)
+        except TimeoutError:
+            trace.end_wait()
+            raise pool_timeout_error(self._settings, request) from None
+        token = None if deadline is None else pool_deadline.set(deadline)
+        try:
+            return self._send(request, trace)
+        except BaseException:
+            self._limits.requests.release()
+            raise
+        finally:
+            if token is not None:
+                pool_deadline.reset(token)
+
+    def _done(self) -> None:
+        limits = self._limits
+        limits.requests.release(self)  # its connection is idle: its own waiters first
+        if limits.connections.wanted:
+            self._evict_idle()
+
+    def release_idle(self) -> None:
+        """Give up an idle connection (any thread): another client needs it.
+
+        Closed here, in the caller's thread: once out of the pool nobody else uses it, a
+        sync connection's close takes no lock, and it does not wait for the server (its
+        budget comes back once the server has closed too, see ``_linger``).
+        """
+        if not self._closed and self._pool.connections:
+            self._evict_idle()
+
+    def _evict_idle(self) -> None:
+        for connection in _take_idle(self._pool, 1):
+            with contextlib.suppress(Exception):  # a failed close is the reaper's
+                connection.close()
+
+    def _send(self, request: Request, trace: _ConnectionTrace) -> Any:
+        """Sync twin of ``_AsyncHttpxTransport._send``: resend once on a stale connection."""
         for attempt in (1, 2):
-            trace = _ConnectionTrace(self._stats)
+            if attempt == 2:
+                trace = _ConnectionTrace(self._stats)
             try:
                 response = self._transport.handle_request(
                     _request(self._module, request, self._timeouts, trace)
@@ -385,6 +516,8 @@ class _SyncHttpxTransport:
                 raise self._translate(exc, request) from exc
             except self._translate.all as exc:
                 raise self._translate(exc, request) from exc
+            except ConnectionWaitTimeout:
+                raise pool_timeout_error(self._settings, request) from None
             finally:
                 trace.end_wait()
             hint = _keep_alive(response.headers)
@@ -400,7 +533,10 @@ class _SyncHttpxTransport:
         except self._translate.all as exc:
             raise self._translate(exc, request) from exc
         finally:
-            response.close()
+            try:
+                response.close()
+            finally:
+                self._done()
         return Response(response.status_code, response.headers, content)
 
     @contextmanager
@@ -409,7 +545,10 @@ class _SyncHttpxTransport:
         try:
             yield _SyncStream(response, request, self._translate)
         finally:
-            response.close()
+            try:
+                response.close()
+            finally:
+                self._done()
 
     def prune(self) -> None:
         for connection in _take_expired(self._pool):
@@ -448,6 +587,7 @@ class _SyncHttpxTransport:
         return _counts(self._pool)
 
     def close(self) -> None:
+        self._limits.connections.unregister(self)
         with self._timer_lock:
             self._closed = True
             timer, self._timer = self._timer, None
@@ -480,14 +620,15 @@ class HttpxBackend:
         self.async_library = self.sync_library = library
         self._module = _import(library)
 
-    def open_async(self, settings: TransportSettings,
-                   stats: ClientStats) -> _AsyncHttpxTransport:
+    def open_async(self, settings: TransportSettings, stats: ClientStats,
+                   limits: EndpointLimits | None = None) -> _AsyncHttpxTransport:
         _check_http2(settings)
-        return _AsyncHttpxTransport(self._module, settings, stats)
+        return _AsyncHttpxTransport(self._module, settings, stats, limits)
 
-    def open_sync(self, settings: TransportSettings, stats: ClientStats) -> _SyncHttpxTransport:
+    def open_sync(self, settings: TransportSettings, stats: ClientStats,
+                  limits: EndpointLimits | None = None) -> _SyncHttpxTransport:
         _check_http2(settings)
-        return _SyncHttpxTransport(self._module, settings, stats)
+        return _SyncHttpxTransport(self._module, settings, stats, limits)
 
 
 def _import(name: str) -> ModuleType:
