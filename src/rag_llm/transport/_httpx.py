@@ -12,7 +12,7 @@ import contextlib
 import importlib
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from types import ModuleType
 from typing import Any
@@ -31,6 +31,19 @@ from rag_llm.transport._counting import (
     IdleExpiry,
     SyncCountingBackend,
 )
+from rag_llm.transport._httpcore import (
+    AsyncStream,
+    ConnectionTrace,
+    SyncStream,
+    Translator,
+    apply_expiry,
+    connection_counts,
+    keep_alive_header,
+    own_limits,
+    take_expired,
+    take_idle,
+    to_httpx_request,
+)
 from rag_llm.transport._shared import ConnectionWaitTimeout, EndpointLimits, pool_deadline
 from rag_llm.transport._tls import ssl_context
 
@@ -43,217 +56,6 @@ _REAP_HORIZON = 1.0
 _PAST_DEADLINE = 0.002
 
 
-class _ConnectionTrace:
-    """Follows one request through httpcore's trace events.
-
-    ``reused`` stays true unless a new TCP connection was opened for the request, and
-    ``answered`` turns true once response headers arrived: a failure on a reused connection
-    before that is the server having closed an idle keep-alive connection, safe to resend.
-    The time until a connection is assigned (a new one starts connecting, or request
-    headers start on a reused one) is the request's wait for the pool.
-    """
-
-    __slots__ = ("_started", "_stats", "answered", "assigned", "reused")
-
-    def __init__(self, stats: ClientStats) -> None:
-        self._stats = stats
-        self._started = time.monotonic()
-        self.reused = True
-        self.answered = False
-        self.assigned = False
-        stats.wait_started()
-
-    def __call__(self, name: str, info: Mapping[str, Any]) -> None:
-        if name.startswith("connection.connect_tcp.started"):
-            self.reused = False
-            self.end_wait()
-        elif name.endswith("send_request_headers.started"):
-            self.end_wait()
-        elif name.endswith("receive_response_headers.complete"):
-            self.answered = True
-
-    async def atrace(self, name: str, info: Mapping[str, Any]) -> None:
-        self(name, info)
-
-    def end_wait(self) -> None:
-        """Called at assignment, or when the request fails before it (e.g. pool timeout)."""
-        if not self.assigned:
-            self.assigned = True
-            self._stats.wait_ended(time.monotonic() - self._started)
-
-    def resendable(self) -> bool:
-        return self.reused and not self.answered
-
-
-class _Translator:
-    """Maps httpx exceptions to rag-llm's, naming provider, endpoint and the limit to change."""
-
-    def __init__(self, module: ModuleType, settings: TransportSettings) -> None:
-        self.module = module
-        self.settings = settings
-        # Failures that may mean a stale keep-alive connection (no response yet).
-        self.stale: tuple[type[BaseException], ...] = (
-            module.RemoteProtocolError,
-            module.ReadError,
-            module.WriteError,
-        )
-        self.all: type[BaseException] = module.TransportError
-
-    def __call__(self, exc: BaseException, request: Request) -> errors.RagLLMError:
-        m, s = self.module, self.settings
-        where = {"provider": s.provider, "endpoint": request.endpoint}
-        if isinstance(exc, m.PoolTimeout):
-            return pool_timeout_error(s, request)
-        if isinstance(exc, m.ConnectTimeout):
-            return errors.ConnectTimeoutError(
-                f"connecting took longer than connect_timeout={s.timeouts.connect:g}s", **where
-            )
-        if isinstance(exc, m.ReadTimeout):
-            return errors.ReadTimeoutError(
-                f"no data within read_timeout={s.timeouts.read:g}s", **where
-            )
-        if isinstance(exc, m.WriteTimeout):
-            return errors.WriteTimeoutError(
-                f"sending took longer than write_timeout={s.timeouts.write:g}s", **where
-            )
-        if isinstance(exc, m.ConnectError):
-            return errors.ConnectError(f"cannot connect: {exc}", **where)
-        if isinstance(exc, self.stale):
-            return errors.ConnectionLostError(f"connection lost: {exc}", **where)
-        return errors.TransportError(f"{type(exc).__name__}: {exc}", **where)
-
-
-def _request(module: ModuleType, request: Request, timeouts: dict[str, float],
-             trace: Any) -> Any:
-    if request.timeout is not None:
-        timeouts = {phase: min(seconds, request.timeout) for phase, seconds in timeouts.items()}
-    return module.Request(
-        request.method,
-        request.url,
-        headers=request.headers,
-        content=request.content,
-        extensions={"timeout": timeouts, "trace": trace},
-    )
-
-
-def _counts(pool: Any) -> ConnectionCounts:
-    connections = pool.connections
-    idle = sum(1 for c in connections if c.is_idle())
-    return ConnectionCounts(active=len(connections) - idle, idle=idle)
-
-
-def _keep_alive(headers: Any) -> bytes | None:
-    """The ``Keep-Alive`` header's value, if any.
-
-    Called on every response. httpx's headers are a list, not a dict: ``Headers.get``
-    costs 1.5-2.5 us when the header is absent (a list comprehension, then a KeyError);
-    scanning the lower-cased names directly costs 0.25-0.45 us.
-    """
-    for _, name, value in headers._list:
-        if name == b"keep-alive":
-            return bytes(value)
-    return None
-
-
-def _apply_expiry(pool: Any, seconds: float) -> float | None:
-    """Make new and current connections expire ``seconds`` after going idle.
-
-    httpcore stamps each connection's expiry when it goes idle and checks it both when it
-    hands out an idle connection and in ``_take_expired``, so lowering the stamps is
-    enough for no connection idle longer than ``seconds`` to be reused. Returns the
-    soonest moment an idle connection expires (None if none is idle).
-    """
-    soonest: float | None = None
-    with pool._optional_thread_lock:
-        pool._keepalive_expiry = seconds
-        for connection in pool._connections:
-            connection._keepalive_expiry = seconds  # passed on once connected
-            inner = getattr(connection, "_connection", None)
-            if inner is None:
-                continue
-            before = inner._keepalive_expiry
-            if before is not None and before > seconds:
-                inner._keepalive_expiry = seconds
-                if inner._expire_at is not None:
-                    inner._expire_at -= before - seconds
-            at = inner._expire_at
-            if at is not None and (soonest is None or at < soonest):
-                soonest = at
-    return soonest
-
-
-def _take_idle(pool: Any, most: int) -> list[Any]:
-    """Remove up to ``most`` idle connections, under the pool's lock, for the caller to close."""
-    with pool._optional_thread_lock:
-        # An idle connection may already be promised to a request that has not started.
-        promised = {id(r.connection) for r in getattr(pool, "_requests", ())}
-        idle = [c for c in pool._connections
-                if c.is_idle() and id(c) not in promised][:most]
-        for connection in idle:
-            pool._connections.remove(connection)
-    return idle
-
-
-def _own_limits(settings: TransportSettings) -> EndpointLimits:
-    return EndpointLimits(settings.limits.max_connections, settings.timeouts.pool)
-
-
-def _take_expired(pool: Any) -> list[Any]:
-    """Remove idle connections that expired or were closed by the server, under the pool's lock.
-
-    httpcore only prunes when a request arrives; without this, an idle pool would keep
-    sockets open long past ``keepalive_expiry``.
-    """
-    with pool._optional_thread_lock:
-        expired = [c for c in pool._connections if c.is_idle() and c.has_expired()]
-        for connection in expired:
-            pool._connections.remove(connection)
-    return expired
-
-
-class _AsyncStream:
-    def __init__(self, response: Any, request: Request, translate: _Translator) -> None:
-        self._response = response
-        self._request = request
-        self._translate = translate
-        self.status: int = response.status_code
-        self.headers: Mapping[str, str] = response.headers
-
-    async def aiter_lines(self) -> AsyncIterator[str]:
-        try:
-            async for line in self._response.aiter_lines():
-                yield line
-        except self._translate.all as exc:
-            raise self._translate(exc, self._request) from exc
-
-    async def aread(self) -> bytes:
-        try:
-            return bytes(await self._response.aread())
-        except self._translate.all as exc:
-            raise self._translate(exc, self._request) from exc
-
-
-class _SyncStream:
-    def __init__(self, response: Any, request: Request, translate: _Translator) -> None:
-        self._response = response
-        self._request = request
-        self._translate = translate
-        self.status: int = response.status_code
-        self.headers: Mapping[str, str] = response.headers
-
-    def iter_lines(self) -> Iterator[str]:
-        try:
-            yield from self._response.iter_lines()
-        except self._translate.all as exc:
-            raise self._translate(exc, self._request) from exc
-
-    def read(self) -> bytes:
-        try:
-            return bytes(self._response.read())
-        except self._translate.all as exc:
-            raise self._translate(exc, self._request) from exc
-
-
 class _AsyncHttpxTransport:
     def __init__(self, module: ModuleType, settings: TransportSettings,
                  stats: ClientStats, limits: EndpointLimits | None = None) -> None:
@@ -261,9 +63,9 @@ class _AsyncHttpxTransport:
         self._settings = settings
         self._stats = stats
         # Shared with the endpoint's other clients: calls in flight and connections open.
-        self._limits = limits if limits is not None else _own_limits(settings)
+        self._limits = limits if limits is not None else own_limits(settings)
         self._loop = asyncio.get_running_loop()
-        self._translate = _Translator(module, settings)
+        self._translate = Translator(module, settings)
         self._timeouts = _timeouts(settings)
         self._transport = module.AsyncHTTPTransport(
             verify=ssl_context(settings.verify, settings.http2),
@@ -289,7 +91,7 @@ class _AsyncHttpxTransport:
 
         The slot is held until ``_done``; on failure it is given back here.
         """
-        trace = _ConnectionTrace(self._stats)
+        trace = ConnectionTrace(self._stats)
         try:
             deadline = await self._limits.admit(self)
         except TimeoutError:
@@ -312,7 +114,7 @@ class _AsyncHttpxTransport:
         if limits.connections.wanted:
             await self._evict_idle()
 
-    async def _send(self, request: Request, trace: _ConnectionTrace) -> Any:
+    async def _send(self, request: Request, trace: ConnectionTrace) -> Any:
         """Send ``request`` and return once response headers arrive.
 
         A request that failed on a reused connection before any response is resent once:
@@ -320,10 +122,10 @@ class _AsyncHttpxTransport:
         """
         for attempt in (1, 2):
             if attempt == 2:
-                trace = _ConnectionTrace(self._stats)
+                trace = ConnectionTrace(self._stats)
             try:
                 response = await self._transport.handle_async_request(
-                    _request(self._module, request, self._timeouts, trace.atrace)
+                    to_httpx_request(self._module, request, self._timeouts, trace.atrace)
                 )
             except self._translate.stale as exc:
                 if attempt == 1 and trace.resendable():
@@ -336,9 +138,9 @@ class _AsyncHttpxTransport:
                 raise pool_timeout_error(self._settings, request) from None
             finally:
                 trace.end_wait()
-            hint = _keep_alive(response.headers)
+            hint = keep_alive_header(response.headers)
             if hint is not None and hint != self._idle.hint and self._idle.learn(hint):
-                self._arm(_apply_expiry(self._pool, self._idle.seconds))
+                self._arm(apply_expiry(self._pool, self._idle.seconds))
             return response
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -356,10 +158,10 @@ class _AsyncHttpxTransport:
         return Response(response.status_code, response.headers, content)
 
     @asynccontextmanager
-    async def stream(self, request: Request) -> AsyncIterator[_AsyncStream]:
+    async def stream(self, request: Request) -> AsyncIterator[AsyncStream]:
         response = await self._open(request)
         try:
-            yield _AsyncStream(response, request, self._translate)
+            yield AsyncStream(response, request, self._translate)
         finally:
             try:
                 await response.aclose()
@@ -369,7 +171,7 @@ class _AsyncHttpxTransport:
     async def _evict_idle(self) -> None:
         """Give up an idle connection for another client (its budget comes back once the
         server has closed it too)."""
-        for connection in _take_idle(self._pool, 1):
+        for connection in take_idle(self._pool, 1):
             await connection.aclose()
 
     def release_idle(self) -> None:
@@ -390,10 +192,10 @@ class _AsyncHttpxTransport:
             await self._evict_idle()
 
     async def prune(self) -> None:
-        for connection in _take_expired(self._pool):
+        for connection in take_expired(self._pool):
             await connection.aclose()
         if self._idle.seconds < self._idle.configured:
-            self._arm(_apply_expiry(self._pool, self._idle.seconds))
+            self._arm(apply_expiry(self._pool, self._idle.seconds))
 
     def _arm(self, at: float | None) -> None:
         """Prune again just after ``at`` if the reaper may come later than that.
@@ -423,7 +225,7 @@ class _AsyncHttpxTransport:
             await self.prune()
 
     def connections(self) -> ConnectionCounts:
-        return _counts(self._pool)
+        return connection_counts(self._pool)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -440,8 +242,8 @@ class _SyncHttpxTransport:
         self._module = module
         self._settings = settings
         self._stats = stats
-        self._limits = limits if limits is not None else _own_limits(settings)
-        self._translate = _Translator(module, settings)
+        self._limits = limits if limits is not None else own_limits(settings)
+        self._translate = Translator(module, settings)
         self._timeouts = _timeouts(settings)
         self._transport = module.HTTPTransport(
             verify=ssl_context(settings.verify, settings.http2),
@@ -463,7 +265,7 @@ class _SyncHttpxTransport:
 
     def _open(self, request: Request) -> Any:
         """Sync twin of ``_AsyncHttpxTransport._open``."""
-        trace = _ConnectionTrace(self._stats)
+        trace = ConnectionTrace(self._stats)
         try:
             deadline = self._limits.admit_sync(self)
         except TimeoutError:
@@ -496,18 +298,18 @@ class _SyncHttpxTransport:
             self._evict_idle()
 
     def _evict_idle(self) -> None:
-        for connection in _take_idle(self._pool, 1):
+        for connection in take_idle(self._pool, 1):
             with contextlib.suppress(Exception):  # a failed close is the reaper's
                 connection.close()
 
-    def _send(self, request: Request, trace: _ConnectionTrace) -> Any:
+    def _send(self, request: Request, trace: ConnectionTrace) -> Any:
         """Sync twin of ``_AsyncHttpxTransport._send``: resend once on a stale connection."""
         for attempt in (1, 2):
             if attempt == 2:
-                trace = _ConnectionTrace(self._stats)
+                trace = ConnectionTrace(self._stats)
             try:
                 response = self._transport.handle_request(
-                    _request(self._module, request, self._timeouts, trace)
+                    to_httpx_request(self._module, request, self._timeouts, trace)
                 )
             except self._translate.stale as exc:
                 if attempt == 1 and trace.resendable():
@@ -520,9 +322,9 @@ class _SyncHttpxTransport:
                 raise pool_timeout_error(self._settings, request) from None
             finally:
                 trace.end_wait()
-            hint = _keep_alive(response.headers)
+            hint = keep_alive_header(response.headers)
             if hint is not None and hint != self._idle.hint and self._idle.learn(hint):
-                self._arm(_apply_expiry(self._pool, self._idle.seconds))
+                self._arm(apply_expiry(self._pool, self._idle.seconds))
             return response
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -540,10 +342,10 @@ class _SyncHttpxTransport:
         return Response(response.status_code, response.headers, content)
 
     @contextmanager
-    def stream(self, request: Request) -> Iterator[_SyncStream]:
+    def stream(self, request: Request) -> Iterator[SyncStream]:
         response = self._open(request)
         try:
-            yield _SyncStream(response, request, self._translate)
+            yield SyncStream(response, request, self._translate)
         finally:
             try:
                 response.close()
@@ -551,10 +353,10 @@ class _SyncHttpxTransport:
                 self._done()
 
     def prune(self) -> None:
-        for connection in _take_expired(self._pool):
+        for connection in take_expired(self._pool):
             connection.close()
         if self._idle.seconds < self._idle.configured:
-            self._arm(_apply_expiry(self._pool, self._idle.seconds))
+            self._arm(apply_expiry(self._pool, self._idle.seconds))
 
     def _arm(self, at: float | None) -> None:
         """Sync twin of ``_AsyncHttpxTransport._arm``, on a timer thread."""
@@ -584,7 +386,7 @@ class _SyncHttpxTransport:
             self.prune()
 
     def connections(self) -> ConnectionCounts:
-        return _counts(self._pool)
+        return connection_counts(self._pool)
 
     def close(self) -> None:
         self._limits.connections.unregister(self)
