@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from rag_llm.transport._shared import _MAX_PASSED, Slots
+from rag_llm.slots import _MAX_PASSED, Slots
 
 
 async def _queue(slots: Slots, owners: list[str]) -> tuple[list[str], list[asyncio.Task[bool]]]:

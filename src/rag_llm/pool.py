@@ -47,6 +47,7 @@ from rag_llm.transport import (
     SyncTransport,
     TransportSettings,
 )
+from rag_llm.transport._linger import finish_now
 
 __all__ = [
     "PROBE",
@@ -436,7 +437,7 @@ class ClientPool:
             else:
                 await asyncio.wrap_future(_close_elsewhere(entry))
         # Always through the lock: a sync transport may be being created right now.
-        await asyncio.to_thread(self._close_sync)
+        await asyncio.to_thread(self._close_sync_and_wait)
 
     def close(self) -> None:
         """Close every transport from sync code; idempotent."""
@@ -446,7 +447,14 @@ class ClientPool:
             future = _close_elsewhere(entry)
             if not _in_loop(entry.loop):
                 future.result()
+        self._close_sync_and_wait()
+
+    def _close_sync_and_wait(self) -> None:
         self._close_sync()
+        # Closed connections wait for the server's close before their sockets go (see
+        # transport._linger); a closed pool opens nothing more, so its own need not wait,
+        # and once it is closed none of its sockets is open.
+        finish_now(self._limits.connections)
 
     def _after_fork_in_child(self) -> None:
         for entry in self._loops.values():

@@ -21,7 +21,7 @@ from typing import Final
 
 from rag_llm.errors import ConfigError
 from rag_llm.resilience._common import Clock
-from rag_llm.transport._shared import Slots
+from rag_llm.slots import Slots
 from rag_llm.validation import check_number
 
 __all__ = ["DEFAULT_BACKOFF_RATIO", "AdaptiveLimit", "AdaptivePolicy", "AdmissionGate"]

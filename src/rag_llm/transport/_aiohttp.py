@@ -114,7 +114,7 @@ class _CountedHandler(ResponseHandler):
             if held is None:
                 budget.give_back()
             else:
-                close_then(held, budget.give_back)
+                close_then(held, budget.give_back, budget)
         super().connection_lost(exc)
 
 

@@ -135,7 +135,7 @@ class _Connection:
         elif held is None:
             budget.give_back()
         else:
-            close_then(held, budget.give_back)
+            close_then(held, budget.give_back, budget)
 
     def __del__(self) -> None:
         # A connection dropped without being closed must not hold the budget forever.

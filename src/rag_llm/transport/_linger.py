@@ -21,17 +21,16 @@ import selectors
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, Final
 
-__all__ = ["LINGER", "close_then", "hold_socket"]
+__all__ = ["LINGER", "close_then", "finish_now", "hold_socket"]
 
 log = logging.getLogger(__name__)
 
 # How long a closed connection waits for the server to close its side.
 LINGER: Final = 1.0
-# How long the closing thread waits for more work before it ends.
-_IDLE: Final = 5.0
 _INET: Final = (socket.AF_INET, socket.AF_INET6)
 
 
@@ -51,92 +50,137 @@ def hold_socket(raw: Any) -> socket.socket | None:
         return None
 
 
-def close_then(sock: socket.socket, done: Callable[[], None]) -> None:
+def close_then(sock: socket.socket, done: Callable[[], None], owner: object) -> None:
     """Half-close ``sock``; close it and call ``done`` once the server has closed too.
 
-    At most :data:`LINGER` seconds later. Returns at once; ``done`` runs on the closing
-    thread.
+    At most :data:`LINGER` seconds later, or at once when :func:`finish_now` is called for
+    ``owner`` (the budget the socket counts in). Returns at once; ``done`` runs on the
+    closing thread.
     """
     with contextlib.suppress(OSError):  # already shut, or reset: reading will say so
         sock.setblocking(False)
         sock.shutdown(socket.SHUT_WR)
-    _closer().add(sock, done)
+    _closer().add(sock, done, owner)
 
 
 class _Closer:
-    """One thread that waits for the server's close of half-closed sockets."""
+    """One thread that waits for the server's close of half-closed sockets.
+
+    It runs only while sockets wait, and holds no descriptor once they are done, so a
+    closed pool leaves nothing open behind it.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._new: list[tuple[socket.socket, Callable[[], None]]] = []
+        self._idle = threading.Condition(self._lock)
+        self._new: list[tuple[socket.socket, Callable[[], None], object]] = []
         self._thread: threading.Thread | None = None
-        self._idle_since: float | None = None
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._wake: socket.socket | None = None
+        # Sockets not yet closed, by owner; owners whose sockets are to close at once.
+        self._pending: Counter[object] = Counter()
+        self._hurried: set[object] = set()
 
-    def add(self, sock: socket.socket, done: Callable[[], None]) -> None:
+    def add(self, sock: socket.socket, done: Callable[[], None], owner: object) -> None:
         with self._lock:
-            self._new.append((sock, done))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="rag_llm-closer",
-                                                daemon=True)
-                self._thread.start()
+            self._new.append((sock, done, owner))
+            self._pending[owner] += 1
+            if self._thread is not None:
+                self._wake_up()
                 return
-        with contextlib.suppress(OSError):  # a full wake pipe already wakes it
-            self._wake_w.send(b"\0")
+            wake_r, self._wake = socket.socketpair()
+            wake_r.setblocking(False)
+            self._wake.setblocking(False)
+            self._thread = threading.Thread(target=self._run, args=(wake_r,),
+                                            name="rag_llm-closer", daemon=True)
+            self._thread.start()
 
-    def _run(self) -> None:
+    def _wake_up(self) -> None:
+        if self._wake is not None:
+            with contextlib.suppress(OSError):  # a full wake pipe already wakes it
+                self._wake.send(b"\0")
+
+    def finish_now(self, owner: object, timeout: float) -> bool:
+        """Close ``owner``'s sockets now, without waiting for the server; wait until they
+        are, and until the thread has ended if nothing else waits. False on ``timeout``."""
+        with self._idle:
+            if self._pending[owner]:
+                self._hurried.add(owner)
+                self._wake_up()
+            done = self._idle.wait_for(
+                lambda: not self._pending[owner] and (
+                    self._thread is None or sum(self._pending.values()) > 0), timeout)
+            self._hurried.discard(owner)
+            return done
+
+    def _done(self, sock: socket.socket, done: Callable[[], None], owner: object) -> None:
+        _finish(sock, done)
+        with self._idle:
+            self._pending[owner] -= 1
+            if self._pending[owner] <= 0:
+                del self._pending[owner]
+            self._idle.notify_all()
+
+    def _run(self, wake_r: socket.socket) -> None:
         selector = selectors.DefaultSelector()
-        selector.register(self._wake_r, selectors.EVENT_READ)
-        # Each waiting socket's deadline and what to call once it is closed.
-        waiting: dict[socket.socket, tuple[float, Callable[[], None]]] = {}
-        self._idle_since = None
+        selector.register(wake_r, selectors.EVENT_READ)
+        # Each waiting socket's deadline, what to call once it is closed, and its owner.
+        waiting: dict[socket.socket, tuple[float, Callable[[], None], object]] = {}
         try:
             while True:
                 with self._lock:
                     new, self._new = self._new, []
-                    if not new and not waiting and self._idle_since is not None and (
-                            time.monotonic() - self._idle_since >= _IDLE):
-                        self._thread = None
+                    if not new and not waiting:
+                        self._stop(wake_r)
                         return
+                    hurried = set(self._hurried)
                 deadline = time.monotonic() + LINGER
-                for sock, done in new:
+                for sock, done, owner in new:
                     try:
                         selector.register(sock, selectors.EVENT_READ)
                     except (OSError, ValueError):
-                        _finish(sock, done)
+                        self._done(sock, done, owner)
                         continue
-                    waiting[sock] = (deadline, done)
-                self._idle_since = None if waiting else time.monotonic()
-                timeout = (min(at for at, _ in waiting.values()) - time.monotonic()
-                           if waiting else _IDLE)
+                    waiting[sock] = (deadline, done, owner)
+                now = time.monotonic()
+                for sock, (_at, done, owner) in list(waiting.items()):
+                    if owner in hurried:
+                        waiting[sock] = (now, done, owner)
+                if not waiting:
+                    continue
+                timeout = min(at for at, _, _ in waiting.values()) - time.monotonic()
                 for key, _ in selector.select(max(timeout, 0.0)):
                     ready = key.fileobj
-                    if ready is self._wake_r:
-                        _drain(self._wake_r)
+                    if ready is wake_r:
+                        _drain(wake_r)
                     elif isinstance(ready, socket.socket) and _drain(ready):
                         selector.unregister(ready)
-                        _finish(ready, waiting.pop(ready)[1])
+                        self._done(ready, *waiting.pop(ready)[1:])
                 now = time.monotonic()
-                for sock, (at, done) in list(waiting.items()):
+                for sock, (at, done, owner) in list(waiting.items()):
                     if at <= now:
                         selector.unregister(sock)
                         del waiting[sock]
-                        _finish(sock, done)
+                        self._done(sock, done, owner)
         finally:
             selector.close()
             with self._lock:
-                if self._thread is threading.current_thread():
-                    self._thread = None
-                    left, self._new = self._new, []
-                else:  # it ended idle, with nothing left
-                    left = []
+                left, self._new = self._new, []
+                if self._thread is threading.current_thread():  # ended by a failure
+                    self._stop(wake_r)
             # Only after a failure: nothing may keep its share of the budget.
-            for sock, (_, done) in waiting.items():
-                _finish(sock, done)
-            for sock, done in left:
-                _finish(sock, done)
+            for sock, (_, done, owner) in waiting.items():
+                self._done(sock, done, owner)
+            for sock, done, owner in left:
+                self._done(sock, done, owner)
+
+    def _stop(self, wake_r: socket.socket) -> None:
+        """Forget this thread and close its wake pair; called under the lock."""
+        wake_r.close()
+        if self._wake is not None:
+            self._wake.close()
+            self._wake = None
+        self._thread = None
+        self._idle.notify_all()
 
 
 def _drain(sock: socket.socket) -> bool:
@@ -157,6 +201,16 @@ def _finish(sock: socket.socket, done: Callable[[], None]) -> None:
         done()
     except Exception:  # pragma: no cover - done gives budget back, which does not fail
         log.exception("giving back a closed connection failed")
+
+
+def finish_now(owner: object, timeout: float = 2.0) -> bool:
+    """Close ``owner``'s closing sockets now, and wait until they are (``timeout`` at most).
+
+    A pool calls it as it closes: it opens nothing more, so its budget needs no waiting
+    for the server, and nothing it opened may stay open after.
+    """
+    closer = _instance
+    return True if closer is None else closer.finish_now(owner, timeout)
 
 
 _instance: _Closer | None = None
