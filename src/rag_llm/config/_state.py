@@ -93,8 +93,10 @@ class StateConfig:
 def state_config(value: object) -> StateConfig | None:
     """The ``state`` setting: a URL, a mapping of :data:`STATE_KEYS`, ``"memory"`` or None
     (limits held in the process), or a built :class:`StateConfig`."""
-    if value is None or value == "memory" or isinstance(value, StateConfig):
-        return value  # type: ignore[return-value]
+    if value is None or value == "memory":
+        return None
+    if isinstance(value, StateConfig):
+        return value
     if isinstance(value, str):
         return StateConfig(value)
     if not isinstance(value, Mapping):
