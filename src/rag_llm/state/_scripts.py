@@ -47,9 +47,10 @@ return renewed
 # (burst x interval), tokens' interval, tokens' tolerance, cost (tokens), hold grace (s).
 # Returns {'1', '0'} when admitted (both limits charged), else {'0', wait}: nothing charged.
 #
-# A caller refused by the tokens limit holds it (one holder at a time): until it is
-# admitted, or its hold lapses (its wait plus the grace), others are admitted only if the
-# holder's cost is left in the bucket, so small calls cannot starve a large one.
+# A caller refused by the tokens limit holds it (one holder at a time, the largest refused
+# caller taking it over from a smaller one): until it is admitted, or its hold lapses (its
+# wait plus the grace), others are admitted only if the holder's cost is left in the
+# bucket, so small calls cannot starve a large one.
 GCRA: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -76,13 +77,13 @@ for i = 1, 2 do
     local reserve = 0
     if hid and hid ~= me then reserve = hcost end
     local need = tat + (amount + reserve) * interval - tau - now
-    plan[i] = {tat, hid, amount, interval, need}
+    plan[i] = {tat, hid, amount, interval, need, hcost}
     if need > wait then wait = need end
   end
 end
 if wait > 1e-9 then
   local p = plan[2]
-  if p and p[5] > 1e-9 and ((not p[2]) or p[2] == me) then
+  if p and p[5] > 1e-9 and ((not p[2]) or p[2] == me or p[3] > p[6]) then
     redis.call('HSET', KEYS[2], 'hid', me, 'hcost', string.format('%.6f', p[3]),
                'huntil', string.format('%.6f', now + p[5] + grace))
     redis.call('PEXPIRE', KEYS[2],
