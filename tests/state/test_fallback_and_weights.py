@@ -166,6 +166,9 @@ async def _kill_and_restart(redis: RedisServer, prefix: str, upstream: UpstreamS
             await provider.aclose()
     assert errors == []
     names = [e["event"] for e in events if e["event"].startswith("state_backend_")]
-    # One event per transition, not one per call.
-    assert names == ["state_backend_unavailable", "state_backend_recovered"], names
+    # One event per transition, not one per call: down, then up. (On a loaded host a
+    # command may also overrun the 50 ms timeout once more: another pair, never a flood.)
+    assert names[:1] == ["state_backend_unavailable"], names
+    assert names == ["state_backend_unavailable", "state_backend_recovered"] * (len(names) // 2)
+    assert len(names) <= 6, names
     assert resumed < 10
