@@ -34,6 +34,11 @@ SUBS = [
     ("aiter_lines", "iter_lines"),
     ("aread", "read"),
     ("admitted", "admitted_sync"),
+    ("asynccontextmanager", "contextmanager"),
+    ("async_waiter", "sync_waiter"),
+    ("atry_acquire", "try_acquire"),
+    ("arelease", "release"),
+    ("rag_llm.calls._async", "rag_llm.calls._sync"),
     ('"async"', '"sync"'),
 ]
 

@@ -8,6 +8,8 @@
     |   +-- LocatorClosedError      a provider was asked of a locator after its cleanup
     +-- CircuitOpenError            every endpoint is open or cooling down: nothing was sent
     +-- LocalRateLimitError         the client-side rate limit allows no call before the deadline
+    +-- RequestExceedsBurstError    a call costs more than its rate limit's burst: never admitted
+    +-- StateUnavailableError       the shared state (Redis) failed and on_state_error is fail
     +-- TransportError              no usable HTTP response arrived
     |   +-- ConnectError            the TCP or TLS connection could not be opened
     |   +-- ConnectionLostError     the connection dropped before a full response
@@ -47,8 +49,10 @@ __all__ = [
     "RagLLMError",
     "RateLimitError",
     "ReadTimeoutError",
+    "RequestExceedsBurstError",
     "RequestTimeoutError",
     "ServerError",
+    "StateUnavailableError",
     "StreamInterruptedError",
     "TransportError",
     "UpstreamError",
@@ -120,6 +124,41 @@ class LocalRateLimitError(RagLLMError):
         self.wait = wait
         super().__init__(f"{provider}: client-side rate limit of {endpoint} allows the next "
                          f"call in {wait:.1f} s, past the call's deadline")
+
+
+class RequestExceedsBurstError(RagLLMError):
+    """A call costs more than its rate limit can ever admit at once (its ``burst``).
+
+    Raised at once, before anything is sent: waiting would never help. ``limit`` names the
+    setting (``tokens_per_minute`` or ``requests_per_minute``), ``cost`` what the call asked.
+    """
+
+    def __init__(self, provider: str, endpoint: str, cost: float, limit: str = "",
+                 burst: float | None = None) -> None:
+        self.provider = provider
+        self.endpoint = endpoint
+        self.cost = cost
+        self.limit = limit
+        self.burst = burst
+        what = f" {limit}" if limit else ""
+        size = f" of {burst:g}" if burst is not None else ""
+        super().__init__(f"{provider}: a call costing {cost:g} exceeds the{what} burst{size} "
+                         f"of {endpoint}; it can never be admitted: split it, or raise "
+                         "burst/token_burst")
+
+
+class StateUnavailableError(RagLLMError):
+    """The shared state backend (Redis) could not be used and ``on_state_error`` is ``fail``.
+
+    ``url`` is the backend's address without its password.
+    """
+
+    def __init__(self, url: str, detail: str, *, provider: str = "") -> None:
+        self.url = url
+        self.provider = provider
+        self.detail = detail
+        who = f"{provider}: " if provider else ""
+        super().__init__(f"{who}shared state backend {url} unavailable: {detail}")
 
 
 class TransportError(RagLLMError):

@@ -12,6 +12,7 @@ The same loop without ``async`` serves sync calls.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from dataclasses import replace
 from types import TracebackType
@@ -52,7 +53,7 @@ class Attempts:
     the next one; the loop ends by ``return`` from the body or by the error propagating.
     """
 
-    __slots__ = ("cost", "deadline", "last_error", "router", "state", "tried")
+    __slots__ = ("_ticket", "cost", "deadline", "last_error", "router", "state", "tried")
 
     def __init__(self, router: Router, cost: float) -> None:
         self.router = router
@@ -62,6 +63,14 @@ class Attempts:
         self.state = RetryState(router.policy)
         self.tried: list[str] = []
         self.last_error: BaseException | None = None
+        self._ticket = ""
+
+    def ticket(self) -> str:
+        """This call's identity at a shared rate limit: one caller refused there holds its
+        place until it is admitted, so large calls are not starved by small ones."""
+        if not self._ticket:
+            self._ticket = secrets.token_hex(8)
+        return self._ticket
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
@@ -73,7 +82,10 @@ class Attempts:
         while True:
             chosen = self.router._choose(self)
             if isinstance(chosen, Attempt):
-                return chosen
+                refused = await self.router._aadmit_shared(chosen)
+                if refused is None:
+                    return chosen
+                chosen = refused
             await asyncio.sleep(self.router._refusal_wait(self, chosen))
 
     def __iter__(self) -> Attempts:
@@ -83,7 +95,10 @@ class Attempts:
         while True:
             chosen = self.router._choose(self)
             if isinstance(chosen, Attempt):
-                return chosen
+                refused = self.router._admit_shared(chosen)
+                if refused is None:
+                    return chosen
+                chosen = refused
             time.sleep(self.router._refusal_wait(self, chosen))
 
     def _failed(self, attempt: Attempt, exc: BaseException) -> RetryDecision | None:

@@ -1,4 +1,4 @@
-"""One endpoint of a provider: its adapter, pool, breaker, rate limiter and gate."""
+"""One endpoint of a provider: its adapter, pool, breaker, rate limiters and gates."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 from rag_llm.adapters import AdapterFactory, APIAdapter
 from rag_llm.calls.admission import EndpointAdmission
+from rag_llm.calls.shared import InFlightLimit, SharedRateLimiter
 from rag_llm.config import EndpointConfig, ProviderConfig
 from rag_llm.observability.events import get_logger
 from rag_llm.pool import ClientPool
@@ -15,6 +16,7 @@ from rag_llm.resilience.adaptive import AdaptivePolicy
 from rag_llm.resilience.balancer import Endpoint
 from rag_llm.resilience.breaker import BreakerState, CircuitBreaker, Transition
 from rag_llm.resilience.limiter import RateLimiter, RateLimiterBackend
+from rag_llm.state import StateBackend
 from rag_llm.transport import TransportSettings, get_backend
 
 __all__ = ["Upstream", "build_upstream"]
@@ -25,11 +27,14 @@ _log = get_logger("rag_llm.resilience")
 class Upstream:
     """One endpoint of a provider: its API adapter, pool, breaker and rate limiter."""
 
-    __slots__ = ("admission", "api", "breaker", "config", "endpoint", "limiter", "name", "pool")
+    __slots__ = ("admission", "api", "breaker", "config", "endpoint", "in_flight", "limiter",
+                 "name", "pool", "shared")
 
     def __init__(self, config: EndpointConfig, api: APIAdapter, pool: ClientPool,
                  breaker: CircuitBreaker | None,
-                 admission: EndpointAdmission | None = None) -> None:
+                 admission: EndpointAdmission | None = None, *,
+                 shared: SharedRateLimiter | None = None,
+                 in_flight: InFlightLimit | None = None) -> None:
         self.config = config
         self.name = config.name
         self.api = api
@@ -37,9 +42,13 @@ class Upstream:
         self.breaker = breaker
         # The adaptive concurrency gate (adaptive_concurrency), else None.
         self.admission = admission
-        # Behind the backend protocol: a limiter shared across processes can take its place.
+        # The rate limits in Redis (with state), which the router awaits in async calls;
+        # else the local limiter, behind the backend protocol.
+        self.shared = shared
         self.limiter: RateLimiterBackend | None = (
-            RateLimiter(config.rate_limits) if config.rate_limits else None)
+            RateLimiter(config.rate_limits) if config.rate_limits and shared is None else None)
+        # global_max_in_flight, in Redis or in this process, else None.
+        self.in_flight = in_flight
         self.endpoint = Endpoint(config.name, weight=config.weight, priority=config.priority)
 
     def __repr__(self) -> str:
@@ -48,7 +57,7 @@ class Upstream:
 
 
 def build_upstream(config: ProviderConfig, endpoint: EndpointConfig, api_class: AdapterFactory,
-              settings: TransportSettings) -> Upstream:
+                   settings: TransportSettings, state: StateBackend | None = None) -> Upstream:
     """One endpoint's adapter, pool, breaker and gate, as the provider's config says."""
     own = replace(config, base_url=endpoint.base_url, api_key=endpoint.api_key,
                   api_version=endpoint.api_version, deployment=endpoint.deployment,
@@ -63,7 +72,18 @@ def build_upstream(config: ProviderConfig, endpoint: EndpointConfig, api_class: 
         admission = EndpointAdmission(pool, AdaptivePolicy(
             max_limit=config.limits.max_connections,
             initial_limit=max(config.limits.max_keepalive_connections, 1)))
-    return Upstream(endpoint, api_class(own), pool, breaker, admission)
+    fail = config.on_state_error == "fail"
+    shared = None
+    if state is not None and endpoint.rate_limits is not None:
+        shared = SharedRateLimiter(state, endpoint.name, endpoint.rate_limits, fail=fail,
+                                   instances=config.expected_instances)
+    in_flight = None
+    if config.global_max_in_flight is not None:
+        in_flight = InFlightLimit(config.global_max_in_flight, settings, backend=state,
+                                  endpoint=endpoint.name, fail=fail,
+                                  instances=config.expected_instances)
+    return Upstream(endpoint, api_class(own), pool, breaker, admission, shared=shared,
+                    in_flight=in_flight)
 
 
 

@@ -32,7 +32,12 @@ from rag_llm.calls.counts import COUNTS, Counts, EndpointState, RouterSnapshot
 from rag_llm.calls.endpoint import Upstream, build_upstream
 from rag_llm.calls.health import HealthChecks
 from rag_llm.config import ProviderConfig
-from rag_llm.errors import CircuitOpenError, LocalRateLimitError, RagLLMError
+from rag_llm.errors import (
+    CircuitOpenError,
+    LocalRateLimitError,
+    RagLLMError,
+    RequestExceedsBurstError,
+)
 from rag_llm.observability.events import get_logger
 from rag_llm.pool import ClientPool
 from rag_llm.resilience._common import retry_after_of
@@ -40,6 +45,7 @@ from rag_llm.resilience.balancer import Balancer
 from rag_llm.resilience.breaker import BreakerState, Permit
 from rag_llm.resilience.budget import RetryBudget
 from rag_llm.resilience.retry import RetryDecision, RetryVerdict
+from rag_llm.state import StateBackend
 from rag_llm.transport import TransportSettings
 
 __all__ = ["Router", "live_routers"]
@@ -61,7 +67,11 @@ class Router:
             provider=config.name, limits=config.limits, timeouts=config.timeouts,
             http2=config.http2, verify=config.verify,
             slow_request_s=config.slow_request_seconds)
-        self.upstreams = {endpoint.name: build_upstream(config, endpoint, api_class, settings)
+        # With a Redis, the limits every process shares (else None: all in this process).
+        self.state = None if config.state is None else StateBackend(
+            config.state, provider=config.name, lease_ttl=config.lease_ttl)
+        self.upstreams = {endpoint.name: build_upstream(config, endpoint, api_class, settings,
+                                                        self.state)
                           for endpoint in config.endpoints}
         self.primary = next(iter(self.upstreams.values()))
         self._single = self.primary if len(self.upstreams) == 1 else None
@@ -139,12 +149,66 @@ class Router:
                 return "rate_limited", limited
         return permit
 
+    def _admit_shared(self, attempt: Attempt) -> dict[str, tuple[str, float]] | None:
+        """The shared rate limit's say on a chosen attempt: None to go, else its refusal."""
+        shared = attempt.upstream.shared
+        if shared is None:
+            return None
+        try:
+            wait = shared.acquire(attempt.call.cost, attempt.call.ticket())
+        except BaseException:
+            self._withdraw(attempt)
+            raise
+        return self._shared_refusal(attempt, wait)
+
+    async def _aadmit_shared(self, attempt: Attempt) -> dict[str, tuple[str, float]] | None:
+        """:meth:`_admit_shared` for async calls: Redis is awaited, never blocking the loop."""
+        shared = attempt.upstream.shared
+        if shared is None:
+            return None
+        try:
+            wait = await shared.aacquire(attempt.call.cost, attempt.call.ticket())
+        except BaseException:
+            self._withdraw(attempt)
+            raise
+        return self._shared_refusal(attempt, wait)
+
+    def _shared_refusal(self, attempt: Attempt,
+                        wait: float | None) -> dict[str, tuple[str, float]] | None:
+        if wait is None:
+            return None
+        self._withdraw(attempt)
+        return {attempt.upstream.name: ("rate_limited", wait)}
+
+    @staticmethod
+    def _withdraw(attempt: Attempt) -> None:
+        """Give back what choosing ``attempt`` took, saying nothing about the endpoint."""
+        if attempt.lease is not None:
+            attempt.lease.finish()
+        if attempt.permit is not None:
+            attempt.permit.release()
+
+    def _burst_error(self, name: str, cost: float) -> RequestExceedsBurstError:
+        upstream = self.upstreams[name]
+        limits = upstream.config.rate_limits
+        limit, burst = "requests_per_minute", None
+        if limits is not None:
+            tokens = limits.capacity("tokens")
+            if tokens is not None and cost > tokens:
+                limit, burst = "tokens_per_minute", tokens
+            else:
+                burst = limits.capacity("requests")
+        return RequestExceedsBurstError(self.provider, upstream.api.endpoint, cost, limit, burst)
+
     def _refusal_wait(self, call: Attempts, refused: dict[str, tuple[str, float]]) -> float:
         """How long to wait for an endpoint to take the call, or raise: never past the deadline."""
         remaining = call.remaining()
         waits = {name: wait for name, (why, wait) in refused.items() if why != "circuit_open"}
         if waits:
             name, wait = min(waits.items(), key=lambda item: item[1])
+            if math.isinf(wait) and refused[name][0] == "rate_limited":
+                self._count_rejected("exceeds_burst")
+                raise self._burst_error(name, call.cost)
             if remaining is None or wait < remaining:
                 return max(wait, 0.0)
             if refused[name][0] == "rate_limited":
@@ -281,10 +345,14 @@ class Router:
         pools = self.health.stop()
         await asyncio.gather(*(u.pool.aclose() for u in self.upstreams.values()),
                              *(p.aclose() for p in pools))
+        if self.state is not None:
+            await self.state.aclose()
 
     def close(self) -> None:
         for pool in [*self.health.stop(), *(u.pool for u in self.upstreams.values())]:
             pool.close()
+        if self.state is not None:
+            self.state.close()
 
 
 

@@ -25,6 +25,14 @@ from rag_llm.config._provider import (
 )
 from rag_llm.config._secret import Secret
 from rag_llm.config._settings import ENV_PREFIX, Settings, read_config_file
+from rag_llm.config._state import (
+    DEFAULT_STATE_PREFIX,
+    DEFAULT_STATE_TIMEOUT,
+    ON_STATE_ERROR,
+    STATE_KEYS,
+    StateConfig,
+    state_config,
+)
 from rag_llm.validation import check_number
 
 __all__ = [
@@ -32,16 +40,22 @@ __all__ = [
     "DEFAULT_KEEPALIVE_EXPIRY",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_KEEPALIVE_CONNECTIONS",
+    "DEFAULT_STATE_PREFIX",
+    "DEFAULT_STATE_TIMEOUT",
     "ENDPOINT_KEYS",
     "ENV_PREFIX",
     "FIELD_TYPES",
+    "ON_STATE_ERROR",
+    "STATE_KEYS",
     "TRANSPORTS",
     "EndpointConfig",
     "PoolLimits",
     "ProviderConfig",
     "Secret",
     "Settings",
+    "StateConfig",
     "Timeouts",
     "check_number",
     "read_config_file",
+    "state_config",
 ]

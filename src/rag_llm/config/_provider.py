@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from rag_llm.config._limits import PoolLimits, Timeouts
 from rag_llm.config._secret import Secret
+from rag_llm.config._state import ON_STATE_ERROR, StateConfig, state_config
 from rag_llm.errors import ConfigError
 from rag_llm.validation import check_number, check_text, check_url, redact_url, refuse_unknown
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_DEADLINE",
+    "DEFAULT_LEASE_TTL",
     "ENDPOINT_KEYS",
     "FIELD_TYPES",
     "TRANSPORTS",
@@ -44,6 +46,8 @@ DEFAULT_DRAIN_TIMEOUT: Final = 10.0
 DEFAULT_SLOW_REQUEST_SECONDS: Final = 10.0
 # Inputs per embeddings request: OpenAI's limit (TEI's default is 32).
 DEFAULT_MAX_BATCH_SIZE: Final = 2048
+# A lease on a slot of global_max_in_flight lapses this long after its holder last renewed it.
+DEFAULT_LEASE_TTL: Final = 30.0
 # The first is the default: aiohttp for async and httpx2 for sync measured fastest
 # (benchmarks/: python -m benchmarks --scenarios throughput,sync).
 TRANSPORTS: Final = ("auto", "aiohttp", "httpx2", "httpx")
@@ -90,13 +94,21 @@ FIELD_TYPES: Final[Mapping[str, type]] = {
     "drain_timeout": float,
     "requests_per_minute": float,
     "tokens_per_minute": float,
+    "burst": float,
+    "token_burst": float,
+    "state": str,
+    "global_max_in_flight": int,
+    "lease_ttl": float,
+    "on_state_error": str,
+    "expected_instances": int,
 }
 # Keys an entry of ``endpoints`` may set; the rest come from the provider.
 ENDPOINT_KEYS: Final = ("base_url", "api_key", "name", "weight", "priority", "api_version",
-                        "deployment", "requests_per_minute", "tokens_per_minute")
+                        "deployment", "requests_per_minute", "tokens_per_minute", "burst",
+                        "token_burst")
 # Provider-level settings an endpoint takes unless it sets its own.
 _INHERITED: Final = ("api_key", "api_version", "deployment", "requests_per_minute",
-                     "tokens_per_minute")
+                     "tokens_per_minute", "burst", "token_burst")
 # The names users know from Envoy and Finagle, for the balancer's own.
 _BALANCER_ALIASES: Final = {"p2c_ewma": "p2c", "least_request": "least_in_flight"}
 
@@ -242,6 +254,15 @@ class ProviderConfig:
     deadline: float | None = DEFAULT_DEADLINE
     warmup: int = 0
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    # None: limits live in this process. With a Redis, rate limits and
+    # global_max_in_flight hold across every process that points at it.
+    state: StateConfig | None = None
+    # Requests in flight to each endpoint, across processes (None: no such cap).
+    global_max_in_flight: int | None = None
+    lease_ttl: float = DEFAULT_LEASE_TTL
+    # When the shared state fails: "local" limits (divided by expected_instances) or "fail".
+    on_state_error: str = ON_STATE_ERROR[0]
+    expected_instances: int = 1
 
     def __post_init__(self) -> None:
         for name in ("type", "model", "name"):
@@ -270,6 +291,7 @@ class ProviderConfig:
         check_number("warmup", self.warmup, minimum=0, maximum=self.limits.max_connections,
                      integer=True)
         check_number("drain_timeout", self.drain_timeout, minimum=0)
+        self._check_state()
         self._check_policies()
         if not self.endpoints:
             _set(self, "endpoints", (EndpointConfig(
@@ -280,6 +302,15 @@ class ProviderConfig:
                 isinstance(e, EndpointConfig) for e in self.endpoints):
             raise ConfigError("endpoints", type(self.endpoints).__name__,
                               "must be a tuple of EndpointConfig")
+
+    def _check_state(self) -> None:
+        _set(self, "state", state_config(self.state))
+        _optional_int("global_max_in_flight", self.global_max_in_flight, minimum=1)
+        check_number("lease_ttl", self.lease_ttl, minimum=0.1)
+        if self.on_state_error not in ON_STATE_ERROR:
+            raise ConfigError("on_state_error", self.on_state_error,
+                              f"must be one of {', '.join(ON_STATE_ERROR)}")
+        check_number("expected_instances", self.expected_instances, minimum=1, integer=True)
 
     def _check_policies(self) -> None:
         from rag_llm.resilience.balancer import BalancerPolicy
@@ -301,7 +332,8 @@ class ProviderConfig:
             f"base_url={redact_url(self.base_url)!r}, api_key={self.api_key!r}, "
             f"endpoints={[e.name for e in self.endpoints]!r}, "
             f"limits={self.limits!r}, timeouts={self.timeouts!r}, http2={self.http2!r}, "
-            f"transport={self.transport!r}, headers={sorted(self.headers)!r})"
+            f"transport={self.transport!r}, headers={sorted(self.headers)!r}, "
+            f"state={self.state!r})"
         )
 
     @classmethod
@@ -325,7 +357,10 @@ class ProviderConfig:
         plain = {key: config[key] for key in (
             "dimensions", "http2", "verify", "transport", "headers", "slow_request_seconds",
             "max_batch_size", "max_batch_tokens", "coalesce_window", "adaptive_concurrency",
-            "warmup", "drain_timeout", "deadline") if key in config}
+            "warmup", "drain_timeout", "deadline", "global_max_in_flight", "lease_ttl",
+            "on_state_error", "expected_instances") if key in config}
+        if "state" in config:
+            plain["state"] = state_config(config["state"])
         return cls(
             type=provider_type,
             model=config["model"],
@@ -384,7 +419,9 @@ def _endpoint(prefix: str, entry: Mapping[str, Any]) -> EndpointConfig:
             from rag_llm.resilience.limiter import RateLimits
 
             rate_limits = RateLimits(requests_per_minute=entry.get("requests_per_minute"),
-                                     tokens_per_minute=entry.get("tokens_per_minute"))
+                                     tokens_per_minute=entry.get("tokens_per_minute"),
+                                     burst=entry.get("burst"),
+                                     token_burst=entry.get("token_burst"))
         return EndpointConfig(
             name=entry.get("name", endpoint_name(base_url)),
             base_url=base_url,

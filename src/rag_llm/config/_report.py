@@ -57,6 +57,16 @@ def provider_entries(config: ProviderConfig) -> dict[str, object]:
         "drain_timeout": config.drain_timeout,
         "requests_per_minute": rate.requests_per_minute if rate else None,
         "tokens_per_minute": rate.tokens_per_minute if rate else None,
+        "burst": rate.capacity("requests") if rate else None,
+        "token_burst": rate.capacity("tokens") if rate else None,
+        # The URL without its password.
+        "state": "memory" if config.state is None else {
+            "url": config.state.shown_url, "prefix": config.state.prefix,
+            "timeout": config.state.timeout},
+        "global_max_in_flight": config.global_max_in_flight,
+        "lease_ttl": config.lease_ttl,
+        "on_state_error": config.on_state_error,
+        "expected_instances": config.expected_instances,
     }
     if len(config.endpoints) > 1:
         values["endpoints"] = [

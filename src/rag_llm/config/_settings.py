@@ -15,8 +15,9 @@ from typing import Any, Final
 
 from rag_llm.config._provider import FIELD_TYPES
 from rag_llm.config._secret import Secret
+from rag_llm.config._state import STATE_KEYS, state_config
 from rag_llm.errors import ConfigError
-from rag_llm.validation import closest
+from rag_llm.validation import closest, redact_url, refuse_unknown
 
 __all__ = ["ENV_PREFIX", "Settings", "read_config_file"]
 
@@ -64,6 +65,9 @@ class Settings:
     log_format: str = "console"
     log_level: str = "info"
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+    # The [state] table (url, prefix, timeout): the Redis every API provider shares
+    # limits through, unless it names its own ``state``. Empty: limits stay in-process.
+    state: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.log_format not in LOG_FORMATS:
@@ -74,10 +78,27 @@ class Settings:
                 isinstance(table, Mapping) for table in self.providers.values()):
             raise ConfigError("providers", ConfigError.UNSHOWN,
                               "must map provider kinds to tables of settings")
+        if not isinstance(self.state, Mapping):
+            raise ConfigError("state", ConfigError.UNSHOWN, "must be a table")
+        if self.state:
+            try:
+                state_config(self.state)
+            except ConfigError as exc:
+                raise self._locate_state(exc) from None
+
+    def _locate_state(self, error: ConfigError) -> ConfigError:
+        """``error`` in the [state] table, naming the variable when one set the value."""
+        key = error.field.removeprefix("state.")
+        origin = self.sources.get(f"state.{key}", "")
+        if origin.startswith("environment "):
+            return ConfigError(origin.removeprefix("environment "), error.value, error.reason)
+        return error
 
     def __repr__(self) -> str:
+        state = redact_url(str(self.state["url"])) if self.state.get("url") else "memory"
         return (f"Settings(providers={sorted(self.providers)!r}, "
-                f"log_format={self.log_format!r}, log_level={self.log_level!r})")
+                f"log_format={self.log_format!r}, log_level={self.log_level!r}, "
+                f"state={state!r})")
 
     def provider(self, kind: str) -> Mapping[str, Any] | None:
         return self.providers.get(kind)
@@ -125,19 +146,44 @@ class Settings:
         logging_section = data.get("logging", {})
         log_format = env.get(f"{ENV_PREFIX}LOG_FORMAT", logging_section.get("format", "console"))
         log_level = env.get(f"{ENV_PREFIX}LOG_LEVEL", logging_section.get("level", "info"))
+        state: dict[str, Any] = dict(data.get("state", {}))
+        sources.update({f"state.{key}": f"file {file_path} [state]" for key in state})
         for name, raw in env.items():
             if not name.startswith(ENV_PREFIX) or "__" not in name:
                 continue
             kind, _, key = name[len(ENV_PREFIX):].lower().partition("__")
+            if kind == "state":  # RAG_LLM_STATE__URL: the [state] table, not a provider
+                if key not in STATE_KEYS:
+                    guess = closest(key, STATE_KEYS)
+                    raise ConfigError(name, ConfigError.UNSHOWN, "is not a known setting"
+                                      + (f"; did you mean {ENV_PREFIX}STATE__{guess.upper()}?"
+                                         if guess else ""))
+                state[key] = float(raw) if key == "timeout" and _is_number(raw) else raw
+                sources[f"state.{key}"] = f"environment {name}"
+                continue
             providers.setdefault(kind, {})[key] = _coerce_env(name, key, raw)
             sources[f"providers.{kind}.{key}"] = f"environment {name}"
+        if state.get("url"):
+            for kind, values in providers.items():
+                # In-process models call no API: they share no limits.
+                if "state" not in values and values.get("type") != "local":
+                    values["state"] = dict(state)
+                    sources[f"providers.{kind}.state"] = sources.get("state.url", "code")
         openai_key = env.get("OPENAI_API_KEY")
         for kind, values in providers.items():
             if openai_key and values.get("type") == "openai" and not values.get("api_key"):
                 values["api_key"] = Secret(openai_key)
                 sources[f"providers.{kind}.api_key"] = "environment OPENAI_API_KEY"
         return cls(providers=providers, log_format=log_format, log_level=log_level,
-                   sources=sources)
+                   sources=sources, state=state)
+
+
+def _is_number(raw: str) -> bool:
+    try:
+        float(raw)
+    except ValueError:
+        return False
+    return True
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -165,7 +211,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 # The file's top-level tables: providers, logging, and the RAG service's own.
-_TABLES: Final = ("providers", "logging", "rag")
+_TABLES: Final = ("providers", "logging", "rag", "state")
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -178,6 +224,10 @@ def _read_file(path: Path) -> dict[str, Any]:
                               f"is not a known table of {path}; {hint}")
     if not isinstance(data.get("providers", {}), dict):
         raise ConfigError("config_file", str(path), "must hold a 'providers' table")
+    state_section = data.get("state", {})
+    if not isinstance(state_section, dict):
+        raise ConfigError("state", type(state_section).__name__, "must be a table")
+    refuse_unknown(state_section, STATE_KEYS, table="state")
     logging_section = data.get("logging", {})
     if not isinstance(logging_section, dict):
         raise ConfigError("logging", type(logging_section).__name__, "must be a table")

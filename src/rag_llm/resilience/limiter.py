@@ -87,22 +87,48 @@ class TokenBucket:
 class RateLimits:
     """Requests and tokens per minute one endpoint accepts (None: no limit).
 
-    Each bucket holds ``burst_seconds`` worth of its rate.
+    Each bucket holds ``burst_seconds`` worth of its rate, unless ``burst`` (requests) or
+    ``token_burst`` (tokens) says how much it holds: the most admitted at once.
 
-    >>> RateLimits(requests_per_minute=500, tokens_per_minute=200_000).burst_seconds
-    60.0
+    >>> RateLimits(requests_per_minute=500, tokens_per_minute=200_000).capacity("requests")
+    500.0
     """
 
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
     burst_seconds: float = DEFAULT_BURST_SECONDS
+    burst: float | None = None
+    token_burst: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("requests_per_minute", "tokens_per_minute"):
+        for name in ("requests_per_minute", "tokens_per_minute", "burst", "token_burst"):
             value = getattr(self, name)
             if value is not None:
                 check_number(name, value, minimum=0, exclusive=True)
         check_number("burst_seconds", self.burst_seconds, minimum=0, exclusive=True)
+
+    def per_second(self, what: str) -> float | None:
+        """The rate of ``"requests"`` or ``"tokens"`` a second, None without that limit."""
+        per_minute = self.requests_per_minute if what == "requests" else self.tokens_per_minute
+        return None if per_minute is None else per_minute / 60.0
+
+    def capacity(self, what: str) -> float | None:
+        """The burst of ``"requests"`` or ``"tokens"``: what may go at once."""
+        rate = self.per_second(what)
+        if rate is None:
+            return None
+        burst = self.burst if what == "requests" else self.token_burst
+        return float(burst) if burst is not None else rate * self.burst_seconds
+
+    def divided(self, instances: int) -> RateLimits:
+        """These limits shared by ``instances`` processes: each one's part."""
+        if instances == 1:
+            return self
+        part = [None if v is None else v / instances for v in (
+            self.requests_per_minute, self.tokens_per_minute)]
+        return RateLimits(part[0], part[1], self.burst_seconds,
+                          None if self.burst is None else max(self.burst / instances, 1.0),
+                          None if self.token_burst is None else self.token_burst / instances)
 
 
 class RateLimiter:
@@ -119,14 +145,14 @@ class RateLimiter:
         self.limits = limits
         self._clock = clock
         self._lock = threading.Lock()
-        self._requests = self._bucket(limits.requests_per_minute)
-        self._tokens = self._bucket(limits.tokens_per_minute)
+        self._requests = self._bucket("requests")
+        self._tokens = self._bucket("tokens")
 
-    def _bucket(self, per_minute: float | None) -> TokenBucket | None:
-        if per_minute is None:
+    def _bucket(self, what: str) -> TokenBucket | None:
+        rate, capacity = self.limits.per_second(what), self.limits.capacity(what)
+        if rate is None or capacity is None:
             return None
-        rate = per_minute / 60.0
-        return TokenBucket(rate, rate * self.limits.burst_seconds, clock=self._clock)
+        return TokenBucket(rate, capacity, clock=self._clock)
 
     def acquire(self, cost: float = 0.0) -> float | None:
         check_number("cost", cost, minimum=0)

@@ -57,8 +57,8 @@ class UpstreamServer:
         # model server; settable while running.
         self.capacity: int | None = None
         self._in_flight = 0
-        # The most requests the server has held at once (read from the test thread).
-        self.max_in_flight = 0
+        # The most requests in flight at once since start (or reset()).
+        self._max_in_flight = 0
         self._stats = Stats()
         self._faults = FaultQueue()
         self._ca: trustme.CA | None = None
@@ -76,7 +76,7 @@ class UpstreamServer:
     def admit(self) -> bool:
         """Count a request in flight; False if it is over ``capacity`` (server thread only)."""
         self._in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        self._max_in_flight = max(self._max_in_flight, self._in_flight)
         return self.capacity is None or self._in_flight <= self.capacity
 
     def leave(self) -> None:
@@ -193,6 +193,16 @@ class UpstreamServer:
         return self._stats.read("connections_closed_by_server")
 
     @property
+    def in_flight(self) -> int:
+        """Requests read and not yet answered, right now."""
+        return self._in_flight
+
+    @property
+    def max_in_flight(self) -> int:
+        """The peak of requests in flight at once (faults' delays included)."""
+        return self._max_in_flight
+
+    @property
     def requests_served(self) -> int:
         """Responses written in full (faults that drop the response are not counted)."""
         return self._stats.read("requests_served")
@@ -210,6 +220,7 @@ class UpstreamServer:
     def reset(self) -> None:
         """Zero the counters and forget recorded requests; queued faults stay."""
         self._stats.reset()
+        self._max_in_flight = self._in_flight
 
     def add_fault(self, fault: Fault) -> None:
         """Queue ``fault``; the first queued fault matching a request is applied."""

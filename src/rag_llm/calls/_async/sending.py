@@ -11,12 +11,14 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, TypeVar
 
+from rag_llm.calls._async.leases import leased
 from rag_llm.calls.streams import OpenStream
 from rag_llm.calls.timers import AsyncTimer
 from rag_llm.errors import ReadTimeoutError, TransportError
 
 if TYPE_CHECKING:
     from rag_llm.adapters import APIAdapter
+    from rag_llm.calls.admission import Admission
     from rag_llm.calls.attempts import Attempt
     from rag_llm.calls.record import CallRecord
     from rag_llm.calls.router import Router
@@ -36,15 +38,27 @@ async def send(router: Router, call: CallRecord, build: Callable[[APIAdapter], R
             upstream = attempt.upstream
             transport = await upstream.pool.async_transport()  # before the deadline's cap
             request = attempt.capped(build(upstream.api))
-            if upstream.admission is None:
+            async with contextlib.AsyncExitStack() as gates:
+                admission = await _gates(attempt, request, gates)
                 response = await transport.send(request)
                 call.status = response.status
-            else:
-                async with upstream.admission.admitted(request) as admission:
-                    response = await transport.send(request)
-                    call.status = admission.status = response.status
+                if admission is not None:
+                    admission.status = response.status
             return parse(upstream.api, request, response)
     raise AssertionError("attempts end by return or raise")
+
+
+async def _gates(attempt: Attempt, request: Request,
+                 stack: contextlib.AsyncExitStack) -> Admission | None:
+    """Pass the endpoint's gates into ``stack``: a lease of ``global_max_in_flight``, then
+    the adaptive limit, whose admission (if any) hears the answer's status."""
+    upstream = attempt.upstream
+    if upstream.in_flight is not None:
+        await stack.enter_async_context(
+            leased(upstream.in_flight, request, attempt.call.remaining()))
+    if upstream.admission is None:
+        return None
+    return await stack.enter_async_context(upstream.admission.admitted(request))
 
 
 async def stream(router: Router, call: CallRecord, build: Callable[[APIAdapter], Request],
@@ -94,8 +108,7 @@ async def _open(attempt: Attempt, build: Callable[[APIAdapter], Request], call: 
     request = attempt.capped(build(api))
     first_token = AsyncTimer(timeouts.first_token)
     async with contextlib.AsyncExitStack() as stack:
-        admission = None if attempt.upstream.admission is None else \
-            await stack.enter_async_context(attempt.upstream.admission.admitted(request))
+        admission = await _gates(attempt, request, stack)
         try:
             async with first_token:
                 response = await stack.enter_async_context(transport.stream(request))

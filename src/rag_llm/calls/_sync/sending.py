@@ -13,12 +13,14 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
+from rag_llm.calls._sync.leases import leased
 from rag_llm.calls.streams import OpenStream
 from rag_llm.calls.timers import Timer
 from rag_llm.errors import ReadTimeoutError, TransportError
 
 if TYPE_CHECKING:
     from rag_llm.adapters import APIAdapter
+    from rag_llm.calls.admission import Admission
     from rag_llm.calls.attempts import Attempt
     from rag_llm.calls.record import CallRecord
     from rag_llm.calls.router import Router
@@ -38,15 +40,27 @@ def send(router: Router, call: CallRecord, build: Callable[[APIAdapter], Request
             upstream = attempt.upstream
             transport = upstream.pool.sync_transport()  # before the deadline's cap
             request = attempt.capped(build(upstream.api))
-            if upstream.admission is None:
+            with contextlib.ExitStack() as gates:
+                admission = _gates(attempt, request, gates)
                 response = transport.send(request)
                 call.status = response.status
-            else:
-                with upstream.admission.admitted_sync(request) as admission:
-                    response = transport.send(request)
-                    call.status = admission.status = response.status
+                if admission is not None:
+                    admission.status = response.status
             return parse(upstream.api, request, response)
     raise AssertionError("attempts end by return or raise")
+
+
+def _gates(attempt: Attempt, request: Request,
+           stack: contextlib.ExitStack) -> Admission | None:
+    """Pass the endpoint's gates into ``stack``: a lease of ``global_max_in_flight``, then
+    the adaptive limit, whose admission (if any) hears the answer's status."""
+    upstream = attempt.upstream
+    if upstream.in_flight is not None:
+        stack.enter_context(
+leased(upstream.in_flight, request, attempt.call.remaining()))
+    if upstream.admission is None:
+        return None
+    return stack.enter_context(upstream.admission.admitted_sync(request))
 
 
 def stream(router: Router, call: CallRecord, build: Callable[[APIAdapter], Request],
@@ -96,8 +110,7 @@ def _open(attempt: Attempt, build: Callable[[APIAdapter], Request], call: CallRe
     request = attempt.capped(build(api))
     first_token = Timer(timeouts.first_token)
     with contextlib.ExitStack() as stack:
-        admission = None if attempt.upstream.admission is None else \
-            stack.enter_context(attempt.upstream.admission.admitted_sync(request))
+        admission = _gates(attempt, request, stack)
         try:
             with first_token:
                 response = stack.enter_context(transport.stream(request))

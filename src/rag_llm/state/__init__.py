@@ -1,0 +1,13 @@
+"""State shared by many processes: limits held in a Redis instead of in the process.
+
+:class:`StateBackend` runs the Lua scripts (in-flight leases in a sorted set, GCRA rate
+limits) with redis-py's sync and asyncio clients. It imports only config, errors,
+validation and observability; the call layer (:mod:`rag_llm.calls.shared`) composes it
+with the local limits that stand in while Redis is away.
+"""
+
+from __future__ import annotations
+
+from rag_llm.state._backend import DEFAULT_COOLDOWN, StateBackend
+
+__all__ = ["DEFAULT_COOLDOWN", "StateBackend"]

@@ -1,0 +1,320 @@
+"""``StateBackend``: one provider's connection to the Redis that holds its shared limits.
+
+It owns a small sync client (for sync calls and the lease renewer thread) and one asyncio
+client per event loop (async calls never block their loop on Redis), both with
+``socket_timeout`` set to the state timeout and no retries: past the timeout, the caller's
+fallback policy decides. Every failure is an :class:`~rag_llm.errors.StateUnavailableError`
+that names the URL without its password; the backend then rests for a short cool-down,
+during which ``usable()`` is false, and one caller at a time probes it afterwards. Each
+transition is logged once: ``state_backend_unavailable``, ``state_backend_recovered``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import weakref
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any, Final
+
+from rag_llm.config import StateConfig
+from rag_llm.errors import StateUnavailableError
+from rag_llm.observability.events import get_logger
+from rag_llm.state._scripts import GCRA, LEASE_ACQUIRE, LEASE_RENEW
+
+if TYPE_CHECKING:
+    import redis
+    import redis.asyncio
+
+__all__ = ["DEFAULT_COOLDOWN", "StateBackend"]
+
+_log = get_logger("rag_llm.state")
+# After a failure the backend is left alone this long before one caller tries it again.
+DEFAULT_COOLDOWN: Final = 1.0
+# Connections per client: commands are short, and waiting for one counts as the timeout.
+_MAX_CONNECTIONS: Final = 16
+# A refused caller's hold on the tokens limit outlives its wait by this much.
+_HOLD_GRACE: Final = 1.0
+
+
+class _Scripts:
+    """The registered scripts of one client (EVALSHA, loading them again after NOSCRIPT)."""
+
+    __slots__ = ("gcra", "lease_acquire", "lease_renew")
+
+    def __init__(self, client: Any) -> None:
+        self.lease_acquire = client.register_script(LEASE_ACQUIRE)
+        self.lease_renew = client.register_script(LEASE_RENEW)
+        self.gcra = client.register_script(GCRA)
+
+
+class StateBackend:
+    """Shared limits of one provider in Redis: in-flight leases and GCRA rate limits."""
+
+    def __init__(self, config: StateConfig, *, provider: str, lease_ttl: float = 30.0,
+                 cooldown: float = DEFAULT_COOLDOWN) -> None:
+        try:
+            import redis  # noqa: F401 - the optional dependency, checked when configured
+        except ImportError:
+            from rag_llm.errors import ConfigError
+
+            raise ConfigError("state", config.shown_url,
+                              "needs redis-py: pip install 'rag-llm[redis]'") from None
+        self.config = config
+        self.provider = provider
+        self.lease_ttl = lease_ttl
+        self._ttl_ms = max(int(lease_ttl * 1000), 1)
+        self._cooldown = cooldown
+        self._lock = threading.Lock()
+        self._sync: tuple[redis.Redis, _Scripts] | None = None
+        self._async: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[redis.asyncio.Redis, _Scripts]] = (
+            weakref.WeakKeyDictionary())
+        self._down = False
+        self._retry_at = 0.0
+        self._closed = False
+        # Leases held by this process, renewed by one thread while there are any.
+        self._held: dict[str, set[str]] = defaultdict(set)
+        self._renewer: threading.Thread | None = None
+        self._wake = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"<StateBackend {self.config.shown_url} prefix={self.config.prefix!r}>"
+
+    def key(self, endpoint: str, what: str) -> str:
+        """``{prefix}:{<provider>/<endpoint>}:<what>``: one endpoint's keys share a slot."""
+        return f"{self.config.prefix}:{{{self.provider}/{endpoint}}}:{what}"
+
+    # -- health ----------------------------------------------------------------------
+
+    def usable(self) -> bool:
+        """Whether to ask Redis now: true unless it failed within the cool-down. After the
+        cool-down, one caller is let through to probe it and the rest stay local."""
+        if not self._down:
+            return True
+        with self._lock:
+            now = time.monotonic()
+            if not self._down or now >= self._retry_at:
+                self._retry_at = now + self._cooldown
+                return True
+            return False
+
+    @property
+    def available(self) -> bool:
+        return not self._down
+
+    def unavailable(self, detail: str = "failed recently; resting") -> StateUnavailableError:
+        return StateUnavailableError(self.config.shown_url, detail, provider=self.provider)
+
+    def _failed(self, exc: BaseException) -> StateUnavailableError:
+        detail = f"{type(exc).__name__}: {exc}"
+        password = _password(self.config.url)
+        if password:
+            detail = detail.replace(password, "**********")
+        with self._lock:
+            was_down = self._down
+            self._down = True
+            self._retry_at = time.monotonic() + self._cooldown
+        if not was_down:
+            _log.warning("state_backend_unavailable", provider=self.provider,
+                         url=self.config.shown_url, error=detail,
+                         retry_in=self._cooldown)
+        return self.unavailable(detail)
+
+    def _succeeded(self) -> None:
+        if not self._down:
+            return
+        with self._lock:
+            was_down = self._down
+            self._down = False
+        if was_down:
+            _log.info("state_backend_recovered", provider=self.provider,
+                      url=self.config.shown_url)
+
+    # -- clients ---------------------------------------------------------------------
+
+    def _options(self) -> dict[str, Any]:
+        timeout = self.config.timeout
+        return {"socket_timeout": timeout, "socket_connect_timeout": timeout,
+                "max_connections": _MAX_CONNECTIONS, "timeout": timeout,
+                "health_check_interval": 0}
+
+    def _sync_client(self) -> tuple[redis.Redis, _Scripts]:
+        client = self._sync
+        if client is None:
+            import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            with self._lock:
+                if self._closed:
+                    raise self.unavailable("closed")
+                if self._sync is None:
+                    pool = redis.BlockingConnectionPool.from_url(self.config.url,
+                                                                 **self._options())
+                    made = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+                    self._sync = (made, _Scripts(made))
+                client = self._sync
+        return client
+
+    def _async_client(self) -> tuple[redis.asyncio.Redis, _Scripts]:
+        loop = asyncio.get_running_loop()
+        client = self._async.get(loop)
+        if client is None:
+            import redis.asyncio
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            if self._closed:
+                raise self.unavailable("closed")
+            pool = redis.asyncio.BlockingConnectionPool.from_url(self.config.url,
+                                                                 **self._options())
+            made = redis.asyncio.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+            client = self._async[loop] = (made, _Scripts(made))
+        return client
+
+    def _run(self, step: Any) -> Any:
+        """``step(client, scripts)`` on the sync client; failures become StateUnavailableError."""
+        from redis.exceptions import RedisError
+
+        try:
+            result = step(*self._sync_client())
+        except (RedisError, OSError) as exc:
+            raise self._failed(exc) from None
+        self._succeeded()
+        return result
+
+    async def _arun(self, step: Any) -> Any:
+        from redis.exceptions import RedisError
+
+        try:
+            result = await step(*self._async_client())
+        except (RedisError, OSError) as exc:
+            raise self._failed(exc) from None
+        self._succeeded()
+        return result
+
+    # -- leases ----------------------------------------------------------------------
+
+    def acquire_lease(self, key: str, cap: int, member: str) -> bool:
+        """Take a lease on one of ``cap`` slots under ``key``; False when all are held."""
+        args = [cap, self._ttl_ms, member]
+        return bool(self._run(lambda _c, s: s.lease_acquire(keys=[key], args=args)))
+
+    async def aacquire_lease(self, key: str, cap: int, member: str) -> bool:
+        args = [cap, self._ttl_ms, member]
+        return bool(await self._arun(lambda _c, s: s.lease_acquire(keys=[key], args=args)))
+
+    def release_lease(self, key: str, member: str) -> None:
+        self._run(lambda c, _s: c.zrem(key, member))
+
+    async def arelease_lease(self, key: str, member: str) -> None:
+        await self._arun(lambda c, _s: c.zrem(key, member))
+
+    def hold(self, key: str, member: str) -> None:
+        """Renew ``member`` every ``lease_ttl / 3`` until :meth:`drop`."""
+        with self._lock:
+            self._held[key].add(member)
+            if self._renewer is None and not self._closed:
+                self._renewer = threading.Thread(target=self._renew_loop, daemon=True,
+                                                 name=f"rag-llm-leases-{self.provider}")
+                self._renewer.start()
+
+    def drop(self, key: str, member: str) -> None:
+        with self._lock:
+            members = self._held.get(key)
+            if members is not None:
+                members.discard(member)
+                if not members:
+                    del self._held[key]
+
+    def held(self) -> int:
+        with self._lock:
+            return sum(len(m) for m in self._held.values())
+
+    def _renew_loop(self) -> None:
+        """One thread per backend renews every lease the process holds, then exits when
+        none is left (the next lease starts it again)."""
+        while not self._wake.wait(self.lease_ttl / 3):
+            with self._lock:
+                work = {key: sorted(members) for key, members in self._held.items()}
+                if not work or self._closed:
+                    self._renewer = None
+                    return
+            for key, members in work.items():
+                args = [self._ttl_ms, *members]
+                try:
+                    self._run(lambda _c, s, k=key, a=args: s.lease_renew(keys=[k], args=a))
+                except StateUnavailableError:
+                    break  # they lapse if Redis stays away; the fallback takes over
+        with self._lock:
+            self._renewer = None
+
+    # -- rate limits -----------------------------------------------------------------
+
+    def gcra(self, keys: tuple[str, str], limits: tuple[float, float, float, float],
+             cost: float, ticket: str) -> float | None:
+        """GCRA on the requests and tokens keys: None if admitted, else the seconds to wait.
+
+        ``limits``: requests' interval and tolerance, tokens' interval and tolerance
+        (interval 0: no such limit).
+        """
+        args = [ticket, *(_num(v) for v in limits), _num(cost), _num(_HOLD_GRACE)]
+        reply = self._run(lambda _c, s: s.gcra(keys=list(keys), args=args))
+        return _wait_of(reply)
+
+    async def agcra(self, keys: tuple[str, str], limits: tuple[float, float, float, float],
+                    cost: float, ticket: str) -> float | None:
+        args = [ticket, *(_num(v) for v in limits), _num(cost), _num(_HOLD_GRACE)]
+        reply = await self._arun(lambda _c, s: s.gcra(keys=list(keys), args=args))
+        return _wait_of(reply)
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._run(lambda c, _s: c.ping()))
+        except StateUnavailableError:
+            return False
+
+    # -- shutdown ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop renewing and close the sync client; async clients close in :meth:`aclose`."""
+        with self._lock:
+            self._closed = True
+            renewer, self._renewer = self._renewer, None
+            client, self._sync = self._sync, None
+        self._wake.set()
+        if renewer is not None and renewer is not threading.current_thread():
+            renewer.join(self.config.timeout * 4 + 1.0)
+        if client is not None:
+            client[0].close()
+            client[0].connection_pool.disconnect()
+
+    async def aclose(self) -> None:
+        """Close this loop's async client, then everything :meth:`close` closes."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        client = self._async.pop(loop) if loop is not None and loop in self._async else None
+        self._closed = True
+        if client is not None:
+            await client[0].aclose()
+            await client[0].connection_pool.disconnect()
+        await asyncio.to_thread(self.close)
+
+
+def _num(value: float) -> str:
+    return f"{value:.9f}"
+
+
+def _wait_of(reply: Any) -> float | None:
+    admitted, wait = (item.decode() if isinstance(item, bytes) else str(item) for item in reply)
+    return None if admitted == "1" else max(float(wait), 0.0)
+
+
+def _password(url: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).password
