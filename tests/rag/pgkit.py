@@ -112,3 +112,69 @@ class PgServer:
                             "-m", "immediate", "-w", "stop"], capture_output=True,
                            user=self.run_as, timeout=60, check=False)
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+# --- Writer processes: ingestion with a deterministic in-process embedder -----------------
+
+DIMS = 32
+
+
+class HashEmbedder:
+    """Deterministic vectors from each text's hash: cheap enough for many processes."""
+
+    name = "hash"
+    model = "hash-32"
+
+    def embed(self, texts: Any) -> list[list[float]]:
+        import hashlib
+
+        import numpy as np
+
+        items = [texts] if isinstance(texts, str) else list(texts)
+        rows = []
+        for text in items:
+            seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+            rows.append(np.random.default_rng(seed).standard_normal(DIMS).tolist())
+        return rows
+
+    async def aembed(self, texts: Any) -> list[list[float]]:
+        return self.embed(texts)
+
+    async def aclose(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def corpus_text(number: int, marker: str = "base") -> str:
+    """Document ``number``: a few dozen paragraphs; ``marker`` (four letters or digits)
+    changes the content but never the chunking."""
+    return "\n\n".join(f"Document {number} version {marker} paragraph {p}: "
+                       + " ".join(f"word{number}x{p}x{w}" for w in range(40 + number % 7))
+                       for p in range(30 + number % 11))
+
+
+def ingestor(store: Any) -> Any:
+    from rag_llm.rag import Chunker, Ingestor, approximate_tokens
+
+    return Ingestor(store, HashEmbedder(), Chunker(64, 8, approximate_tokens),
+                    embedding_model="hash/hash-32", batch_size=32, concurrency=2,
+                    max_bytes=1 << 24)
+
+
+def ingest_worker(url: str, numbers: list[int], rounds: int = 1, start: Any = None) -> None:
+    """Ingest documents ``numbers`` into the store at ``url``, ``rounds`` times over, each
+    round with new content (so every document is replaced); after ``start`` is set, if given
+    (a multiprocessing barrier, so that the writers really overlap)."""
+    import asyncio
+
+    from rag_llm.rag.pg_store import PostgresStore
+
+    with PostgresStore(url, pool_max_size=2) as store:
+        run = ingestor(store)
+        if start is not None:
+            start.wait(60)
+        for round_ in range(rounds):
+            files = [(f"doc{n}.txt", corpus_text(n, f"{round_:04d}").encode()) for n in numbers]
+            asyncio.run(run.ingest_files(files))
