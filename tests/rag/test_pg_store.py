@@ -198,3 +198,20 @@ async def test_two_services_on_one_database_see_each_others_writes_at_once(
             assert await second.retrieve("anemones in tide pools") == ()
     finally:
         await locator.cleanup()
+
+
+def test_the_hnsw_index_is_built_by_the_write_that_makes_the_table_large(pg_url: str) -> None:
+    def indexed(store: PostgresStore) -> bool:
+        with store._pool.connection() as conn:
+            row = conn.execute("SELECT to_regclass('chunks_embedding_hnsw')").fetchone()
+        return row is not None and row[0] is not None
+
+    rows = [[1.0, float(i)] for i in range(30)]
+    with PostgresStore(pg_url, exact_below=50) as store:
+        store.replace_document(document("a"), [f"a{i}" for i in range(30)], [1] * 30, rows,
+                               MODEL)
+        assert not indexed(store)  # 30 chunks: searched exactly, no index to maintain
+        store.replace_document(document("b"), [f"b{i}" for i in range(30)], [1] * 30, rows,
+                               MODEL)
+        assert indexed(store)
+        assert len(store.search([1.0, 3.0], k=60)) == 60
