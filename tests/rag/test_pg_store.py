@@ -215,3 +215,30 @@ def test_the_hnsw_index_is_built_by_the_write_that_makes_the_table_large(pg_url:
                                MODEL)
         assert indexed(store)
         assert len(store.search([1.0, 3.0], k=60)) == 60
+
+
+def test_writers_crossing_the_index_threshold_together_all_succeed(pg_url: str) -> None:
+    with PostgresStore(pg_url, exact_below=100, pool_max_size=8) as store:
+        store.replace_document(document("seed"), ["s"], [1], [[1.0, 0.0]], MODEL)
+        start = threading.Barrier(8)
+        errors: list[BaseException] = []
+
+        def write(n: int) -> None:
+            try:
+                start.wait()
+                store.replace_document(document(f"w{n}"), [f"w{n} c{i}" for i in range(40)],
+                                       [1] * 40, [[1.0, float(i)] for i in range(40)], MODEL)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert store.chunk_count() == 321
+        with store._pool.connection() as conn:
+            row = conn.execute("SELECT to_regclass('chunks_embedding_hnsw')").fetchone()
+        assert row is not None
+        assert row[0] is not None

@@ -323,9 +323,13 @@ class PostgresStore:
         if (present and present[0]) or self._smaller_than(conn, self.exact_below,
                                                           estimate=False):
             return
-        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_NAMESPACE, _INDEX_LOCK))
-        conn.execute(f"CREATE INDEX IF NOT EXISTS {_INDEX} ON chunks USING hnsw "
-                     "(embedding vector_cosine_ops)".encode())
+        # One builder; the others go on (waiting here, holding their own inserts, would
+        # deadlock with the builder, who waits for those inserts to commit).
+        locked = conn.execute("SELECT pg_try_advisory_xact_lock(%s, %s)",
+                              (_LOCK_NAMESPACE, _INDEX_LOCK)).fetchone()
+        if locked and locked[0]:
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {_INDEX} ON chunks USING hnsw "
+                         "(embedding vector_cosine_ops)".encode())
 
     def delete_document(self, document_id: str) -> bool:
         self._check_open()
