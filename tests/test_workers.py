@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from rag_llm.cli import _shared_state
+from rag_llm.config import Settings
+from rag_llm.locator import ServiceLocator
 from rag_llm.metrics import render_families
+from rag_llm.rag import resolve_settings
 from rag_llm.workers import merge_families
 
 
@@ -54,14 +57,16 @@ def test_histograms_add_up_bucket_by_bucket() -> None:
     ("", "redis://127.0.0.1:6379/0", True),
 ])
 def test_shared_state_is_a_state_url_in_the_file_or_the_environment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table: str, variable: str | None,
-    shared: bool,
+    tmp_path: Path, table: str, variable: str | None, shared: bool,
 ) -> None:
     config = tmp_path / "rag-llm.toml"
-    config.write_text(table + '[providers.embedding]\ntype = "openai"\nmodel = "m"\n')
-    monkeypatch.delenv("RAG_LLM_CONFIG", raising=False)
-    if variable is None:
-        monkeypatch.delenv("RAG_LLM_STATE__URL", raising=False)
-    else:
-        monkeypatch.setenv("RAG_LLM_STATE__URL", variable)
-    assert _shared_state(argparse.Namespace(config=str(config))) is shared
+    config.write_text(table + '[providers.embedding]\ntype = "openai"\nmodel = "m"\n'
+                              'base_url = "http://127.0.0.1:9/v1"\n')
+    environ = {} if variable is None else {"RAG_LLM_STATE__URL": variable}
+    # As the CLI builds them: the service's defaults filled in, [state] kept for them too.
+    locator = ServiceLocator(resolve_settings(Settings.load(config, environ=environ), environ))
+    try:
+        locator.build_all()
+        assert _shared_state(locator) is shared
+    finally:
+        asyncio.run(locator.cleanup())

@@ -193,15 +193,11 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shared_state(args: argparse.Namespace) -> bool:
-    """Whether a shared state store (``[state] url`` or ``$RAG_LLM_STATE__URL``) is set."""
-    from rag_llm.config import ENV_PREFIX, read_config_file
-
-    if os.environ.get(f"{ENV_PREFIX}STATE__URL"):
-        return True
-    path = args.config or os.environ.get(f"{ENV_PREFIX}CONFIG")
-    state = read_config_file(Path(path)).get("state", {}) if path else {}
-    return isinstance(state, dict) and bool(state.get("url"))
+def _shared_state(locator: ServiceLocator) -> bool:
+    """Whether the providers share their limits through a state store (``[state] url``,
+    ``$RAG_LLM_STATE__URL`` or a provider's own ``state``)."""
+    return any(getattr(getattr(provider, "config", None), "state", None) is not None
+               for provider in locator.providers().values())
 
 
 def _serve_workers(args: argparse.Namespace, locator: ServiceLocator) -> int:
@@ -216,7 +212,7 @@ def _serve_workers(args: argparse.Namespace, locator: ServiceLocator) -> int:
     limits = [f"max_connections={provider.max_connections} ({kind})"
               for kind, provider in locator.providers().items()
               if isinstance(getattr(provider, "max_connections", None), int)]
-    if limits and not _shared_state(args):
+    if limits and not _shared_state(locator):
         get_logger().warning(
             "limits_per_worker", workers=args.workers,
             message=f"limits hold per worker: {args.workers} workers each allow "

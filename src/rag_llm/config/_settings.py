@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -103,6 +103,14 @@ class Settings:
     def provider(self, kind: str) -> Mapping[str, Any] | None:
         return self.providers.get(kind)
 
+    def with_providers(self, providers: Mapping[str, Mapping[str, Any]],
+                       sources: Mapping[str, str]) -> Settings:
+        """A copy with ``providers`` instead, the ``[state]`` table applied to them too."""
+        tables = {kind: dict(values) for kind, values in providers.items()}
+        known = dict(sources)
+        _share_state(tables, self.state, known)
+        return replace(self, providers=tables, sources=known)
+
     def source(self, kind: str, key: str) -> str:
         """Where ``key`` of the ``kind`` provider came from: a file, a variable, or code."""
         if key not in self.providers.get(kind, {}):
@@ -163,12 +171,7 @@ class Settings:
                 continue
             providers.setdefault(kind, {})[key] = _coerce_env(name, key, raw)
             sources[f"providers.{kind}.{key}"] = f"environment {name}"
-        if state.get("url"):
-            for kind, values in providers.items():
-                # In-process models call no API: they share no limits.
-                if "state" not in values and values.get("type") != "local":
-                    values["state"] = dict(state)
-                    sources[f"providers.{kind}.state"] = sources.get("state.url", "code")
+        _share_state(providers, state, sources)
         openai_key = env.get("OPENAI_API_KEY")
         for kind, values in providers.items():
             if openai_key and values.get("type") == "openai" and not values.get("api_key"):
@@ -184,6 +187,18 @@ def _is_number(raw: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _share_state(providers: dict[str, dict[str, Any]], state: Mapping[str, Any],
+                 sources: dict[str, str]) -> None:
+    """Give ``state`` (the ``[state]`` table) to every API provider that names none."""
+    if not state.get("url"):
+        return
+    for kind, values in providers.items():
+        # In-process models call no API: they share no limits.
+        if "state" not in values and values.get("type") != "local":
+            values["state"] = dict(state)
+            sources[f"providers.{kind}.state"] = sources.get("state.url", "code")
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

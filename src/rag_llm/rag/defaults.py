@@ -80,9 +80,7 @@ def resolve_settings(settings: Settings, environ: Mapping[str, str] | None = Non
             providers[kind] = dict(_LOCAL_EMBEDDING)
         else:
             providers.pop(kind, None)
-    return Settings(providers=providers, log_format=settings.log_format,
-                    log_level=settings.log_level,
-                    sources=_sources(settings, providers, env))
+    return settings.with_providers(providers, _sources(settings, providers, env))
 
 
 # Filled-in values that come from these variables; every other one is a default.
