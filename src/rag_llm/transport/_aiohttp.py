@@ -43,6 +43,7 @@ from rag_llm.transport._shared import (
     pool_deadline,
 )
 from rag_llm.transport._tls import ssl_context
+from rag_llm.transport._translate import ErrorTranslator
 
 __all__ = ["AiohttpBackend", "AiohttpTransport"]
 
@@ -285,23 +286,20 @@ class _Stream:
         self.headers: Mapping[str, str] = response.headers
 
     async def aiter_lines(self) -> AsyncIterator[str]:
-        try:
+        with self._translate.around(self._request):
             async for raw in self._response.content:
                 yield raw.decode("utf-8").rstrip("\r\n")
-        except aiohttp.ClientError as exc:
-            raise self._translate(exc, self._request) from exc
-        except TimeoutError as exc:
-            raise self._translate(exc, self._request) from exc
 
     async def aread(self) -> bytes:
-        try:
+        with self._translate.around(self._request):
             return await self._response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise self._translate(exc, self._request) from exc
 
 
-class _Translator:
+class _Translator(ErrorTranslator):
     """Maps aiohttp exceptions to rag-llm's, naming provider and endpoint."""
+
+    # aiohttp's socket read timeouts are TimeoutErrors.
+    catches = (aiohttp.ClientError, TimeoutError)
 
     def __init__(self, settings: TransportSettings) -> None:
         self.settings = settings
@@ -413,7 +411,7 @@ class AiohttpTransport:
                     self._stats.request_resent()
                     continue
                 raise self._translate(exc, request) from exc
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except self._translate.catches as exc:
                 raise self._translate(exc, request) from exc
             except ConnectionWaitTimeout:
                 raise pool_timeout_error(self._settings, request) from None
@@ -435,9 +433,8 @@ class AiohttpTransport:
         try:
             response = await self._open(request, deadline)
             try:
-                content = await response.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise self._translate(exc, request) from exc
+                with self._translate.around(request):
+                    content = await response.read()
             finally:
                 response.release()
             return Response(response.status, response.headers, content)

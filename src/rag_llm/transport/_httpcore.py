@@ -16,6 +16,7 @@ from rag_llm import errors
 from rag_llm.observability.stats import ClientStats
 from rag_llm.transport import ConnectionCounts, Request, TransportSettings, pool_timeout_error
 from rag_llm.transport._shared import EndpointLimits
+from rag_llm.transport._translate import ErrorTranslator
 
 __all__ = ["AsyncStream", "ConnectionTrace", "SyncStream", "Translator", "apply_expiry",
            "connection_counts", "keep_alive_header", "own_limits", "take_expired", "take_idle",
@@ -64,7 +65,7 @@ class ConnectionTrace:
         return self.reused and not self.answered
 
 
-class Translator:
+class Translator(ErrorTranslator):
     """Maps httpx exceptions to rag-llm's, naming provider, endpoint and the limit to change."""
 
     def __init__(self, module: ModuleType, settings: TransportSettings) -> None:
@@ -77,6 +78,7 @@ class Translator:
             module.WriteError,
         )
         self.all: type[BaseException] = module.TransportError
+        self.catches = (self.all,)
 
     def __call__(self, exc: BaseException, request: Request) -> errors.RagLLMError:
         m, s = self.module, self.settings
@@ -199,17 +201,13 @@ class AsyncStream:
         self.headers: Mapping[str, str] = response.headers
 
     async def aiter_lines(self) -> AsyncIterator[str]:
-        try:
+        with self._translate.around(self._request):
             async for line in self._response.aiter_lines():
                 yield line
-        except self._translate.all as exc:
-            raise self._translate(exc, self._request) from exc
 
     async def aread(self) -> bytes:
-        try:
+        with self._translate.around(self._request):
             return bytes(await self._response.aread())
-        except self._translate.all as exc:
-            raise self._translate(exc, self._request) from exc
 
 
 class SyncStream:
@@ -221,13 +219,9 @@ class SyncStream:
         self.headers: Mapping[str, str] = response.headers
 
     def iter_lines(self) -> Iterator[str]:
-        try:
+        with self._translate.around(self._request):
             yield from self._response.iter_lines()
-        except self._translate.all as exc:
-            raise self._translate(exc, self._request) from exc
 
     def read(self) -> bytes:
-        try:
+        with self._translate.around(self._request):
             return bytes(self._response.read())
-        except self._translate.all as exc:
-            raise self._translate(exc, self._request) from exc

@@ -147,9 +147,8 @@ class _AsyncHttpxTransport:
     async def send(self, request: Request) -> Response:
         response = await self._open(request)
         try:
-            content = await response.aread()
-        except self._translate.all as exc:
-            raise self._translate(exc, request) from exc
+            with self._translate.around(request):
+                content = await response.aread()
         finally:
             try:
                 await response.aclose()
@@ -331,9 +330,8 @@ class _SyncHttpxTransport:
     def send(self, request: Request) -> Response:
         response = self._open(request)
         try:
-            content = response.read()
-        except self._translate.all as exc:
-            raise self._translate(exc, request) from exc
+            with self._translate.around(request):
+                content = response.read()
         finally:
             try:
                 response.close()
