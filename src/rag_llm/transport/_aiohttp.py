@@ -68,6 +68,8 @@ class _CountedHandler(ResponseHandler):
         self._rag_expiry = expiry
         self._rag_last_io = time.monotonic()
         self._rag_server_eof = False
+        # Set by the connector when its idle cleanup closes this connection for expiry.
+        self.rag_expired = False
         # The endpoint's budget this connection counts in, once the connector hands it over.
         self._rag_budget: ConnectionBudget | None = None
         self._rag_lost = False
@@ -99,7 +101,8 @@ class _CountedHandler(ResponseHandler):
             reason = "error"
         elif self._rag_server_eof:
             reason = "server_closed"
-        elif time.monotonic() - self._rag_last_io >= self._rag_expiry.seconds:
+        elif self.rag_expired or (
+                time.monotonic() - self._rag_last_io >= self._rag_expiry.seconds):
             reason = "expired"
         else:
             reason = "client"
@@ -180,6 +183,18 @@ class _PoolConnector(aiohttp.TCPConnector):
 
     def active_count(self) -> int:
         return len(self._acquired)
+
+    def _cleanup(self) -> None:
+        """aiohttp's idle cleanup, first marking the connections it closes for expiry, so
+        that they are counted as expired rather than inferred from their last read."""
+        timeout = self._keepalive_timeout
+        if timeout is not None:
+            deadline = time.monotonic() - timeout  # aiohttp's own is a moment later
+            for conns in self._conns.values():
+                for proto, use_time in conns:
+                    if use_time < deadline and isinstance(proto, _CountedHandler):
+                        proto.rag_expired = True
+        super()._cleanup()
 
     def prune(self) -> None:
         """Close idle connections that expired, that the server closed, or that are surplus.
