@@ -62,7 +62,7 @@ def _corpus_texts() -> list[str]:
 
 def make_texts(passages: int, queries: int, seed: int = 0) -> tuple[list[str], list[str]]:
     """At least ``passages`` passages and exactly ``queries`` queries, deterministic."""
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - reproducible texts, not secrets
     words = [text.split() for text in _corpus_texts()]
     found: list[str] = []
     for doc in words:
@@ -90,14 +90,15 @@ def _rss_mib() -> float:
     return float("nan")
 
 
-def worker(backend: str, texts_file: Path, out: Path) -> None:
+def worker(backend: str, texts_file: Path, out: Path, model: str | None = None) -> None:
     """In a fresh interpreter: load ``backend``, embed the texts, write vectors and figures."""
     import numpy as np
 
     start = time.perf_counter()
     from rag_llm.providers.local import create_local_provider
 
-    embedder = create_local_provider("embedding", {"type": "local", "backend": backend})
+    config = {"type": "local", "backend": backend, **({"model": model} if model else {})}
+    embedder = create_local_provider("embedding", config)
     embedder.embed(["warm up"])
     first = time.perf_counter() - start
     loaded_rss = _rss_mib()
@@ -115,13 +116,14 @@ def worker(backend: str, texts_file: Path, out: Path) -> None:
     embedder.close()
 
 
-def _run_worker(python: str, backend: str, texts_file: Path, tmp: Path) -> dict[str, Any]:
+def _run_worker(python: str, backend: str, texts_file: Path, tmp: Path,
+                model: str | None = None) -> dict[str, Any]:
     import numpy as np
 
     out = tmp / f"{backend}.npz"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src") + os.pathsep + str(REPO_ROOT)}
-    subprocess.run([python, "-m", "benchmarks.embedder_quality", "--worker", backend,
-                    str(texts_file), str(out)], check=True, cwd=REPO_ROOT, env=env)
+    subprocess.run([python, "-m", "benchmarks.embedder_quality", "--worker", backend,  # noqa: S603
+                    str(texts_file), str(out), model or ""], check=True, cwd=REPO_ROOT, env=env)
     figures: dict[str, Any] = json.loads(out.with_suffix(".json").read_text())
     with np.load(out) as arrays:
         figures["passages"], figures["queries"] = arrays["passages"], arrays["queries"]
@@ -154,11 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--passages", type=int, default=1200)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--worker", nargs=3, metavar=("BACKEND", "TEXTS", "OUT"),
+    parser.add_argument("--onnx-model", help="a directory with model.onnx and tokenizer.json "
+                        "(default: the packaged int8 all-MiniLM-L6-v2)")
+    parser.add_argument("--worker", nargs=4, metavar=("BACKEND", "TEXTS", "OUT", "MODEL"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        worker(args.worker[0], Path(args.worker[1]), Path(args.worker[2]))
+        worker(args.worker[0], Path(args.worker[1]), Path(args.worker[2]), args.worker[3] or None)
         return 0
     passages, queries = make_texts(args.passages, args.queries)
     with tempfile.TemporaryDirectory() as name:
@@ -167,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         texts_file.write_text(json.dumps({"passages": passages, "queries": queries}),
                               encoding="utf-8")
         ref = _run_worker(args.torch_python, "torch", texts_file, tmp)
-        new = _run_worker(args.onnx_python, "onnx", texts_file, tmp)
+        new = _run_worker(args.onnx_python, "onnx", texts_file, tmp, args.onnx_model)
     quality = compare(ref, new)
     speed = {run["backend"]: {key: value for key, value in run.items()
                               if key not in ("passages", "queries", "backend")}
