@@ -8,6 +8,8 @@ with the local limits that stand in while Redis is away.
 
 from __future__ import annotations
 
-from rag_llm.state._backend import DEFAULT_COOLDOWN, StateBackend
+from rag_llm.state._backend import DEFAULT_COOLDOWN, SharedVerdicts, StateBackend, live_backends
+from rag_llm.state._counts import StateReading, counted_state
 
-__all__ = ["DEFAULT_COOLDOWN", "StateBackend"]
+__all__ = ["DEFAULT_COOLDOWN", "SharedVerdicts", "StateBackend", "StateReading", "counted_state",
+           "live_backends"]

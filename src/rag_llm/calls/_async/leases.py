@@ -44,6 +44,7 @@ async def _acquire(limit: InFlightLimit, request: Request, remaining: float | No
     waiter = limit.async_waiter()
     if not await waiter.take_turn(wait):
         raise pool_timeout_error(limit.settings, request)
+    started = 0.0
     try:
         delay = FIRST_POLL
         while True:
@@ -54,7 +55,10 @@ async def _acquire(limit: InFlightLimit, request: Request, remaining: float | No
             left = give_up - time.monotonic()
             if left <= 0:
                 raise pool_timeout_error(limit.settings, request)
+            started = started or time.monotonic()
             await waiter.sleep(min(left, delay * (0.5 + _rng.random())))
             delay = min(2 * delay, MAX_POLL)
     finally:
         waiter.end_turn()
+        if started:
+            limit.waited(time.monotonic() - started)

@@ -46,6 +46,7 @@ def _acquire(limit: InFlightLimit, request: Request, remaining: float | None) ->
     waiter = limit.sync_waiter()
     if not waiter.take_turn(wait):
         raise pool_timeout_error(limit.settings, request)
+    started = 0.0
     try:
         delay = FIRST_POLL
         while True:
@@ -56,7 +57,10 @@ def _acquire(limit: InFlightLimit, request: Request, remaining: float | None) ->
             left = give_up - time.monotonic()
             if left <= 0:
                 raise pool_timeout_error(limit.settings, request)
+            started = started or time.monotonic()
             waiter.sleep(min(left, delay * (0.5 + _rng.random())))
             delay = min(2 * delay, MAX_POLL)
     finally:
         waiter.end_turn()
+        if started:
+            limit.waited(time.monotonic() - started)
