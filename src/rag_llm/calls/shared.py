@@ -243,6 +243,10 @@ class AsyncWaiter:
         self._turn = asyncio.Lock()
         self._event = asyncio.Event()
 
+    def busy(self) -> bool:
+        """Whether a caller of this loop is waiting for a lease now."""
+        return self._turn.locked()
+
     async def take_turn(self, limit: float) -> bool:
         try:
             async with asyncio.timeout(limit):
@@ -285,6 +289,9 @@ class SyncWaiter:
         self._changed = threading.Condition()
         self._generation = 0
         self._armed = 0
+
+    def busy(self) -> bool:
+        return self._turn.locked()
 
     def take_turn(self, limit: float) -> bool:
         return self._turn.acquire(timeout=max(limit, 0.0))
