@@ -41,10 +41,12 @@ Vectors = list[list[float]]
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """The upstream one cell talks to: ``base_url`` ends in ``/v1``; ``ca_path`` is its CA."""
+    """The upstream one cell talks to: ``base_url`` ends in ``/v1``; ``ca_path`` is its CA;
+    ``state_url`` the runner's redis-server, for the clients that keep limits in Redis."""
 
     base_url: str
     ca_path: str
+    state_url: str | None = None
 
 
 class AsyncClient(Protocol):
@@ -78,6 +80,8 @@ class ClientSpec:
     rag_llm: bool = False
     # Further modules the client needs (h2 for HTTP/2): missing means "not measured".
     requires: tuple[str, ...] = ()
+    # Its limits live in Redis: the runner starts a redis-server for it.
+    state: bool = False
 
 
 @functools.cache
@@ -116,9 +120,23 @@ def _provider_config(target: Target, transport: str, http2: bool = False) -> dic
     }
 
 
+# Shared limits that never bind: what Redis state costs when it only counts.
+_UNBINDING: Final = {"global_max_in_flight": 100_000, "requests_per_minute": 1e9}
+
+
+def _state_config(target: Target) -> dict[str, Any]:
+    if target.state_url is None:
+        raise RuntimeError("no redis-server for this client")
+    return {"state": {"url": target.state_url, "prefix": f"bench-{os.getpid()}"},
+            **_UNBINDING}
+
+
 class _RagLLMAsync:
-    def __init__(self, target: Target, transport: str, http2: bool = False) -> None:
+    def __init__(self, target: Target, transport: str, http2: bool = False,
+                 state: bool = False) -> None:
         self._config = _provider_config(target, transport, http2)
+        if state:
+            self._config.update(_state_config(target))
         self._provider: Any = None
 
     async def open(self) -> None:
@@ -411,6 +429,11 @@ def client_specs() -> dict[str, ClientSpec]:
             functools.partial(_rag_sync, transport=transport), _SYNC, rag_llm=True,
         ))
     specs += [
+        ClientSpec("ragllm-auto-redis", "async", "rag-llm aembed(), transport=auto, limits "
+                   "in Redis (global_max_in_flight and requests_per_minute, never binding)",
+                   "rag-llm", "rag_llm", functools.partial(_rag_async, transport="auto",
+                                                           state=True),
+                   frozenset({"throughput"}), rag_llm=True, requires=("redis",), state=True),
         ClientSpec("ragllm-h2", "async", "rag-llm aembed(), http2=true (transport auto: "
                    "httpx2 with HTTP/2)", "rag-llm", "rag_llm",
                    functools.partial(_rag_async, transport="auto", http2=True),
@@ -448,8 +471,8 @@ def client_specs() -> dict[str, ClientSpec]:
 
 
 def _rag_async(target: Target, concurrency: int, *, transport: str,
-               http2: bool = False) -> _RagLLMAsync:
-    return _RagLLMAsync(target, transport, http2)
+               http2: bool = False, state: bool = False) -> _RagLLMAsync:
+    return _RagLLMAsync(target, transport, http2, state)
 
 
 def _rag_sync(target: Target, concurrency: int, *, transport: str) -> _RagLLMSync:

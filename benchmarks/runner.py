@@ -26,6 +26,7 @@ from benchmarks.imports import measure_imports
 from benchmarks.load import LoadSpec
 from benchmarks.plan import Plan
 from benchmarks.proxy import LatencyProxy
+from benchmarks.redis_server import RedisServer, RedisUnavailable
 from benchmarks.results import Index, summarize, write_results
 from benchmarks.scenarios import SCENARIOS, Cell, build_cells, select_clients
 from benchmarks.targets import evaluate
@@ -101,6 +102,9 @@ class _Run:
         }
         self.nginx: Nginx | None = None
         self.proxy: LatencyProxy | None = None
+        # For the clients that keep rag-llm's limits in Redis; None: none selected.
+        self.redis: RedisServer | None = None
+        self._redis_error: str | None = None
         self.logs = options.out_dir / "logs"
         self.started_at = ""
 
@@ -109,6 +113,9 @@ class _Run:
     def _spawn(self, name: str) -> WorkerProcess | None:
         info = self.clients[name]
         if info["available"] is False:
+            return None
+        if self.specs[name].state and self.redis is None:
+            info.update(available=False, error=self._redis_error or "no redis-server")
             return None
         worker = WorkerProcess(name, cpu=self.client_cpu, log_path=self.logs / f"{name}.log")
         try:
@@ -150,7 +157,8 @@ class _Run:
     def _command(self, cell: Cell) -> tuple[dict[str, Any], float]:
         assert self.nginx is not None
         command: dict[str, Any] = {"base_url": self._base_url(cell),
-                                   "ca_path": self.nginx.ca_path}
+                                   "ca_path": self.nginx.ca_path,
+                                   "state_url": self.redis.url if self.redis else None}
         if cell.scenario == "memory":
             return {**command, "op": "memory", "connections": cell.connections}, 120.0
         bound = cell.duration_s + cell.warmup_s + _GRACE_S
@@ -222,6 +230,11 @@ class _Run:
                 os.sched_setaffinity(0, {self.server_cpu})
                 stack.callback(os.sched_setaffinity, 0, previous_affinity)
             self.nginx = stack.enter_context(Nginx(cpu=self.server_cpu))
+            if any(self.specs[c.client].state for c in cells):
+                try:
+                    self.redis = stack.enter_context(RedisServer(cpu=self.server_cpu))
+                except RedisUnavailable as exc:
+                    self._redis_error = str(exc)
             stack.callback(self.stop_workers)
             routes = self._proxy_routes(cells)
             if routes:

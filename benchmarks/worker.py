@@ -43,7 +43,7 @@ def _serve(spec: ClientSpec, commands: TextIO, send: Any) -> None:
             if command["op"] == "exit":
                 break
             try:
-                target = Target(command["base_url"], command["ca_path"])
+                target = Target(command["base_url"], command["ca_path"], command.get("state_url"))
                 if command["op"] == "load":
                     result = run_load(spec.mode, spec.factory, target,
                                       LoadSpec(**command["load"]), loop)

@@ -37,9 +37,11 @@ from rag_llm.pool import PoolSnapshot, all_snapshots, counted_stats, merge_pools
 
 if TYPE_CHECKING:
     from rag_llm.calls.counts import RouterSnapshot, RoutingCounts
+    from rag_llm.state import StateBackend, StateReading
 
-__all__ = ["CONTENT_TYPE", "PoolCollector", "RoutingCollector", "collect_metrics", "register",
-           "register_default", "render_families", "render_metrics"]
+__all__ = ["CONTENT_TYPE", "PoolCollector", "RoutingCollector", "StateCollector",
+           "collect_metrics", "register", "register_default", "render_families",
+           "render_metrics"]
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -239,12 +241,101 @@ class RoutingCollector:
         yield from families.values()
 
 
+_STATE: Final = "rag_llm.state"
+
+
+def _state_counts() -> list[StateReading]:
+    # No backend exists until a provider with a Redis made one.
+    if _STATE not in sys.modules:
+        return []
+    from rag_llm.state import counted_state
+
+    return counted_state()
+
+
+def _state_backends() -> list[StateBackend]:
+    if _STATE not in sys.modules:
+        return []
+    from rag_llm.state import live_backends
+
+    return live_backends()
+
+
+class StateCollector:
+    """Shared state in Redis: lease waits, denials, errors, fallbacks, leases and sync age.
+
+    Counters are read from ``counters`` (every backend the process has had, collected ones
+    folded), gauges from ``backends`` (the backends not closed). Providers that share a
+    name are summed, except the sync age, the oldest of them.
+    """
+
+    def __init__(self, backends: Callable[[], list[StateBackend]] = _state_backends,
+                 counters: Callable[[], list[StateReading]] = _state_counts) -> None:
+        self._backends = backends
+        self._counters = counters
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families([], [])
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self._backends(), self._counters())
+
+    def _families(self, backends: list[StateBackend],
+                  counts: list[StateReading]) -> Iterator[Metric]:
+        p = ["provider"]
+        waits = CounterMetricFamily("rag_llm_state_lease_waits",
+                                    "Calls that waited for a global_max_in_flight lease",
+                                    labels=p)
+        waited = CounterMetricFamily("rag_llm_state_lease_wait_seconds",
+                                     "Time calls waited for a global_max_in_flight lease",
+                                     labels=p)
+        denials = CounterMetricFamily("rag_llm_state_limiter_denials",
+                                      "Calls the shared rate limits (or their local "
+                                      "fallback) refused", labels=p)
+        errors = CounterMetricFamily("rag_llm_state_errors",
+                                     "Redis commands that failed or overran the timeout",
+                                     labels=p)
+        fallbacks = CounterMetricFamily("rag_llm_state_fallbacks",
+                                        "Limits applied locally while Redis was unavailable",
+                                        labels=p)
+        leases = GaugeMetricFamily("rag_llm_state_leases_held",
+                                   "global_max_in_flight leases this process holds now",
+                                   labels=p)
+        age = GaugeMetricFamily("rag_llm_state_sync_age_seconds",
+                                "Seconds since shared endpoint state was last read",
+                                labels=p)
+        up = GaugeMetricFamily("rag_llm_state_available",
+                               "Whether the Redis of shared state answers (1) or not (0)",
+                               labels=p)
+        by: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0, 0, 0])
+        for c in counts:
+            into = by[scrub_text(c.provider)]
+            for i, value in enumerate((c.lease_waits, c.lease_wait_seconds, c.denials,
+                                       c.errors, c.fallbacks)):
+                into[i] += value
+        for provider, values in sorted(by.items()):
+            for family, value in zip((waits, waited, denials, errors, fallbacks), values,
+                                     strict=True):
+                family.add_metric([provider], value)
+        gauges: dict[str, list[float]] = {}
+        for backend in backends:
+            provider = scrub_text(backend.provider)
+            held, oldest, available = gauges.get(provider, [0, 0.0, 1])
+            gauges[provider] = [held + backend.leases(), max(oldest, backend.sync_age()),
+                                min(available, backend.available)]
+        for provider, (held, oldest, available) in sorted(gauges.items()):
+            leases.add_metric([provider], held)
+            age.add_metric([provider], oldest)
+            up.add_metric([provider], available)
+        yield from (waits, waited, denials, errors, fallbacks, leases, age, up)
+
+
 class _Exports:
-    """Where rag-llm's two collectors are registered; changed under ``lock`` only."""
+    """Where rag-llm's collectors are registered; changed under ``lock`` only."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.collectors = (PoolCollector(), RoutingCollector())
+        self.collectors = (PoolCollector(), RoutingCollector(), StateCollector())
         self.registries: list[CollectorRegistry] = []
         self.handed_over = False  # register() was called: no default registration
         self.by_default = False  # in REGISTRY because the first provider put them there

@@ -1,16 +1,26 @@
-"""The tests' own redis-server: start, kill, restart on the same port, raw commands."""
+"""The tests' own redis-server (start, kill, restart on the same port, raw commands), a slow
+proxy in front of it, and worker processes started together."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
+import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 BINARY = shutil.which("redis-server") or ("/usr/bin/redis-server"
                                            if os.path.exists("/usr/bin/redis-server") else None)
+
+
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def free_port() -> int:
@@ -69,3 +79,99 @@ class RedisServer:
             return sock.recv(65536)
 
 
+
+class SlowProxy:
+    """A TCP proxy in front of a port that holds every chunk ``delay`` seconds each way."""
+
+    def __init__(self, target: int, delay: float) -> None:
+        self.target = target
+        self.delay = delay
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._server.getsockname()[1])
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            with self._lock:
+                self._sockets += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                time.sleep(self.delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._server.close()
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+
+
+class Workers:
+    """Processes of ``script`` started together: ``go()`` releases them all at once."""
+
+    MARK = "@worker "
+
+    def __init__(self, script: Path, tmp: Path) -> None:
+        self.script = script
+        self.go_file = tmp / "go"
+        self.processes: list[subprocess.Popen[str]] = []
+
+    def start(self, spec: dict[str, Any]) -> subprocess.Popen[str]:
+        env = {**os.environ, "PYTHONPATH": str(SRC)}
+        process = subprocess.Popen(
+            [sys.executable, str(self.script), json.dumps({"go": str(self.go_file), **spec})],
+            stdout=subprocess.PIPE, text=True, env=env)
+        self.processes.append(process)
+        return process
+
+    def wait_ready(self) -> list[dict[str, Any]]:
+        ready = []
+        for process in self.processes:
+            assert process.stdout is not None
+            line = ""
+            while not line.startswith(self.MARK):
+                line = process.stdout.readline()
+                assert line, "the worker ended before it was ready"
+            ready.append(json.loads(line.removeprefix(self.MARK)))
+        return ready
+
+    def go(self) -> None:
+        self.go_file.write_text("go")
+
+    def results(self, timeout: float = 120) -> list[dict[str, Any]]:
+        found = []
+        for process in self.processes:
+            out, _ = process.communicate(timeout=timeout)
+            assert process.returncode == 0, out
+            (line,) = (line for line in out.splitlines() if line.startswith(self.MARK))
+            found.append(json.loads(line.removeprefix(self.MARK)))
+        return found
+
+    def kill_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
+            if process.stdout is not None and not process.stdout.closed:
+                process.stdout.close()

@@ -9,6 +9,7 @@ from typing import Any
 from rag_llm.adapters import AdapterFactory, APIAdapter
 from rag_llm.calls.admission import EndpointAdmission
 from rag_llm.calls.shared import InFlightLimit, SharedRateLimiter
+from rag_llm.calls.sync import EndpointSync
 from rag_llm.config import EndpointConfig, ProviderConfig
 from rag_llm.observability.events import get_logger
 from rag_llm.pool import ClientPool
@@ -57,14 +58,15 @@ class Upstream:
 
 
 def build_upstream(config: ProviderConfig, endpoint: EndpointConfig, api_class: AdapterFactory,
-                   settings: TransportSettings, state: StateBackend | None = None) -> Upstream:
+                   settings: TransportSettings, state: StateBackend | None = None,
+                   sync: EndpointSync | None = None) -> Upstream:
     """One endpoint's adapter, pool, breaker and gate, as the provider's config says."""
     own = replace(config, base_url=endpoint.base_url, api_key=endpoint.api_key,
                   api_version=endpoint.api_version, deployment=endpoint.deployment,
                   endpoints=(endpoint,))
     breaker = None if config.circuit_breaker is None else CircuitBreaker(
         config.circuit_breaker,
-        on_transition=functools.partial(_breaker_changed, config.name, endpoint.name))
+        on_transition=functools.partial(_breaker_changed, config.name, endpoint.name, sync))
     pool = ClientPool(settings, get_backend(config.transport, http2=config.http2),
                       endpoint=endpoint.name)
     admission = None
@@ -87,7 +89,10 @@ def build_upstream(config: ProviderConfig, endpoint: EndpointConfig, api_class: 
 
 
 
-def _breaker_changed(provider: str, endpoint: str, transition: Transition) -> None:
+def _breaker_changed(provider: str, endpoint: str, sync: EndpointSync | None,
+                     transition: Transition) -> None:
+    if sync is not None:
+        sync.breaker_changed(endpoint, transition)  # queued: written off the call path
     fields: dict[str, Any] = {}
     if transition.open_until is not None:
         fields["open_for"] = round(transition.open_until - transition.at, 3)

@@ -21,6 +21,7 @@ from rag_llm.transport import TransportSettings, get_backend
 from rag_llm.transport._tls import ssl_context
 
 if TYPE_CHECKING:
+    from rag_llm.calls.sync import EndpointSync
     from rag_llm.resilience.health import HealthCheckPolicy
 
 __all__ = ["HealthChecks", "HealthView"]
@@ -29,31 +30,48 @@ _log = get_logger("rag_llm.resilience")
 
 
 class HealthView:
-    """Whether the balancer may count an endpoint healthy: breaker and active check agree."""
+    """Whether the balancer may count an endpoint healthy: breaker and active check agree,
+    and, with shared state, no other process has it open or unhealthy."""
 
-    __slots__ = ("checker", "upstreams")
+    __slots__ = ("checker", "shared", "upstreams")
 
-    def __init__(self, upstreams: Mapping[str, Upstream]) -> None:
+    def __init__(self, upstreams: Mapping[str, Upstream],
+                 shared: EndpointSync | None = None) -> None:
         self.upstreams = upstreams
+        self.shared = shared
         self.checker: HealthChecker | None = None
 
     def __call__(self, endpoint: Endpoint) -> bool:
         breaker = self.upstreams[endpoint.name].breaker
         if breaker is not None and not breaker.available:
             return False
+        return self.checked(endpoint.name)
+
+    def checked(self, name: str) -> bool:
+        """The endpoint's health apart from its own breaker: the active check's verdict,
+        that of the process running it when shared, and no breaker open elsewhere."""
+        shared = self.shared
         checker = self.checker
-        return checker is None or checker.healthy(endpoint.name)
+        if shared is not None:
+            verdict = shared.verdict(name)
+            if verdict is False:
+                return False
+            if verdict is True and not shared.holds(name):
+                return True
+        return checker is None or checker.healthy(name)
 
 
 
 class HealthChecks:
     """The active checks of one provider's endpoints, started on its first call."""
 
-    def __init__(self, config: ProviderConfig, upstreams: Mapping[str, Upstream]) -> None:
+    def __init__(self, config: ProviderConfig, upstreams: Mapping[str, Upstream],
+                 shared: EndpointSync | None = None) -> None:
         self.config = config
         self.provider = config.name
         self.upstreams = upstreams
-        self.view = HealthView(upstreams)
+        self.shared = shared
+        self.view = HealthView(upstreams, shared)
         # The checks' own pools, by endpoint name (health_check with a path).
         self._pools: dict[str, ClientPool] = {}
         self._lock = threading.Lock()
@@ -72,9 +90,16 @@ class HealthChecks:
                       for name, upstream in self.upstreams.items()}
             # The checker's threads hold neither the router nor the provider, and close
             # the probes' pools as they end, however the checks were stopped.
+            gate = on_checked = None
+            if self.shared is not None:
+                # One process at a time checks each endpoint; the others read its verdicts.
+                lease = _lease_ttl(policy)
+                gate = _Gate(self.shared, self.view, lease)
+                on_checked = functools.partial(_share, self.shared, 2 * lease)
             checker = HealthChecker(probes, policy, name=self.provider,
                                     on_change=functools.partial(_health_changed, self.provider),
-                                    on_stop=functools.partial(_close_pools, pools.values()))
+                                    on_stop=functools.partial(_close_pools, pools.values()),
+                                    gate=gate, on_checked=on_checked)
             checker.start()
             self._pools = pools
             self.view.checker = checker
@@ -127,6 +152,8 @@ class HealthChecks:
 def _abandon(view: HealthView) -> bool:
     """Stop ``view``'s checks without joining; True if they ran or a pool was opened."""
     checker, view.checker = view.checker, None
+    if view.shared is not None:
+        view.shared.abandon()
     if checker is not None:
         checker.stop(timeout=0)
     return checker is not None or any(
@@ -140,6 +167,40 @@ def _close_pools(pools: Iterable[ClientPool]) -> None:
         except Exception:
             _log.exception("health_pool_close_failed", provider=pool.provider)
 
+
+
+def _lease_ttl(policy: HealthCheckPolicy) -> float:
+    """A health lease outlives the holder's longest gap between renewals twice over."""
+    return 2 * (policy.interval * (1 + policy.jitter) + policy.timeout)
+
+
+class _Gate:
+    """Asked before each check: whether this process holds the endpoint's health lease.
+
+    A process that takes the lease over starts from the verdict its predecessor shared.
+    It refers to the view, never to the router or the checks.
+    """
+
+    __slots__ = ("lease", "shared", "view")
+
+    def __init__(self, shared: EndpointSync, view: HealthView, lease: float) -> None:
+        self.shared = shared
+        self.view = view
+        self.lease = lease
+
+    def __call__(self, name: str) -> bool:
+        held_before = self.shared.holds(name)
+        verdict = self.shared.shared_health(name)
+        if not self.shared.may_check(name, self.lease):
+            return False
+        checker = self.view.checker
+        if not held_before and verdict is not None and checker is not None:
+            checker.assume(name, verdict)
+        return True
+
+
+def _share(shared: EndpointSync, ttl: float, name: str, healthy: bool) -> None:
+    shared.share_health(name, healthy, ttl)
 
 
 def _health_changed(provider: str, endpoint: str, healthy: bool) -> None:

@@ -31,6 +31,7 @@ from rag_llm.calls.attempts import Attempt, Attempts, outcome_label
 from rag_llm.calls.counts import COUNTS, Counts, EndpointState, RouterSnapshot
 from rag_llm.calls.endpoint import Upstream, build_upstream
 from rag_llm.calls.health import HealthChecks
+from rag_llm.calls.sync import EndpointSync
 from rag_llm.config import ProviderConfig
 from rag_llm.errors import (
     CircuitOpenError,
@@ -70,14 +71,17 @@ class Router:
         # With a Redis, the limits every process shares (else None: all in this process).
         self.state = None if config.state is None else StateBackend(
             config.state, provider=config.name, lease_ttl=config.lease_ttl)
+        # With a Redis, breaker and health verdicts every process shares.
+        self.sync = None if self.state is None else EndpointSync(
+            self.state, [e.name for e in config.endpoints], config.state_sync_interval)
         self.upstreams = {endpoint.name: build_upstream(config, endpoint, api_class, settings,
-                                                        self.state)
+                                                        self.state, self.sync)
                           for endpoint in config.endpoints}
         self.primary = next(iter(self.upstreams.values()))
         self._single = self.primary if len(self.upstreams) == 1 else None
         # Nothing the router owns refers back to it: a provider dropped unclosed is
         # collected at once, it and its pools warn, and its health checks stop.
-        self.health = HealthChecks(config, self.upstreams)
+        self.health = HealthChecks(config, self.upstreams, self.sync)
         self.balancer = Balancer([u.endpoint for u in self.upstreams.values()],
                                  config.load_balancer, health=self.health.view)
         self._lock = threading.Lock()
@@ -92,6 +96,8 @@ class Router:
     def attempts(self, cost: float = 0.0) -> Attempts:
         """The attempts of one call; iterate with ``async for`` or ``for``."""
         self.health.start()
+        if self.sync is not None:
+            self.sync.due()
         if self.budget is not None:
             self.budget.deposit()
         return Attempts(self, cost)
@@ -317,8 +323,7 @@ class Router:
         return [*(u.pool for u in self.upstreams.values()), *self.health.pools()]
 
     def snapshot(self) -> RouterSnapshot:
-        checker = self.health.view.checker
-        health = checker.snapshot() if checker is not None else {}
+        view = self.health.view
         balanced = {s.endpoint.name: s for s in self.balancer.snapshot()}
         counts = self._counts.read(self.provider)
         attempts = counts.attempts
@@ -327,7 +332,7 @@ class Router:
         for name, upstream in self.upstreams.items():
             snapshot = balanced[name]
             endpoints.append(EndpointState(
-                name=name, url=upstream.api.endpoint, healthy=health.get(name, True),
+                name=name, url=upstream.api.endpoint, healthy=view.checked(name),
                 breaker=upstream.breaker.state.value if upstream.breaker else "disabled",
                 in_flight=snapshot.in_flight, latency=snapshot.latency,
                 attempts={label: count for (n, label), count in attempts.items() if n == name}))
@@ -345,12 +350,16 @@ class Router:
         pools = self.health.stop()
         await asyncio.gather(*(u.pool.aclose() for u in self.upstreams.values()),
                              *(p.aclose() for p in pools))
+        if self.sync is not None:
+            await asyncio.to_thread(self.sync.stop)
         if self.state is not None:
             await self.state.aclose()
 
     def close(self) -> None:
         for pool in [*self.health.stop(), *(u.pool for u in self.upstreams.values())]:
             pool.close()
+        if self.sync is not None:
+            self.sync.stop()
         if self.state is not None:
             self.state.close()
 

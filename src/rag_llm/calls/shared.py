@@ -64,27 +64,37 @@ class SharedRateLimiter:
             return math.inf
         if self.backend.usable():
             try:
-                return self.backend.gcra(self._keys, self._spec, cost, ticket or _ticket())
+                return self._denied(self.backend.gcra(self._keys, self._spec, cost,
+                                                      ticket or _ticket()))
             except StateUnavailableError:
                 if self._fail:
                     raise
         elif self._fail:
             raise self.backend.unavailable()
-        return self.local.acquire(cost)
+        return self._fallback(cost)
 
     async def aacquire(self, cost: float = 0.0, ticket: str = "") -> float | None:
         if self._too_big(cost):
             return math.inf
         if self.backend.usable():
             try:
-                return await self.backend.agcra(self._keys, self._spec, cost,
-                                                ticket or _ticket())
+                return self._denied(await self.backend.agcra(self._keys, self._spec, cost,
+                                                             ticket or _ticket()))
             except StateUnavailableError:
                 if self._fail:
                     raise
         elif self._fail:
             raise self.backend.unavailable()
-        return self.local.acquire(cost)
+        return self._fallback(cost)
+
+    def _denied(self, wait: float | None) -> float | None:
+        if wait is not None:
+            self.backend.counts.add("denials")
+        return wait
+
+    def _fallback(self, cost: float) -> float | None:
+        self.backend.counts.add("fallbacks")
+        return self._denied(self.local.acquire(cost))
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +125,17 @@ class InFlightLimit:
         self._threads = SyncWaiter()
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncWaiter] = (
             weakref.WeakKeyDictionary())
+        if backend is not None:
+            backend.lease_counters.append(self._count_held)
+
+    def _count_held(self) -> int:
+        return self.held
+
+    def waited(self, seconds: float) -> None:
+        """A call found every slot held and waited ``seconds`` (for metrics)."""
+        if self.backend is not None:
+            self.backend.counts.add("lease_waits")
+            self.backend.counts.add("lease_wait_seconds", seconds)
 
     def wait_limit(self, remaining: float | None) -> float:
         """Waiting for a lease counts against pool_timeout, and never past the deadline."""
@@ -132,6 +153,8 @@ class InFlightLimit:
         return self._threads
 
     def _local(self) -> Lease | None:
+        if self.backend is not None:
+            self.backend.counts.add("fallbacks")
         with self._lock:
             if self.held >= self.local_cap:
                 return None
@@ -220,6 +243,10 @@ class AsyncWaiter:
         self._turn = asyncio.Lock()
         self._event = asyncio.Event()
 
+    def busy(self) -> bool:
+        """Whether a caller of this loop is waiting for a lease now."""
+        return self._turn.locked()
+
     async def take_turn(self, limit: float) -> bool:
         try:
             async with asyncio.timeout(limit):
@@ -262,6 +289,9 @@ class SyncWaiter:
         self._changed = threading.Condition()
         self._generation = 0
         self._armed = 0
+
+    def busy(self) -> bool:
+        return self._turn.locked()
 
     def take_turn(self, limit: float) -> bool:
         return self._turn.acquire(timeout=max(limit, 0.0))

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_DEADLINE",
     "DEFAULT_LEASE_TTL",
+    "DEFAULT_STATE_SYNC_INTERVAL",
     "ENDPOINT_KEYS",
     "FIELD_TYPES",
     "TRANSPORTS",
@@ -48,6 +49,9 @@ DEFAULT_SLOW_REQUEST_SECONDS: Final = 10.0
 DEFAULT_MAX_BATCH_SIZE: Final = 2048
 # A lease on a slot of global_max_in_flight lapses this long after its holder last renewed it.
 DEFAULT_LEASE_TTL: Final = 30.0
+# With a Redis, each process reads the endpoints' shared breaker and health verdicts at most
+# this often, so a breaker opened in one process is seen by all within it.
+DEFAULT_STATE_SYNC_INTERVAL: Final = 1.0
 # The first is the default: aiohttp for async and httpx2 for sync measured fastest
 # (benchmarks/: python -m benchmarks --scenarios throughput,sync).
 TRANSPORTS: Final = ("auto", "aiohttp", "httpx2", "httpx")
@@ -101,6 +105,7 @@ FIELD_TYPES: Final[Mapping[str, type]] = {
     "lease_ttl": float,
     "on_state_error": str,
     "expected_instances": int,
+    "state_sync_interval": float,
 }
 # Keys an entry of ``endpoints`` may set; the rest come from the provider.
 ENDPOINT_KEYS: Final = ("base_url", "api_key", "name", "weight", "priority", "api_version",
@@ -263,6 +268,7 @@ class ProviderConfig:
     # When the shared state fails: "local" limits (divided by expected_instances) or "fail".
     on_state_error: str = ON_STATE_ERROR[0]
     expected_instances: int = 1
+    state_sync_interval: float = DEFAULT_STATE_SYNC_INTERVAL
 
     def __post_init__(self) -> None:
         for name in ("type", "model", "name"):
@@ -311,6 +317,7 @@ class ProviderConfig:
             raise ConfigError("on_state_error", self.on_state_error,
                               f"must be one of {', '.join(ON_STATE_ERROR)}")
         check_number("expected_instances", self.expected_instances, minimum=1, integer=True)
+        check_number("state_sync_interval", self.state_sync_interval, minimum=0.01)
 
     def _check_policies(self) -> None:
         from rag_llm.resilience.balancer import BalancerPolicy
@@ -358,7 +365,7 @@ class ProviderConfig:
             "dimensions", "http2", "verify", "transport", "headers", "slow_request_seconds",
             "max_batch_size", "max_batch_tokens", "coalesce_window", "adaptive_concurrency",
             "warmup", "drain_timeout", "deadline", "global_max_in_flight", "lease_ttl",
-            "on_state_error", "expected_instances") if key in config}
+            "on_state_error", "expected_instances", "state_sync_interval") if key in config}
         if "state" in config:
             plain["state"] = state_config(config["state"])
         return cls(

@@ -67,6 +67,7 @@ def provider_entries(config: ProviderConfig) -> dict[str, object]:
         "lease_ttl": config.lease_ttl,
         "on_state_error": config.on_state_error,
         "expected_instances": config.expected_instances,
+        "state_sync_interval": config.state_sync_interval,
     }
     if len(config.endpoints) > 1:
         values["endpoints"] = [

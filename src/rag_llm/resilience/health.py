@@ -113,6 +113,11 @@ class EndpointHealth:
     def consecutive_failures(self) -> int:
         return self._failures
 
+    def assume(self, healthy: bool) -> None:
+        """Start from ``healthy`` with no run of results (taking over another's checks)."""
+        with self._lock:
+            self._healthy, self._passes, self._failures = healthy, 0, 0
+
     def record(self, ok: bool) -> bool | None:
         """Count one check; the new health if this result changed it, else None."""
         with self._lock:
@@ -135,6 +140,8 @@ class HealthChecker:
     an endpoint's health; calls for one endpoint arrive in the order its health changed.
     ``on_stop()`` is called once, after :meth:`stop`, by the last checking thread to end:
     it releases what the probes use, even when nobody waited for the threads.
+    ``gate(endpoint)``, asked before each check, may skip it (another process runs that
+    endpoint's checks); ``on_checked(endpoint, healthy)`` follows every check that ran.
     """
 
     def __init__(
@@ -145,6 +152,8 @@ class HealthChecker:
         name: str = "health",
         on_change: Callable[[str, bool], None] | None = None,
         on_stop: Callable[[], None] | None = None,
+        gate: Callable[[str], bool] | None = None,
+        on_checked: Callable[[str, bool], None] | None = None,
         rng: Random | None = None,
     ) -> None:
         self.policy = policy
@@ -155,6 +164,9 @@ class HealthChecker:
         self._report_locks = {endpoint: threading.RLock() for endpoint in self._probes}
         self._on_change = on_change
         self._on_stop = on_stop
+        self._gate = gate
+        self._on_checked = on_checked
+        self._probes_run = dict.fromkeys(self._probes, 0)
         self._rng = rng or _SHARED_RNG
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -201,6 +213,14 @@ class HealthChecker:
     def snapshot(self) -> dict[str, bool]:
         return {endpoint: health.healthy for endpoint, health in self._health.items()}
 
+    def probes_run(self) -> dict[str, int]:
+        """How many probes each endpoint's checks have sent (gated ones not counted)."""
+        return dict(self._probes_run)
+
+    def assume(self, endpoint: str, healthy: bool) -> None:
+        """Take ``healthy`` as ``endpoint``'s health, as another process's checks found it."""
+        self._health[endpoint].assume(healthy)
+
     def check_now(self) -> dict[str, bool]:
         """Run one round of every probe in the caller's thread (startup, tests)."""
         for endpoint, probe in self._probes.items():
@@ -224,6 +244,9 @@ class HealthChecker:
                     _log.exception("health_stop_failed", checker=self.name)
 
     def _check(self, endpoint: str, probe: Probe) -> None:
+        if self._gate is not None and not self._gate_allows(endpoint):
+            return
+        self._probes_run[endpoint] += 1
         try:
             ok = bool(probe())
         except Exception as exc:
@@ -232,14 +255,28 @@ class HealthChecker:
                          error=repr(exc))
             ok = False
         with self._report_locks[endpoint]:
-            changed = self._health[endpoint].record(ok)
-            if changed is None or self._on_change is None:
-                return
-            try:
-                self._on_change(endpoint, changed)
-            except Exception:
-                _log.exception("health_listener_failed", checker=self.name, endpoint=endpoint,
-                               healthy=changed)
+            health = self._health[endpoint]
+            changed = health.record(ok)
+            if changed is not None and self._on_change is not None:
+                try:
+                    self._on_change(endpoint, changed)
+                except Exception:
+                    _log.exception("health_listener_failed", checker=self.name,
+                                   endpoint=endpoint, healthy=changed)
+            if self._on_checked is not None:
+                try:
+                    self._on_checked(endpoint, health.healthy)
+                except Exception:
+                    _log.exception("health_listener_failed", checker=self.name,
+                                   endpoint=endpoint)
+
+    def _gate_allows(self, endpoint: str) -> bool:
+        assert self._gate is not None
+        try:
+            return self._gate(endpoint)
+        except Exception:
+            _log.exception("health_gate_failed", checker=self.name, endpoint=endpoint)
+            return True  # a broken gate must not leave the endpoint unchecked
 
 
 def connect_probe(url: str, *, timeout: float,

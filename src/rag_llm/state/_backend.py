@@ -16,18 +16,29 @@ import threading
 import time
 import weakref
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from rag_llm.config import StateConfig
 from rag_llm.errors import StateUnavailableError
 from rag_llm.observability.events import get_logger
-from rag_llm.state._scripts import GCRA, LEASE_ACQUIRE, LEASE_RENEW
+from rag_llm.state._counts import STATE_COUNTS, StateCounts
+from rag_llm.state._scripts import (
+    ENDPOINT_PUBLISH,
+    ENDPOINT_READ,
+    GCRA,
+    HOLD,
+    LEASE_ACQUIRE,
+    LEASE_RENEW,
+    UNHOLD,
+)
 
 if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
-__all__ = ["DEFAULT_COOLDOWN", "StateBackend"]
+__all__ = ["DEFAULT_COOLDOWN", "SharedVerdicts", "StateBackend", "live_backends"]
 
 _log = get_logger("rag_llm.state")
 # After a failure the backend is left alone this long before one caller tries it again.
@@ -41,12 +52,26 @@ _HOLD_GRACE: Final = 1.0
 class _Scripts:
     """The registered scripts of one client (EVALSHA, loading them again after NOSCRIPT)."""
 
-    __slots__ = ("gcra", "lease_acquire", "lease_renew")
+    __slots__ = ("gcra", "hold", "lease_acquire", "lease_renew", "publish", "read", "unhold")
 
     def __init__(self, client: Any) -> None:
         self.lease_acquire = client.register_script(LEASE_ACQUIRE)
         self.lease_renew = client.register_script(LEASE_RENEW)
         self.gcra = client.register_script(GCRA)
+        self.publish = client.register_script(ENDPOINT_PUBLISH)
+        self.read = client.register_script(ENDPOINT_READ)
+        self.hold = client.register_script(HOLD)
+        self.unhold = client.register_script(UNHOLD)
+
+
+@dataclass(frozen=True, slots=True)
+class SharedVerdicts:
+    """What Redis holds on one endpoint: each verdict (None: none) and its seconds left."""
+
+    breaker: str | None
+    breaker_left: float
+    health: str | None
+    health_left: float
 
 
 class StateBackend:
@@ -78,6 +103,15 @@ class StateBackend:
         self._held: dict[str, set[str]] = defaultdict(set)
         self._renewer: threading.Thread | None = None
         self._wake = threading.Event()
+        # Counters for metrics (kept past this backend's life), and what counts the
+        # global_max_in_flight slots the process holds, Redis leases or local ones.
+        self.counts = StateCounts()
+        self.lease_counters: list[Callable[[], int]] = []
+        # When shared endpoint state was last read from Redis (monotonic; 0: never).
+        self.synced_at = 0.0
+        self.created_at = time.monotonic()
+        STATE_COUNTS.track(self, (provider, self.counts))
+        _LIVE.add(self)
 
     def __repr__(self) -> str:
         return f"<StateBackend {self.config.shown_url} prefix={self.config.prefix!r}>"
@@ -112,6 +146,7 @@ class StateBackend:
         password = _password(self.config.url)
         if password:
             detail = detail.replace(password, "**********")
+        self.counts.add("errors")
         with self._lock:
             was_down = self._down
             self._down = True
@@ -270,6 +305,38 @@ class StateBackend:
         reply = await self._arun(lambda _c, s: s.gcra(keys=list(keys), args=args))
         return _wait_of(reply)
 
+    # -- shared endpoint state ---------------------------------------------------------
+
+    def publish(self, key: str, kind: str, verdict: str, ttl: float, by: str) -> None:
+        """Share one verdict (``kind`` "breaker" or "health") for ``ttl`` seconds of Redis
+        time; ``ttl`` 0 withdraws it."""
+        args = [kind, verdict, max(int(ttl * 1000), 0), by]
+        self._run(lambda _c, s: s.publish(keys=[key], args=args))
+
+    def read_verdicts(self, key: str) -> SharedVerdicts:
+        """One round trip: the verdicts held on one endpoint, with their seconds left."""
+        reply = self._run(lambda _c, s: s.read(keys=[key]))
+        breaker, b_left, health, h_left = (
+            item.decode() if isinstance(item, bytes) else str(item) for item in reply)
+        return SharedVerdicts(breaker or None, float(b_left) / 1000, health or None,
+                              float(h_left) / 1000)
+
+    def hold_lease(self, key: str, holder: str, ttl: float) -> bool:
+        """Take or renew a lease held by one process at a time (SET NX PX)."""
+        args = [holder, max(int(ttl * 1000), 1)]
+        return bool(self._run(lambda _c, s: s.hold(keys=[key], args=args)))
+
+    def let_go(self, key: str, holder: str) -> None:
+        self._run(lambda _c, s: s.unhold(keys=[key], args=[holder]))
+
+    def sync_age(self) -> float:
+        """Seconds since shared endpoint state was last read (since creation if never)."""
+        return time.monotonic() - (self.synced_at or self.created_at)
+
+    def leases(self) -> int:
+        """global_max_in_flight slots this process holds now, in Redis or locally."""
+        return sum(count() for count in list(self.lease_counters))
+
     def ping(self) -> bool:
         try:
             return bool(self._run(lambda c, _s: c.ping()))
@@ -303,6 +370,14 @@ class StateBackend:
             await client[0].aclose()
             await client[0].connection_pool.disconnect()
         await asyncio.to_thread(self.close)
+
+
+_LIVE: Final[weakref.WeakSet[StateBackend]] = weakref.WeakSet()
+
+
+def live_backends() -> list[StateBackend]:
+    """Every backend still referenced and not closed, for metrics."""
+    return [b for b in list(_LIVE) if not b._closed]
 
 
 def _num(value: float) -> str:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["GCRA", "LEASE_ACQUIRE", "LEASE_RENEW"]
+__all__ = ["ENDPOINT_PUBLISH", "ENDPOINT_READ", "GCRA", "HOLD", "LEASE_ACQUIRE", "LEASE_RENEW",
+           "UNHOLD"]
 
 # KEYS[1]: the sorted set of leases; ARGV: cap, ttl (ms), member. 1 if leased, else 0.
 LEASE_ACQUIRE: Final = """
@@ -101,4 +102,65 @@ for i = 1, 2 do
   end
 end
 return {'1', '0'}
+"""
+
+# One endpoint's shared verdicts: a hash with a field pair per kind ("breaker", "health"):
+# <kind> (the verdict) and <kind>_until (Redis time, ms, when it lapses), plus <kind>_by.
+# KEYS[1]: the hash; ARGV: kind, verdict, ttl (ms; 0 withdraws the kind's verdict if `by`
+# gave it: a breaker closing here clears only its own opening). The hash expires with the
+# last of its verdicts.
+ENDPOINT_PUBLISH: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local kind = ARGV[1]
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then
+  redis.call('HSET', KEYS[1], kind, ARGV[2], kind .. '_until', now + ttl, kind .. '_by', ARGV[4])
+elseif redis.call('HGET', KEYS[1], kind .. '_by') == ARGV[4] then
+  redis.call('HDEL', KEYS[1], kind, kind .. '_until', kind .. '_by')
+end
+local last = 0
+for _, k in ipairs({'breaker', 'health'}) do
+  local u = tonumber(redis.call('HGET', KEYS[1], k .. '_until')) or 0
+  if u > last then last = u end
+end
+if last > now then redis.call('PEXPIREAT', KEYS[1], last) else redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+# KEYS[1]: the hash. Returns {breaker, its ms left, health, its ms left}, '' for a verdict
+# absent or lapsed: the reader turns ms left into its own clock's deadline.
+ENDPOINT_READ: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local v = redis.call('HMGET', KEYS[1], 'breaker', 'breaker_until', 'health', 'health_until')
+local out = {}
+for i = 0, 1 do
+  local left = (tonumber(v[2 * i + 2]) or 0) - now
+  if v[2 * i + 1] and left > 0 then
+    out[2 * i + 1] = v[2 * i + 1]
+    out[2 * i + 2] = tostring(left)
+  else
+    out[2 * i + 1] = ''
+    out[2 * i + 2] = '0'
+  end
+end
+return out
+"""
+
+# A lease held by one process at a time (which process runs an endpoint's health checks).
+# KEYS[1]: the lease; ARGV: holder, ttl (ms). 1 if the holder has it (taken or renewed).
+HOLD: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
+
+# KEYS[1]: the lease; ARGV: holder. Let go of it, if still held by the holder.
+UNHOLD: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
