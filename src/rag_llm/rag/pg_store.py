@@ -12,10 +12,15 @@ Layout: ``documents`` (one row per source, unique), ``chunks`` (text, token coun
 embedding model and dimension the vectors came from, as SQLiteStore remembers them. The
 vector column takes its dimension at the first write, when it is known; a store emptied of
 chunks may switch model and dimension, as SQLiteStore may. The HNSW cosine index
-(``chunks_embedding_hnsw``) is built by the write that brings the table to
-``exact_search_below`` chunks: below that size search is exact and needs no index, and
-inserting into one is what makes a write slow (about 600 chunks/s with it, 55,000 without, at
-384 dimensions on two cores), so small stores never pay for it.
+(``chunks_embedding_hnsw``, with ``[rag] hnsw_m`` and ``hnsw_ef_construction``) is built after
+the write that brings the table to ``exact_search_below`` chunks, CONCURRENTLY (writers and
+searches go on meanwhile; one builder at a time) and with ``maintenance_work_mem`` raised for
+the build so that the graph is built in memory; below that size search is exact and needs no
+index. Inserting into the index is what makes a write slow (each row is a graph search), so
+a write at least as large as the table (and the threshold) drops the index, is COPYed bare
+and rebuilds it: a build takes rows several times faster than inserts do, and rebuilding
+only when a write doubles the table keeps all rebuilds together under one build's work per
+row. An index left invalid by a killed build is dropped and rebuilt by the next write.
 
 Writes: ``replace_document`` is one transaction (delete the old version, insert the document,
 binary COPY of its chunks and vectors), serialised per source by a transaction-level
