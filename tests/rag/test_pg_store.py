@@ -242,3 +242,97 @@ def test_writers_crossing_the_index_threshold_together_all_succeed(pg_url: str) 
             row = conn.execute("SELECT to_regclass('chunks_embedding_hnsw')").fetchone()
         assert row is not None
         assert row[0] is not None
+
+
+def _index_options(store: PostgresStore) -> tuple[list[str] | None, str, bool]:
+    """The index's reloptions, its definition (pg_indexes) and whether it is valid."""
+    with store._pool.connection() as conn:
+        row = conn.execute(
+            "SELECT c.reloptions, i.indexdef, x.indisvalid FROM pg_class c "
+            "JOIN pg_indexes i ON i.indexname = c.relname "
+            "JOIN pg_index x ON x.indexrelid = c.oid "
+            "WHERE c.relname = 'chunks_embedding_hnsw'").fetchone()
+    assert row is not None, "no HNSW index"
+    return row[0], row[1], row[2]
+
+
+def test_the_hnsw_index_is_built_with_the_configured_m_and_ef_construction(
+    pg_url: str,
+) -> None:
+    settings = RagSettings(store=pg_url, hnsw_m=12, hnsw_ef_construction=40,
+                           exact_search_below=50)
+    rows = [[1.0, float(i)] for i in range(60)]
+    with PostgresStore.from_settings(settings) as store:
+        assert (store.m, store.ef_construction) == (12, 40)
+        store.replace_document(document("a"), [f"a{i}" for i in range(60)], [1] * 60, rows,
+                               MODEL)
+        options, definition, valid = _index_options(store)
+        assert sorted(options or []) == ["ef_construction=40", "m=12"]
+        assert "USING hnsw (embedding vector_cosine_ops)" in definition
+        assert valid
+        with store._pool.connection() as conn:  # the build's memory was this session's only
+            row = conn.execute("SELECT current_setting('maintenance_work_mem')").fetchone()
+            default = conn.execute("SELECT boot_val || coalesce(unit, '') FROM pg_settings "
+                                   "WHERE name = 'maintenance_work_mem'").fetchone()
+        assert row is not None
+        assert default is not None
+        assert row[0] in ("64MB", default[0])
+
+
+def test_hnsw_build_settings_are_checked() -> None:
+    assert (RagSettings().hnsw_m, RagSettings().hnsw_ef_construction) == (16, 64)
+    with pytest.raises(ConfigError, match="hnsw_m"):
+        RagSettings(hnsw_m=1)
+    with pytest.raises(ConfigError, match="hnsw_m"):
+        RagSettings(hnsw_m=101)
+    with pytest.raises(ConfigError, match=r"hnsw_ef_construction.*2 \* hnsw_m = 64"):
+        RagSettings(hnsw_m=32, hnsw_ef_construction=40)
+    with pytest.raises(ConfigError, match="hnsw_ef_construction"):
+        RagSettings(hnsw_ef_construction=1001)
+    env = RagSettings.load(environ={"RAG_LLM_HNSW_M": "24",
+                                    "RAG_LLM_HNSW_EF_CONSTRUCTION": "128"})
+    assert (env.hnsw_m, env.hnsw_ef_construction) == (24, 128)
+
+
+def test_a_write_as_large_as_the_table_is_indexed_afresh_not_row_by_row(pg_url: str) -> None:
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((900, 8)).astype(np.float32)
+    with PostgresStore(pg_url, exact_below=100, m=8, ef_construction=32) as store:
+        store.replace_document(document("small"), [f"s{i}" for i in range(300)], [1] * 300,
+                               vectors[:300].tolist(), MODEL)
+        with store._pool.connection() as conn:
+            first = conn.execute("SELECT 'chunks_embedding_hnsw'::regclass::oid").fetchone()
+        store.replace_document(document("tiny"), ["t0"], [1], [vectors[300].tolist()], MODEL)
+        with store._pool.connection() as conn:  # a small write goes into the index
+            kept = conn.execute("SELECT 'chunks_embedding_hnsw'::regclass::oid").fetchone()
+        assert kept == first
+        store.replace_document(document("large"), [f"l{i}" for i in range(600)], [1] * 600,
+                               vectors[300:].tolist(), MODEL)
+        with store._pool.connection() as conn:
+            rebuilt = conn.execute("SELECT 'chunks_embedding_hnsw'::regclass::oid").fetchone()
+            locks = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                 "AND database = (SELECT oid FROM pg_database "
+                                 "WHERE datname = current_database())").fetchone()
+        assert rebuilt != first
+        assert locks == (0,)  # the builder let go of its lock
+        options, _, valid = _index_options(store)
+        assert valid
+        assert sorted(options or []) == ["ef_construction=32", "m=8"]
+        assert store.chunk_count() == 901
+        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        hits = store.search(vectors[700].tolist(), k=5)
+        assert hits[0].chunk.text == "l400"
+        assert hits[0].score == pytest.approx(float(unit[700] @ unit[700]), abs=1e-5)
+
+
+def test_an_index_left_invalid_by_a_killed_build_is_rebuilt(pg_url: str) -> None:
+    rows = [[1.0, float(i)] for i in range(60)]
+    with PostgresStore(pg_url, exact_below=50) as store:
+        store.replace_document(document("a"), [f"a{i}" for i in range(60)], [1] * 60, rows,
+                               MODEL)
+        with store._pool.connection() as conn:  # as a CREATE INDEX CONCURRENTLY cut short
+            conn.execute("UPDATE pg_index SET indisvalid = false "
+                         "WHERE indexrelid = 'chunks_embedding_hnsw'::regclass")
+        assert _index_options(store)[2] is False
+        store.replace_document(document("b"), ["b0"], [1], [[0.0, 1.0]], MODEL)
+        assert _index_options(store)[2] is True

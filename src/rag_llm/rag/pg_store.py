@@ -12,10 +12,15 @@ Layout: ``documents`` (one row per source, unique), ``chunks`` (text, token coun
 embedding model and dimension the vectors came from, as SQLiteStore remembers them. The
 vector column takes its dimension at the first write, when it is known; a store emptied of
 chunks may switch model and dimension, as SQLiteStore may. The HNSW cosine index
-(``chunks_embedding_hnsw``) is built by the write that brings the table to
-``exact_search_below`` chunks: below that size search is exact and needs no index, and
-inserting into one is what makes a write slow (about 600 chunks/s with it, 55,000 without, at
-384 dimensions on two cores), so small stores never pay for it.
+(``chunks_embedding_hnsw``, with ``[rag] hnsw_m`` and ``hnsw_ef_construction``) is built after
+the write that brings the table to ``exact_search_below`` chunks, CONCURRENTLY (writers and
+searches go on meanwhile; one builder at a time) and with ``maintenance_work_mem`` raised for
+the build so that the graph is built in memory; below that size search is exact and needs no
+index. Inserting into the index is what makes a write slow (each row is a graph search), so
+a write at least as large as the table (and the threshold) drops the index, is COPYed bare
+and rebuilds it: a build takes rows several times faster than inserts do, and rebuilding
+only when a write doubles the table keeps all rebuilds together under one build's work per
+row. An index left invalid by a killed build is dropped and rebuilt by the next write.
 
 Writes: ``replace_document`` is one transaction (delete the old version, insert the document,
 binary COPY of its chunks and vectors), serialised per source by a transaction-level
@@ -34,6 +39,7 @@ analysed.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -90,6 +96,7 @@ FROM nearest n JOIN documents d ON d.id = n.document_id ORDER BY n.distance, n.i
 _COPY: Final = ("COPY chunks (document_id, idx, text, tokens, embedding) "
                 "FROM STDIN WITH (FORMAT BINARY)")
 _EF_SEARCH_MAX: Final = 1000  # pgvector's limit
+_BUILD_MEMORY_MAX_KB: Final = 1 << 20  # 1 GiB: maintenance_work_mem for an index build
 
 
 class PostgresStore:
@@ -109,11 +116,12 @@ class PostgresStore:
                    pool_max_size=settings.store_pool_max_size,
                    connect_timeout=settings.store_connect_timeout,
                    ef_search=settings.hnsw_ef_search,
-                   exact_below=settings.exact_search_below)
+                   exact_below=settings.exact_search_below, m=settings.hnsw_m,
+                   ef_construction=settings.hnsw_ef_construction)
 
     def __init__(self, url: str, *, password: str | None = None, pool_min_size: int = 1,
                  pool_max_size: int = 10, connect_timeout: int = 10, ef_search: int = 100,
-                 exact_below: int = 10_000) -> None:
+                 exact_below: int = 10_000, m: int = 16, ef_construction: int = 64) -> None:
         url, in_url = split_password(url)
         self.url = url  # without the password
         secret = password if password is not None else in_url
@@ -130,6 +138,7 @@ class PostgresStore:
         self._secret = secret
         self.ef_search = min(ef_search, _EF_SEARCH_MAX)
         self.exact_below = exact_below
+        self.m, self.ef_construction = int(m), int(ef_construction)
         self._lock = threading.Lock()
         self._closed = False
         self._migrate(connect_timeout)
@@ -267,7 +276,24 @@ class PostgresStore:
                              f"{matrix.shape[0]} vectors: they must match")
         now = datetime.now(UTC).replace(microsecond=0)
         self._check_open()
-        with self._pool.connection() as conn, conn.transaction():
+        with self._pool.connection() as conn:
+            rebuild = self._drop_index_for(conn, len(texts))
+            try:
+                self._write(conn, document, texts, tokens, matrix, embedding_model, now)
+            except BaseException:
+                if rebuild:  # put back the index dropped for this write, if the link holds
+                    with contextlib.suppress(psycopg.Error):
+                        self._index_when_large(conn, holding_lock=True)
+                raise
+            self._index_when_large(conn, holding_lock=rebuild)
+        return DocumentRecord(document.id, document.source, document.title,
+                              document.media_type, document.sha256, document.size,
+                              len(texts), _timestamp(now))
+
+    def _write(self, conn: psycopg.Connection[Any], document: NewDocument,
+               texts: Sequence[str], tokens: Sequence[int], matrix: Any,
+               embedding_model: str, now: datetime) -> None:
+        with conn.transaction():
             # One writer per source at a time: the second replaces the first's version.
             conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
                          (_LOCK_NAMESPACE, document.source))
@@ -282,10 +308,6 @@ class PostgresStore:
                 for i, (text, count, row) in enumerate(zip(texts, tokens, matrix,
                                                            strict=True)):
                     copy.write_row((document.id, i, text, count, row))
-            self._index_when_large(conn)
-        return DocumentRecord(document.id, document.source, document.title,
-                              document.media_type, document.sha256, document.size,
-                              len(texts), _timestamp(now))
 
     def _claim_model(self, conn: psycopg.Connection[Any], model: str, dims: int) -> None:
         """Record the model and dimension, or refuse vectors of another while chunks exist.
@@ -317,19 +339,80 @@ class PostgresStore:
         conn.execute("UPDATE rag_store SET embedding_model = %s, dimensions = %s",
                      (model, dims))
 
-    def _index_when_large(self, conn: psycopg.Connection[Any]) -> None:
-        """Build the HNSW index, once, when the table reaches ``exact_below`` chunks."""
-        present = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (_INDEX,)).fetchone()
-        if (present and present[0]) or self._smaller_than(conn, self.exact_below,
-                                                          estimate=False):
-            return
-        # One builder; the others go on (waiting here, holding their own inserts, would
-        # deadlock with the builder, who waits for those inserts to commit).
-        locked = conn.execute("SELECT pg_try_advisory_xact_lock(%s, %s)",
-                              (_LOCK_NAMESPACE, _INDEX_LOCK)).fetchone()
-        if locked and locked[0]:
-            conn.execute(f"CREATE INDEX IF NOT EXISTS {_INDEX} ON chunks USING hnsw "
-                         "(embedding vector_cosine_ops)".encode())
+    def _drop_index_for(self, conn: psycopg.Connection[Any], batch: int) -> bool:
+        """Drop the index before a write at least as large as the table and the threshold.
+
+        Such a write is faster COPYed bare and indexed afresh (an HNSW build takes rows at
+        several times the rate of inserts into the index), and rebuilding only when a write
+        doubles the table costs at most one build per row in all. Meanwhile searches are
+        exact. True if dropped: the caller then holds the index lock, to rebuild."""
+        if batch < max(self.exact_below, 1) or not self._index_state(conn)[1] \
+                or not self._smaller_than(conn, batch + 1):
+            return False
+        if not self._try_index_lock(conn):
+            return False
+        conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {_INDEX}".encode())
+        return True
+
+    def _index_when_large(self, conn: psycopg.Connection[Any], *, holding_lock: bool) -> None:
+        """Build the HNSW index once the table holds ``exact_below`` chunks, after the write.
+
+        Outside the write's transaction and CONCURRENTLY, so other writers and searches go
+        on meanwhile; one builder at a time (a session advisory lock, tried: waiting for it
+        while others build is no use). An index left invalid by a killed build is rebuilt.
+        """
+        try:
+            exists, valid = self._index_state(conn)
+            if valid or self._smaller_than(conn, self.exact_below, estimate=False):
+                return
+            if not holding_lock:
+                holding_lock = self._try_index_lock(conn)
+                if not holding_lock:
+                    return
+                exists, valid = self._index_state(conn)  # another may just have built it
+                if valid:
+                    return
+            if exists:
+                conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {_INDEX}".encode())
+            self._build_index(conn)
+        finally:
+            if holding_lock:
+                conn.execute("SELECT pg_advisory_unlock(%s, %s)",
+                             (_LOCK_NAMESPACE, _INDEX_LOCK))
+
+    def _build_index(self, conn: psycopg.Connection[Any]) -> None:
+        """CREATE INDEX CONCURRENTLY with ``m`` and ``ef_construction``, its graph in memory.
+
+        pgvector builds fast while the graph fits in ``maintenance_work_mem`` and slows
+        several-fold past it, so this session raises it to the graph's estimated size (at
+        most :data:`_BUILD_MEMORY_MAX_KB`; never lowered) for the build."""
+        row = conn.execute("SELECT count(*), (SELECT dimensions FROM rag_store), "
+                           "current_setting('maintenance_work_mem')::text, "
+                           "(SELECT setting::bigint FROM pg_settings "
+                           "WHERE name = 'maintenance_work_mem') FROM chunks").fetchone()
+        rows, dims, previous, current_kb = row if row else (0, 0, "64MB", 65536)
+        graph_kb = int(rows) * (4 * int(dims or 0) + 48 * self.m + 256) * 5 // 4 // 1024
+        wanted_kb = min(max(graph_kb, int(current_kb)), _BUILD_MEMORY_MAX_KB)
+        conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (f"{wanted_kb}kB",))
+        try:
+            conn.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {_INDEX} ON chunks USING "
+                         f"hnsw (embedding vector_cosine_ops) WITH (m = {self.m:d}, "
+                         f"ef_construction = {self.ef_construction:d})".encode())
+        finally:
+            conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (previous,))
+
+    @staticmethod
+    def _index_state(conn: psycopg.Connection[Any]) -> tuple[bool, bool]:
+        """Whether the HNSW index exists, and whether it is valid (usable by searches)."""
+        row = conn.execute("SELECT indisvalid AND indisready FROM pg_index "
+                           "WHERE indexrelid = to_regclass(%s)", (_INDEX,)).fetchone()
+        return (row is not None, bool(row and row[0]))
+
+    @staticmethod
+    def _try_index_lock(conn: psycopg.Connection[Any]) -> bool:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                           (_LOCK_NAMESPACE, _INDEX_LOCK)).fetchone()
+        return bool(row and row[0])
 
     def delete_document(self, document_id: str) -> bool:
         self._check_open()
