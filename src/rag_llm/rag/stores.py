@@ -20,12 +20,12 @@ and ``rag-llm config check`` show the URL without it.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from typing import TYPE_CHECKING, Final
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from rag_llm.errors import ConfigError
+from rag_llm.validation import closest
 
 if TYPE_CHECKING:
     from rag_llm.rag.settings import RagSettings
@@ -85,10 +85,10 @@ def check_store(name: object) -> str:
     if isinstance(name, str) and name in STORES:
         return name
     known = sorted(STORES)
-    close = difflib.get_close_matches(name, known, n=1) if isinstance(name, str) else []
-    if isinstance(name, str) and not close:  # case slips: "SQLite"
-        close = [k for k in known if k.lower() == name.lower()][:1]
-    hint = f"did you mean {close[0]!r}? " if close else ""
+    guess = closest(name, known) if isinstance(name, str) else None
+    if isinstance(name, str) and guess is None:  # case slips: "SQLite"
+        guess = next((k for k in known if k.lower() == name.lower()), None)
+    hint = f"did you mean {guess!r}? " if guess else ""
     raise ConfigError("store", name, f"is not a known store; {hint}known: {', '.join(known)}, "
                                      "or a URL such as postgresql://user@host:5432/db")
 
