@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from statekit import RedisServer
+from statekit import RedisServer, Workers
 
 from rag_llm.testing import UpstreamServer
 
 WORKER = Path(__file__).with_name("worker.py")
-MARK = "@worker "
-SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def _provider(server: UpstreamServer, redis: RedisServer, prefix: str,
@@ -31,54 +25,14 @@ def _provider(server: UpstreamServer, redis: RedisServer, prefix: str,
             "pool_timeout": 60, "retry": False, "circuit_breaker": False, **extra}
 
 
-class Workers:
-    """Worker processes started together: ``go()`` releases them all at once."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.go_file = tmp / "go"
-        self.processes: list[subprocess.Popen[str]] = []
-
-    def start(self, spec: dict[str, Any]) -> subprocess.Popen[str]:
-        env = {**os.environ, "PYTHONPATH": str(SRC)}
-        process = subprocess.Popen(
-            [sys.executable, str(WORKER), json.dumps({"go": str(self.go_file), **spec})],
-            stdout=subprocess.PIPE, text=True, env=env)
-        self.processes.append(process)
-        return process
-
-    def wait_ready(self) -> None:
-        for process in self.processes:
-            assert process.stdout is not None
-            line = ""
-            while not line.startswith(MARK):
-                line = process.stdout.readline()
-                assert line, "the worker ended before it was ready"
-            assert json.loads(line.removeprefix(MARK)) == {"ready": True}, line
-
-    def go(self) -> None:
-        self.go_file.write_text("go")
-
-    def results(self, timeout: float = 120) -> list[dict[str, Any]]:
-        found = []
-        for process in self.processes:
-            out, _ = process.communicate(timeout=timeout)
-            assert process.returncode == 0, out
-            (line,) = (line for line in out.splitlines() if line.startswith(MARK))
-            found.append(json.loads(line.removeprefix(MARK)))
-        return found
-
-    def kill_all(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.kill()
-            process.wait(10)
-            if process.stdout is not None and not process.stdout.closed:
-                process.stdout.close()
+def _all_ready(workers: Workers) -> None:
+    for ready in workers.wait_ready():
+        assert ready == {"ready": True}, ready
 
 
 @pytest.fixture
 def workers(tmp_path: Path) -> Iterator[Workers]:
-    group = Workers(tmp_path)
+    group = Workers(WORKER, tmp_path)
     try:
         yield group
     finally:
@@ -94,7 +48,7 @@ def test_eight_processes_never_exceed_global_max_in_flight(
                 "tasks": 50, "calls": 1}
         for _ in range(8):
             workers.start(spec)
-        workers.wait_ready()
+        _all_ready(workers)
         workers.go()
         results = workers.results()
         assert [r["errors"] for r in results] == [0] * 8, results
@@ -118,7 +72,7 @@ def test_a_killed_process_leases_lapse_within_lease_ttl(
         holder = workers.start({"provider": _provider(slow, redis_server, prefix,
                                                       global_max_in_flight=10,
                                                       lease_ttl=ttl), "tasks": 10})
-        workers.wait_ready()
+        _all_ready(workers)
         workers.go()
         assert slow.wait_until(lambda s: s.in_flight == 10, timeout=30)
         assert redis_server.command("ZCARD", key) == b":10\r\n"
@@ -172,7 +126,7 @@ def test_eight_processes_share_one_rate_limit(
                                                  **limits),
                            "tasks": 3, "duration": duration, "skew": skew,
                            })
-        workers.wait_ready()
+        _all_ready(workers)
         workers.go()
         results = workers.results()
         assert [r["errors"] for r in results] == [0] * 8, results
