@@ -9,7 +9,7 @@ server of that shape) is the first adapter, in :mod:`rag_llm.adapters.openai`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from rag_llm.config import ProviderConfig
@@ -19,15 +19,21 @@ if TYPE_CHECKING:
 __all__ = ["APIAdapter", "AdapterFactory", "Message", "StreamParser"]
 
 Message = Mapping[str, Any]
+T_co = TypeVar("T_co", covariant=True)
 
 
-class StreamParser(Protocol):
-    """Turns the lines of one streamed answer into text deltas; ``done`` once it ended."""
+class StreamParser(Protocol[T_co]):
+    """Turns the lines of one streamed answer into items: text deltas, or whole chunks.
+
+    ``done`` once the answer has ended; ``received`` is the text delivered so far, which an
+    interrupted stream's error carries.
+    """
 
     done: bool
+    received: list[str]
 
-    def feed(self, line: str) -> str | None:
-        """The text ``line`` carries, or None; raises the adapter's errors on a bad line."""
+    def feed(self, line: str) -> T_co | None:
+        """The item ``line`` carries, or None; raises the adapter's errors on a bad line."""
         ...
 
 
@@ -50,7 +56,15 @@ class APIAdapter(Protocol):
 
     def parse_chat(self, request: Request, response: Response) -> str: ...
 
-    def stream_parser(self, request: Request) -> StreamParser: ...
+    def parse_completion(self, request: Request, response: Response) -> dict[str, Any]:
+        """The whole chat completion object, checked to have a message in ``choices``."""
+        ...
+
+    def stream_parser(self, request: Request) -> StreamParser[str]: ...
+
+    def chunk_parser(self, request: Request) -> StreamParser[dict[str, Any]]:
+        """A parser that yields each chunk object of a streamed completion whole."""
+        ...
 
     def error(self, request: Request, status: int, headers: Mapping[str, str],
               content: bytes) -> UpstreamError:

@@ -19,7 +19,7 @@ from rag_llm.errors import ConfigError, MalformedResponseError, UpstreamError
 from rag_llm.transport import Request, Response
 from rag_llm.validation import redact_url
 
-__all__ = ["AzureOpenAIAPI", "ChatStreamParser", "OpenAIAPI"]
+__all__ = ["AzureOpenAIAPI", "ChatStreamParser", "ChunkStreamParser", "OpenAIAPI"]
 
 _USER_AGENT: Final = f"rag-llm/{__version__}"
 
@@ -113,8 +113,20 @@ class OpenAIAPI:
             raise self.malformed(request, "'choices[0].message.content' is not text")
         return content
 
+    def parse_completion(self, request: Request, response: Response) -> dict[str, Any]:
+        completion = self._json(request, response)
+        choices = completion.get("choices")
+        if not isinstance(choices, list) or not choices or not all(
+                isinstance(choice, dict) and isinstance(choice.get("message"), dict)
+                for choice in choices):
+            raise self.malformed(request, "no 'choices' with a 'message' each")
+        return completion
+
     def stream_parser(self, request: Request) -> ChatStreamParser:
         return ChatStreamParser(self, request)
+
+    def chunk_parser(self, request: Request) -> ChunkStreamParser:
+        return ChunkStreamParser(self, request)
 
     # -- shared ------------------------------------------------------------------
 
@@ -139,22 +151,22 @@ class OpenAIAPI:
                                       detail=detail)
 
 
-class ChatStreamParser:
-    """Turns the lines of one streamed chat completion into text deltas.
+class _EventParser:
+    """Decodes the ``data:`` events of one streamed chat completion into chunk objects.
 
     Lines after ``[DONE]`` are accepted and ignored: the caller reads the body to its end so
     that the connection can go back to the pool.
     """
 
-    __slots__ = ("_api", "_request", "done")
+    __slots__ = ("_api", "_request", "done", "received")
 
     def __init__(self, api: OpenAIAPI, request: Request) -> None:
         self._api = api
         self._request = request
         self.done = False
+        self.received: list[str] = []
 
-    def feed(self, line: str) -> str | None:
-        """The text delta ``line`` carries, or None."""
+    def _chunk(self, line: str) -> dict[str, Any] | None:
         payload = None if self.done else sse_data(line)
         if payload is None or not payload.strip():
             return None
@@ -169,12 +181,41 @@ class ChatStreamParser:
             raise self._api.malformed(self._request, "a stream event is not a JSON object")
         if "error" in chunk:
             raise self._api.error(self._request, 200, {}, payload.encode())
-        choices = chunk.get("choices") or []
-        if not choices:
-            return None  # e.g. a final usage-only chunk
-        delta = choices[0].get("delta") or {}
-        text = delta.get("content") if isinstance(delta, dict) else None
-        return text if isinstance(text, str) and text else None
+        text = _delta_text(chunk)
+        if text:
+            self.received.append(text)
+        return chunk
+
+
+class ChatStreamParser(_EventParser):
+    """Turns the lines of one streamed chat completion into text deltas."""
+
+    __slots__ = ()
+
+    def feed(self, line: str) -> str | None:
+        """The text delta ``line`` carries, or None."""
+        chunk = self._chunk(line)
+        return None if chunk is None else _delta_text(chunk) or None
+
+
+class ChunkStreamParser(_EventParser):
+    """Turns the lines of one streamed chat completion into its chunk objects, whole:
+    deltas of text, role, tool calls and finish reasons, and the usage-only last chunk."""
+
+    __slots__ = ()
+
+    def feed(self, line: str) -> dict[str, Any] | None:
+        """The chunk ``line`` carries, or None for comments, blank lines and ``[DONE]``."""
+        return self._chunk(line)
+
+
+def _delta_text(chunk: dict[str, Any]) -> str | None:
+    choices = chunk.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None  # e.g. a final usage-only chunk
+    delta = choices[0].get("delta")
+    text = delta.get("content") if isinstance(delta, dict) else None
+    return text if isinstance(text, str) else None
 
 
 class AzureOpenAIAPI(OpenAIAPI):

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self, TypeVar
 
-from rag_llm.adapters import AdapterFactory, APIAdapter, Message
+from rag_llm.adapters import AdapterFactory, APIAdapter, Message, StreamParser
 from rag_llm.calls._async import sending as async_sending
 from rag_llm.calls._sync import sending as sync_sending
 from rag_llm.calls.batching import EmbeddingBatcher, estimate_tokens, split
@@ -359,10 +359,13 @@ class EmbeddingProvider(BaseProvider):
 
 
 class ChatProvider(BaseProvider):
-    """Chat completions, whole (``achat``/``chat``) or streamed (``astream``/``stream``).
+    """Chat completions: text (``achat``/``chat``), text deltas (``astream``/``stream``), or
+    the API's own objects, whole (``achat_completion``) or chunk by chunk (``astream_chunks``),
+    for callers that need tool calls, usage or finish reasons.
 
-    A stream is retried only until its first token: once text has reached the caller, a
-    broken stream raises :class:`~rag_llm.errors.StreamInterruptedError` carrying it.
+    ``params`` are the request's other fields (``temperature``, ``tools``, ...), sent as
+    given. A stream is retried only until its first item: once one has reached the caller,
+    a broken stream raises :class:`~rag_llm.errors.StreamInterruptedError` carrying the text.
     """
 
     kind = "llm"
@@ -381,20 +384,67 @@ class ChatProvider(BaseProvider):
                 lambda api, request, response: api.parse_chat(request, response),
                 _chat_cost(messages, params))
 
+    async def achat_completion(self, messages: Sequence[Message],
+                               **params: Any) -> dict[str, Any]:
+        """The whole chat completion object the upstream answered."""
+        with self._call("chat", "async") as call:
+            return await self._asend(
+                call, lambda api: api.chat_request(messages, params),
+                lambda api, request, response: api.parse_completion(request, response),
+                _chat_cost(messages, params))
+
+    def chat_completion(self, messages: Sequence[Message], **params: Any) -> dict[str, Any]:
+        """Sync twin of :meth:`achat_completion`."""
+        with self._call("chat", "sync") as call:
+            return self._send(
+                call, lambda api: api.chat_request(messages, params),
+                lambda api, request, response: api.parse_completion(request, response),
+                _chat_cost(messages, params))
+
     async def astream(self, messages: Sequence[Message], **params: Any) -> AsyncIterator[str]:
         """Yield text deltas as they arrive."""
-        with self._call("chat_stream", "async") as call, self._tracked():
-            async for text in async_sending.stream(
-                    self.router, call, lambda api: api.chat_request(messages, params, stream=True),
-                    _chat_cost(messages, params), self.config.timeouts):
-                yield text
+        async for text in self._astream(messages, params, _text_parser):
+            yield text
 
     def stream(self, messages: Sequence[Message], **params: Any) -> Iterator[str]:
         """Sync twin of :meth:`astream` (the read timeout bounds each wait for a token)."""
+        yield from self._stream(messages, params, _text_parser)
+
+    async def astream_chunks(self, messages: Sequence[Message],
+                             **params: Any) -> AsyncIterator[dict[str, Any]]:
+        """Yield each ``chat.completion.chunk`` object as it arrives, usage-only ones too
+        (ask for those with ``stream_options={"include_usage": True}``)."""
+        async for chunk in self._astream(messages, params, _chunk_parser):
+            yield chunk
+
+    def stream_chunks(self, messages: Sequence[Message],
+                      **params: Any) -> Iterator[dict[str, Any]]:
+        """Sync twin of :meth:`astream_chunks`."""
+        yield from self._stream(messages, params, _chunk_parser)
+
+    async def _astream(self, messages: Sequence[Message], params: Mapping[str, Any],
+                       parser: Callable[[APIAdapter, Request], StreamParser[T]],
+                       ) -> AsyncIterator[T]:
+        with self._call("chat_stream", "async") as call, self._tracked():
+            async for item in async_sending.stream(
+                    self.router, call, lambda api: api.chat_request(messages, params, stream=True),
+                    parser, _chat_cost(messages, params), self.config.timeouts):
+                yield item
+
+    def _stream(self, messages: Sequence[Message], params: Mapping[str, Any],
+                parser: Callable[[APIAdapter, Request], StreamParser[T]]) -> Iterator[T]:
         with self._call("chat_stream", "sync") as call, self._tracked():
             yield from sync_sending.stream(
                 self.router, call, lambda api: api.chat_request(messages, params, stream=True),
-                _chat_cost(messages, params), self.config.timeouts)
+                parser, _chat_cost(messages, params), self.config.timeouts)
+
+
+def _text_parser(api: APIAdapter, request: Request) -> StreamParser[str]:
+    return api.stream_parser(request)
+
+
+def _chunk_parser(api: APIAdapter, request: Request) -> StreamParser[dict[str, Any]]:
+    return api.chunk_parser(request)
 
 
 def _chat_cost(messages: Sequence[Message], params: Mapping[str, Any]) -> float:

@@ -19,7 +19,7 @@ from rag_llm.calls.timers import Timer
 from rag_llm.errors import ReadTimeoutError, TransportError
 
 if TYPE_CHECKING:
-    from rag_llm.adapters import APIAdapter
+    from rag_llm.adapters import APIAdapter, StreamParser
     from rag_llm.calls.admission import Admission
     from rag_llm.calls.attempts import Attempt
     from rag_llm.calls.record import CallRecord
@@ -69,20 +69,22 @@ leased(upstream.in_flight, request, attempt.call.remaining()))
 
 
 def stream(router: Router, call: CallRecord, build: Callable[[APIAdapter], Request],
-           cost: float, timeouts: Timeouts) -> Iterator[str]:
-    """The text deltas of ``build``'s streamed request, retried only until the first one."""
+           parser: Callable[[APIAdapter, Request], StreamParser[T]],
+           cost: float, timeouts: Timeouts) -> Iterator[T]:
+    """The items ``parser`` reads from ``build``'s streamed request (text deltas, or whole
+    chunks), retried only until the first one."""
     with contextlib.ExitStack() as held:
         for attempt in router.attempts(cost):
             with attempt:
-                opened = _open(attempt, build, call, held, timeouts)
+                opened = _open(attempt, build, parser, call, held, timeouts)
                 break
-        received: list[str] = []
-        text = opened.first
+        delivered = 0
+        item = opened.first
         while True:
-            if text is not None:
-                received.append(text)
+            if item is not None:
+                delivered += 1
                 call.token()
-                yield text
+                yield item
             idle = Timer(timeouts.stream_idle)
             try:
                 with idle:
@@ -90,21 +92,22 @@ def stream(router: Router, call: CallRecord, build: Callable[[APIAdapter], Reque
             except StopIteration:
                 break
             except TransportError as exc:  # read timeouts included
-                raise opened.interrupted(received, exc.detail) from exc
+                raise opened.interrupted(delivered, exc.detail) from exc
             except TimeoutError:
                 if not idle.expired():
                     raise
                 raise opened.interrupted(
-                    received, f"no token for stream_idle_timeout="
+                    delivered, f"no token for stream_idle_timeout="
                               f"{timeouts.stream_idle:g}s") from None
-            text = opened.parser.feed(line)
+            item = opened.parser.feed(line)
         if not opened.parser.done:
-            raise opened.interrupted(received, "the stream ended before [DONE]")
+            raise opened.interrupted(delivered, "the stream ended before [DONE]")
 
 
-def _open(attempt: Attempt, build: Callable[[APIAdapter], Request], call: CallRecord,
+def _open(attempt: Attempt, build: Callable[[APIAdapter], Request],
+          parser: Callable[[APIAdapter, Request], StreamParser[T]], call: CallRecord,
           held: contextlib.ExitStack,
-          timeouts: Timeouts) -> OpenStream[Iterator[str]]:
+          timeouts: Timeouts) -> OpenStream[Iterator[str], T]:
     """Send, then read up to the first token within ``first_token_timeout``.
 
     Up to there a failure is the attempt's, and may be retried; the open response then
@@ -125,7 +128,7 @@ def _open(attempt: Attempt, build: Callable[[APIAdapter], Request], call: CallRe
                 if response.status >= 400:
                     raise api.error(request, response.status, response.headers,
                                     response.read())
-                opened = OpenStream(api, request, response.iter_lines())
+                opened = OpenStream(api, request, response.iter_lines(), parser(api, request))
                 for line in opened.lines:
                     opened.first = opened.parser.feed(line)
                     if opened.first is not None or opened.parser.done:
