@@ -29,6 +29,37 @@ async def test_reingesting_unchanged_files_does_nothing(
     assert [d.id for d in again.documents] == [d.id for d in first.documents]
 
 
+async def test_changed_chunk_settings_recut_and_reembed_unchanged_files(
+    upstream: UpstreamServer, corpus: Path, tmp_path: Path,
+) -> None:
+    from ragkit import upstream_settings
+
+    from rag_llm.locator import ServiceLocator
+    from rag_llm.rag import RagSettings
+
+    async def ingest(**chunking: int) -> tuple[list[str], dict[str, int]]:
+        locator = ServiceLocator(upstream_settings(upstream))
+        settings = RagSettings(data_dir=tmp_path / "data", **chunking)
+        with RagService.from_locator(locator, settings, {}) as service:
+            report = await service.ingest_paths([corpus])
+            counts = {d.source: d.chunks for d in await service.documents()}
+        await locator.cleanup()
+        return [d.status for d in report.documents], counts
+
+    statuses, wide = await ingest(chunk_size=200, chunk_overlap=40)
+    assert statuses == ["added"] * 7
+    statuses, same = await ingest(chunk_size=200, chunk_overlap=40)
+    assert statuses == ["unchanged"] * 7
+    assert same == wide
+    embedded = len(upstream.requests)
+    statuses, narrow = await ingest(chunk_size=40, chunk_overlap=10)
+    assert statuses == ["updated"] * 7
+    assert len(upstream.requests) > embedded  # embedded again
+    assert sum(narrow.values()) > sum(wide.values())
+    statuses, _ = await ingest(chunk_size=40, chunk_overlap=0)
+    assert statuses == ["updated"] * 7
+
+
 async def test_a_changed_file_replaces_its_chunks(
     upstream_service: RagService, corpus: Path,
 ) -> None:

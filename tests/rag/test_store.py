@@ -120,6 +120,34 @@ def test_the_store_persists_across_reopening(open_store: Opener) -> None:
         assert (hit.chunk.text, hit.chunk.tokens, hit.score) == ("a0", 3, pytest.approx(1.0))
 
 
+def test_each_document_keeps_the_recipe_it_was_cut_with(open_store: Opener) -> None:
+    cut = NewDocument(id="id-r", source="r", title="R", media_type="text/plain",
+                      sha256="1" * 64, size=3, recipe="loaders=1 chunk_size=50")
+    with open_store() as store:
+        stored = store.replace_document(cut, ["r0"], [1], [axis(2)], MODEL)
+        assert stored.recipe == "loaders=1 chunk_size=50"
+    with open_store() as store:
+        assert store.document("id-r").recipe == "loaders=1 chunk_size=50"
+        assert store.document_by_source("r") == stored
+        assert [d.recipe for d in store.documents()] == ["loaders=1 chunk_size=50"]
+        assert store.search(axis(2), k=1)[0].document == stored
+
+
+def test_a_sqlite_store_from_before_recipes_opens_with_them_empty(tmp_path: Path) -> None:
+    import sqlite3
+
+    from rag_llm.rag.sqlite_store import DATABASE_FILE
+
+    with SQLiteStore(tmp_path) as store:
+        store.replace_document(document("old"), ["o0"], [1], [axis(0)], MODEL)
+    with sqlite3.connect(tmp_path / DATABASE_FILE) as db:
+        db.execute("ALTER TABLE documents DROP COLUMN recipe")
+    with SQLiteStore(tmp_path) as store:
+        assert store.document("id-old").recipe == ""
+        store.replace_document(document("new"), ["n0"], [1], [axis(1)], MODEL)
+        assert len(store.documents()) == 2
+
+
 def test_vectors_of_another_model_or_size_are_refused_while_chunks_exist(
     store: Any,
 ) -> None:

@@ -64,6 +64,13 @@ class Chunker:
         self.overlap = overlap
         self.count = count
 
+    @property
+    def recipe(self) -> str:
+        """The settings that decide where chunks fall: stored with each document so that a
+        change of any of them re-cuts it at the next ingest."""
+        counter = "approximate" if self.count is approximate_tokens else "tokenizer"
+        return f"chunk_size={self.size} chunk_overlap={self.overlap} tokens={counter}"
+
     def split(self, text: str) -> list[Chunk]:
         """The chunks of ``text``, in order; none for blank text."""
         paragraphs = _attach_headings([_tidy(p) for p in _PARAGRAPH.split(text)])

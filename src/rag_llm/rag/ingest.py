@@ -1,11 +1,11 @@
 """Ingestion: read, chunk, embed concurrently and store documents; report each by name.
 
 A run has two phases. First every file is read, hashed and chunked in a worker thread; one
-whose content hash matches the stored version is skipped, and one that cannot be read or
-parsed is reported and left out. Then the chunks are embedded in batches, several batches
-in flight at once (bounded by ``concurrency``), and each document is stored, replacing its
-earlier version, as soon as its group of batches is done, so memory stays bounded however
-many files a run takes.
+whose content hash and recipe (loaders, chunk size and overlap, token counter) match the
+stored version is skipped, and one that cannot be read or parsed is reported and left out.
+Then the chunks are embedded in batches, several batches in flight at once (bounded by
+``concurrency``), and each document is stored, replacing its earlier version, as soon as its
+group of batches is done, so memory stays bounded however many files a run takes.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Final, Literal
 from rag_llm.errors import RagLLMError
 from rag_llm.providers import Embedder
 from rag_llm.rag.chunking import Chunk, Chunker
-from rag_llm.rag.loaders import DocumentError, discover, load_bytes, read_file
+from rag_llm.rag.loaders import LOADERS_VERSION, DocumentError, discover, load_bytes, read_file
 from rag_llm.rag.store import DocumentStore, NewDocument
 
 __all__ = ["IngestFailure", "IngestReport", "IngestedDocument", "Ingestor", "document_id"]
@@ -92,6 +92,7 @@ class Ingestor:
         self.batch_size = batch_size
         self.concurrency = max(1, concurrency)
         self.max_bytes = max_bytes
+        self.recipe = f"loaders={LOADERS_VERSION} {chunker.recipe}"
 
     async def ingest_paths(self, paths: Iterable[str | Path],
                            progress: Progress | None = None,
@@ -150,14 +151,15 @@ class Ingestor:
                                         f"{self.max_bytes}")
         digest = hashlib.sha256(data).hexdigest()
         stored = self.store.document_by_source(source)
-        if stored is not None and stored.sha256 == digest:
+        if stored is not None and stored.sha256 == digest and stored.recipe == self.recipe:
             return IngestedDocument(stored.id, source, stored.title, "unchanged", stored.chunks)
         loaded = load_bytes(source, data)
         chunks = self.chunker.split(loaded.text)
         if not chunks:
             raise DocumentError(source, "has no text to index")
         document = NewDocument(id=document_id(source), source=source, title=loaded.title,
-                               media_type=loaded.media_type, sha256=digest, size=len(data))
+                               media_type=loaded.media_type, sha256=digest, size=len(data),
+                               recipe=self.recipe)
         return _Prepared(document, chunks, replaces=stored is not None)
 
     def _groups(self, pending: list[_Prepared]) -> Iterable[list[_Prepared]]:

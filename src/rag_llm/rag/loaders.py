@@ -16,7 +16,11 @@ from typing import Final
 
 from rag_llm.errors import RagLLMError
 
-__all__ = ["LOADERS", "DocumentError", "LoadedDocument", "discover", "load_bytes", "read_file"]
+__all__ = ["LOADERS", "LOADERS_VERSION", "DocumentError", "LoadedDocument", "discover",
+           "load_bytes", "read_file"]
+
+# Raised whenever a loader's text extraction changes, so stored documents are re-cut.
+LOADERS_VERSION: Final = 1
 
 
 class DocumentError(RagLLMError, ValueError):

@@ -82,10 +82,11 @@ CREATE TABLE chunks (
     idx integer NOT NULL, text text NOT NULL, tokens integer NOT NULL,
     embedding vector NOT NULL, UNIQUE (document_id, idx));
 """),
+    (2, "ALTER TABLE documents ADD COLUMN recipe text NOT NULL DEFAULT '';"),
 )
 _INDEX: Final = "chunks_embedding_hnsw"
 _DOCUMENT_COLUMNS: Final = "d.id, d.source, d.title, d.media_type, d.sha256, d.size, " \
-                           "d.chunks, d.ingested_at"
+                           "d.chunks, d.ingested_at, d.recipe"
 _SEARCH: Final = f"""
 WITH nearest AS (
     SELECT id, document_id, idx, text, tokens, embedding <=> %(q)s AS distance
@@ -288,7 +289,7 @@ class PostgresStore:
             self._index_when_large(conn, holding_lock=rebuild)
         return DocumentRecord(document.id, document.source, document.title,
                               document.media_type, document.sha256, document.size,
-                              len(texts), _timestamp(now))
+                              len(texts), _timestamp(now), document.recipe)
 
     def _write(self, conn: psycopg.Connection[Any], document: NewDocument,
                texts: Sequence[str], tokens: Sequence[int], matrix: Any,
@@ -300,9 +301,9 @@ class PostgresStore:
             self._claim_model(conn, embedding_model, int(matrix.shape[1]))
             conn.execute("DELETE FROM documents WHERE id = %s OR source = %s",
                          (document.id, document.source))
-            conn.execute("INSERT INTO documents VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            conn.execute("INSERT INTO documents VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                          (document.id, document.source, document.title, document.media_type,
-                          document.sha256, document.size, len(texts), now))
+                          document.sha256, document.size, len(texts), now, document.recipe))
             with conn.cursor() as cursor, cursor.copy(_COPY) as copy:
                 copy.set_types(["text", "int4", "text", "int4", "vector"])
                 for i, (text, count, row) in enumerate(zip(texts, tokens, matrix,
@@ -435,7 +436,7 @@ class PostgresStore:
                                   f"differs from the store's {dims} dimensions")
             self._plan_search(conn, k)
             rows = conn.execute(_SEARCH, {"q": query, "k": k}).fetchall()
-        return [SearchHit(ChunkRecord(*r[:5]), _document(r[5:13]), float(r[13])) for r in rows]
+        return [SearchHit(ChunkRecord(*r[:5]), _document(r[5:14]), float(r[14])) for r in rows]
 
     def _plan_search(self, conn: psycopg.Connection[Any], k: int) -> bool:
         """Set this transaction up for exact or HNSW search; True if exact."""
@@ -489,7 +490,7 @@ def _timestamp(moment: datetime) -> str:
 
 
 def _document(row: Sequence[Any]) -> DocumentRecord:
-    id_, source, title, media_type, sha256, size, chunks, ingested_at = row
+    id_, source, title, media_type, sha256, size, chunks, ingested_at, recipe = row
     return DocumentRecord(id_, source, title, media_type, sha256, size, chunks,
-                          _timestamp(ingested_at))
+                          _timestamp(ingested_at), recipe)
 

@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS documents (
     id TEXT PRIMARY KEY, source TEXT NOT NULL UNIQUE, title TEXT NOT NULL,
     media_type TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
-    chunks INTEGER NOT NULL, ingested_at TEXT NOT NULL);
+    chunks INTEGER NOT NULL, ingested_at TEXT NOT NULL, recipe TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS chunks (
     id INTEGER PRIMARY KEY, document_id TEXT NOT NULL REFERENCES documents(id),
     idx INTEGER NOT NULL, text TEXT NOT NULL, tokens INTEGER NOT NULL,
@@ -55,7 +55,7 @@ CREATE TRIGGER IF NOT EXISTS chunk_slot_freed AFTER DELETE ON chunks
     BEGIN INSERT INTO free_slots(slot) VALUES (old.slot); END;
 """
 _DOCUMENT_COLUMNS: Final = "d.id, d.source, d.title, d.media_type, d.sha256, d.size, " \
-                           "d.chunks, d.ingested_at"
+                           "d.chunks, d.ingested_at, d.recipe"
 _FloatMatrix = npt.NDArray[np.float32]
 
 
@@ -80,12 +80,19 @@ class SQLiteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._add_recipe_column()
         self._fd = os.open(self.directory / VECTORS_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         self._closed = False
         self._data_version = -1
         self._stale = True
         self._slots: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)
         self._matrix: _FloatMatrix | None = None
+
+    def _add_recipe_column(self) -> None:
+        """Stores made before documents kept their recipe gain the column, empty."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(documents)")}
+        if "recipe" not in columns:
+            self._db.execute("ALTER TABLE documents ADD COLUMN recipe TEXT NOT NULL DEFAULT ''")
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {str(self.directory)!r}>"
@@ -166,9 +173,10 @@ class SQLiteStore:
                 freed = self._slots_of(document.id)
                 self._delete(document.id)
                 self._db.execute(
-                    "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (document.id, document.source, document.title, document.media_type,
-                     document.sha256, document.size, len(texts), ingested_at))
+                     document.sha256, document.size, len(texts), ingested_at,
+                     document.recipe))
                 self._db.executemany(
                     "INSERT INTO chunks(document_id, idx, text, tokens, slot) "
                     "VALUES (?, ?, ?, ?, ?)",
@@ -185,7 +193,7 @@ class SQLiteStore:
             self._apply(freed, added)
         return DocumentRecord(document.id, document.source, document.title,
                               document.media_type, document.sha256, document.size,
-                              len(texts), ingested_at)
+                              len(texts), ingested_at, document.recipe)
 
     def _claim_model(self, model: str, dims: int) -> None:
         stored_model, stored_dims = self._meta("embedding_model"), self._meta("dimensions")

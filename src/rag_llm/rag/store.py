@@ -17,7 +17,11 @@ __all__ = ["ChunkRecord", "DocumentRecord", "DocumentStore", "NewDocument", "Sea
 
 @dataclass(frozen=True, slots=True)
 class NewDocument:
-    """A document about to be stored: identity, content hash and descriptive metadata."""
+    """A document about to be stored: identity, content hash and descriptive metadata.
+
+    ``recipe`` names how its chunks were cut (loader, chunk size and overlap, token
+    counter): a later ingest of the same content re-cuts it when the recipe has changed.
+    """
 
     id: str
     source: str
@@ -25,6 +29,7 @@ class NewDocument:
     media_type: str
     sha256: str
     size: int
+    recipe: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +44,7 @@ class DocumentRecord:
     size: int
     chunks: int
     ingested_at: str
+    recipe: str = ""  # empty for documents stored before stores kept recipes
 
 
 @dataclass(frozen=True, slots=True)
