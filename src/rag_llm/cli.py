@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -129,6 +130,40 @@ def _run_delete(args: argparse.Namespace) -> int:
     print(f"deleted {args.id}" if deleted else f"no document with id {args.id}",
           file=sys.stdout if deleted else sys.stderr)
     return 0 if deleted else 1
+
+
+def _store_at(rag: RagSettings, where: str) -> RagSettings:
+    """Settings for the store at ``where``: a store URL or name, else an SQLite directory."""
+    from rag_llm.rag.stores import STORES, store_scheme
+
+    if store_scheme(where) is not None or where in STORES:
+        return rag.with_overrides(store=where)
+    return rag.with_overrides(store="sqlite", data_dir=Path(where))
+
+
+def _run_migrate_store(args: argparse.Namespace) -> int:
+    from rag_llm.rag.migrate import copy_store
+    from rag_llm.rag.stores import open_store
+
+    _, rag = _settings(args)
+    source_settings = rag if args.source is None else _store_at(rag, args.source)
+    with contextlib.closing(open_store(source_settings)) as source, \
+            contextlib.closing(open_store(_store_at(rag, args.target))) as target:
+        total = len(source.documents())
+        bar: Any = None
+        if total and sys.stderr.isatty():
+            with contextlib.suppress(ImportError):  # the bar is a nicety
+                from tqdm import tqdm
+
+                bar = tqdm(total=total, unit="doc", desc="copying", file=sys.stderr)
+        try:
+            report = copy_store(source, target, None if bar is None else lambda _: bar.update())
+        finally:
+            if bar is not None:
+                bar.close()
+    print(f"{report.copied} documents copied ({report.chunks} chunks), "
+          f"{report.skipped} already there")
+    return 0
 
 
 async def _query(service: RagService, args: argparse.Namespace) -> None:
@@ -354,6 +389,17 @@ def _parser() -> argparse.ArgumentParser:
                                  help="remove a document and its chunks")
     delete.add_argument("id", help="the document id, as `rag-llm documents` shows it")
     delete.set_defaults(run=_run_delete)
+
+    migrate = commands.add_parser(
+        "migrate-store", parents=[common],
+        help="copy every document, chunk and vector of one store into another; run it "
+             "again to resume")
+    migrate.add_argument("--from", dest="source", metavar="STORE",
+                         help="a store URL or an SQLite store's directory (default: the "
+                              "configured store)")
+    migrate.add_argument("--to", dest="target", metavar="STORE", required=True,
+                         help="a store URL (postgresql://...) or an SQLite store's directory")
+    migrate.set_defaults(run=_run_migrate_store)
 
     query = commands.add_parser("query", parents=[common],
                                 help="answer a question from the stored documents")

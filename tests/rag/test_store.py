@@ -133,6 +133,15 @@ def test_each_document_keeps_the_recipe_it_was_cut_with(open_store: Opener) -> N
         assert store.search(axis(2), k=1)[0].document == stored
 
 
+def test_a_documents_vectors_come_back_in_chunk_order(store: Any) -> None:
+    store.replace_document(document("v"), ["v0", "v1", "v2"], [1, 1, 1],
+                           [axis(2), axis(0), [0.6, 0.8, 0.0, 0.0]], MODEL)
+    store.replace_document(document("w"), ["w0"], [1], [axis(3)], MODEL)
+    got = store.vectors("id-v")
+    assert [[round(x, 6) for x in row] for row in got] == [axis(2), axis(0), [0.6, 0.8, 0, 0]]
+    assert store.vectors("id-none") == []
+
+
 def test_a_sqlite_store_from_before_recipes_opens_with_them_empty(tmp_path: Path) -> None:
     import sqlite3
 

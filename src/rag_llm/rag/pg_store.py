@@ -261,6 +261,13 @@ class PostgresStore:
                                 "WHERE document_id = %s ORDER BY idx", (document_id,)).fetchall()
         return [ChunkRecord(*row) for row in rows]
 
+    def vectors(self, document_id: str) -> list[list[float]]:
+        self._check_open()
+        with self._pool.connection() as conn:
+            rows = conn.execute("SELECT embedding FROM chunks WHERE document_id = %s "
+                                "ORDER BY idx", (document_id,)).fetchall()
+        return [row[0].to_list() for row in rows]
+
     def chunk_count(self) -> int:
         """From the documents' counts (written with their chunks): no scan of ``chunks``."""
         self._check_open()

@@ -150,6 +150,17 @@ class SQLiteStore:
                                     (document_id,)).fetchall()
         return [ChunkRecord(*row) for row in rows]
 
+    def vectors(self, document_id: str) -> list[list[float]]:
+        with self._lock:
+            self._check_open()
+            slots = [row[0] for row in self._db.execute(
+                "SELECT slot FROM chunks WHERE document_id = ? ORDER BY idx", (document_id,))]
+            matrix, _ = self._refresh()
+        if not slots or matrix is None:
+            return []
+        rows: list[list[float]] = matrix[slots].tolist()
+        return rows
+
     def chunk_count(self) -> int:
         with self._lock:
             self._check_open()

@@ -87,6 +87,10 @@ class DocumentStore(Protocol):
 
     def chunks(self, document_id: str) -> list[ChunkRecord]: ...
 
+    def vectors(self, document_id: str) -> list[list[float]]:
+        """The vectors of a document's chunks, in chunk order (as :meth:`chunks`)."""
+        ...
+
     def replace_document(self, document: NewDocument, texts: Sequence[str],
                          tokens: Sequence[int], vectors: Sequence[Sequence[float]],
                          embedding_model: str) -> DocumentRecord:
