@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 if TYPE_CHECKING:
     from rag_llm.config import Settings
     from rag_llm.locator import ServiceLocator
-    from rag_llm.rag import IngestReport, RagService, RagSettings
+    from rag_llm.rag import AnswerEvent, IngestReport, RagService, RagSettings
+    from rag_llm.remote import ServiceClient
 
 __all__ = ["main"]
 
@@ -62,6 +63,34 @@ def _service(args: argparse.Namespace) -> Iterator[tuple[ServiceLocator, RagServ
             yield locator, service
     finally:
         asyncio.run(locator.cleanup())
+
+
+def _remote(args: argparse.Namespace) -> ServiceClient | None:
+    """The running service to send this command to: ``--url``, else one announced in the
+    data directory; None to work on the store directly."""
+    from rag_llm.rag.settings import RagSettings
+    from rag_llm.remote import RemoteError, ServiceClient, running_service
+
+    rag = RagSettings.load(args.config).with_overrides(data_dir=args.data_dir)
+    key = rag.api_key.get_secret_value() if rag.api_key is not None else None
+    if args.url is not None:
+        client = ServiceClient(args.url, key)
+        if not client.reachable():
+            raise RemoteError(f"no service answers at {client.url}")
+        found = "--url"
+    else:
+        url = running_service(rag.data_dir)
+        announced = None if url is None else ServiceClient(url, key)
+        if announced is None or not announced.reachable():
+            if args.verbose:
+                print(f"rag-llm: no service runs on {rag.data_dir}; using the store directly",
+                      file=sys.stderr)
+            return None
+        client, found = announced, f"announced in {rag.data_dir}"
+    if args.verbose:
+        print(f"rag-llm: sending the command to the service at {client.url} ({found})",
+              file=sys.stderr)
+    return client
 
 
 def _shown(source: str) -> str:
@@ -112,21 +141,29 @@ def _run_ingest(args: argparse.Namespace) -> int:
 
 
 def _run_documents(args: argparse.Namespace) -> int:
-    with _service(args) as (_, service):
-        documents = asyncio.run(service.documents())
+    client = _remote(args)
+    if client is not None:
+        documents = client.documents()
+    else:
+        with _service(args) as (_, service):
+            documents = [asdict(d) for d in asyncio.run(service.documents())]
     if args.json:
-        print(json.dumps([asdict(d) for d in documents], indent=2))
+        print(json.dumps(documents, indent=2))
         return 0
     if not documents:
         print("no documents; add some with: rag-llm ingest PATH...")
     for d in documents:
-        print(f"{d.id}  {d.chunks:>5} chunks  {d.ingested_at}  {_shown(d.source)}")
+        print(f"{d['id']}  {d['chunks']:>5} chunks  {d['ingested_at']}  {_shown(d['source'])}")
     return 0
 
 
 def _run_delete(args: argparse.Namespace) -> int:
-    with _service(args) as (_, service):
-        deleted = asyncio.run(service.delete(args.id))
+    client = _remote(args)
+    if client is not None:
+        deleted = client.delete(args.id)
+    else:
+        with _service(args) as (_, service):
+            deleted = asyncio.run(service.delete(args.id))
     print(f"deleted {args.id}" if deleted else f"no document with id {args.id}",
           file=sys.stdout if deleted else sys.stderr)
     return 0 if deleted else 1
@@ -171,15 +208,46 @@ async def _query(service: RagService, args: argparse.Namespace) -> None:
         answer = await service.query(args.question, args.top_k)
         print(json.dumps(asdict(answer), indent=2))
         return
+    _print_answer(args, [(event.kind, event.data)
+                         async for event in _echoed(args, service.stream(args.question,
+                                                                         args.top_k))])
+
+
+async def _echoed(args: argparse.Namespace,
+                  events: AsyncIterator[AnswerEvent]) -> AsyncIterator[AnswerEvent]:
+    """``events``, printing each text delta as it arrives under ``--stream``."""
+    async for event in events:
+        if event.kind == "delta" and args.stream:
+            print(event.data, end="", flush=True)
+        yield event
+
+
+def _query_remote(client: ServiceClient, args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps(client.answer(args.question, args.top_k), indent=2))
+        return
+    events: list[tuple[str, Any]] = []
+    for kind, data in client.events(args.question, args.top_k):
+        if kind == "error":
+            from rag_llm.remote import RemoteError
+
+            raise RemoteError(f"the service's answer failed: {data.get('detail')}")
+        if kind == "delta":
+            data = data["text"]
+            if args.stream:
+                print(data, end="", flush=True)
+        events.append((kind, data))
+    _print_answer(args, events)
+
+
+def _print_answer(args: argparse.Namespace, events: list[tuple[str, Any]]) -> None:
     citations: list[dict[str, Any]] = []
     text: list[str] = []
-    async for event in service.stream(args.question, args.top_k):
-        if event.kind == "citations":
-            citations = event.data
-        elif event.kind == "delta" and args.stream:
-            print(event.data, end="", flush=True)
-        elif event.kind == "delta":
-            text.append(event.data)
+    for kind, data in events:
+        if kind == "citations":
+            citations = data
+        elif kind == "delta" and not args.stream:
+            text.append(data)
     print("".join(text), end="\n\n")
     if citations:
         print("Sources:")
@@ -192,6 +260,10 @@ def _run_query(args: argparse.Namespace) -> int:
     if not args.question.strip():
         print("rag-llm: error: the question is empty", file=sys.stderr)
         return 2
+    client = _remote(args)
+    if client is not None:
+        _query_remote(client, args)
+        return 0
     with _service(args) as (_, service):
         asyncio.run(_query(service, args))
     return 0
@@ -220,11 +292,14 @@ def _run_serve(args: argparse.Namespace) -> int:
         with RagService.from_locator(locator, rag) as service:
             asyncio.run(_ingest(service, args.ingest, sys.stderr))
     if args.workers > 1:
-        return _serve_workers(args, locator)
+        return _serve_workers(args, locator, rag.data_dir)
+    from rag_llm.remote import announced
+
     print(f"rag-llm: serving on http://{args.host}:{args.port} (API docs at /docs)",
           file=sys.stderr)
-    uvicorn.run(create_app(locator, rag_settings=rag), host=args.host, port=args.port,
-                log_level=settings.log_level)
+    with announced(rag.data_dir, args.host, args.port):
+        uvicorn.run(create_app(locator, rag_settings=rag), host=args.host, port=args.port,
+                    log_level=settings.log_level)
     return 0
 
 
@@ -235,7 +310,8 @@ def _shared_state(locator: ServiceLocator) -> bool:
                for provider in locator.providers().values())
 
 
-def _serve_workers(args: argparse.Namespace, locator: ServiceLocator) -> int:
+def _serve_workers(args: argparse.Namespace, locator: ServiceLocator,
+                   data_dir: Path) -> int:
     """``serve --workers N``: N uvicorn workers, each building its own providers from the
     same configuration (:func:`rag_llm.api.create_app_from_environment`)."""
     import uvicorn
@@ -261,8 +337,10 @@ def _serve_workers(args: argparse.Namespace, locator: ServiceLocator) -> int:
     os.environ.update({name: value for name, value in passed.items() if value})
     print(f"rag-llm: serving on http://{args.host}:{args.port} with {args.workers} workers "
           "(API docs at /docs)", file=sys.stderr)
+    from rag_llm.remote import announced
+
     try:
-        with worker_dir():
+        with worker_dir(), announced(data_dir, args.host, args.port):
             uvicorn.run("rag_llm.api:create_app_from_environment", factory=True,
                         workers=args.workers, host=args.host, port=args.port,
                         log_level=log_level)
@@ -361,6 +439,12 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--config", help="TOML or YAML config file (default: $RAG_LLM_CONFIG)")
     common.add_argument("--data-dir", type=Path,
                         help="where the store lives (default: $RAG_LLM_DATA_DIR or ./.rag-llm)")
+    # Commands that a running service can do for them, faster than opening the store.
+    remote = argparse.ArgumentParser(add_help=False)
+    remote.add_argument("--url", help="send the command to the service at URL (default: the "
+                                      "one serving this data directory, if any)")
+    remote.add_argument("--verbose", action="store_true",
+                        help="say whether a running service does the work")
     parser = argparse.ArgumentParser(
         prog="rag-llm", description="Answer questions from your documents: ingest, list, "
                                     "delete and query them, or serve the HTTP API.")
@@ -381,11 +465,12 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("paths", nargs="+", metavar="PATH")
     ingest.set_defaults(run=_run_ingest)
 
-    documents = commands.add_parser("documents", parents=[common], help="list stored documents")
+    documents = commands.add_parser("documents", parents=[common, remote],
+                                    help="list stored documents")
     documents.add_argument("--json", action="store_true", help="print JSON")
     documents.set_defaults(run=_run_documents)
 
-    delete = commands.add_parser("delete", parents=[common],
+    delete = commands.add_parser("delete", parents=[common, remote],
                                  help="remove a document and its chunks")
     delete.add_argument("id", help="the document id, as `rag-llm documents` shows it")
     delete.set_defaults(run=_run_delete)
@@ -401,7 +486,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="a store URL (postgresql://...) or an SQLite store's directory")
     migrate.set_defaults(run=_run_migrate_store)
 
-    query = commands.add_parser("query", parents=[common],
+    query = commands.add_parser("query", parents=[common, remote],
                                 help="answer a question from the stored documents")
     query.add_argument("question")
     query.add_argument("--top-k", type=_positive, default=None,

@@ -175,3 +175,67 @@ def test_config_check_prints_every_value_masked_with_its_source(
     assert "max_keepalive_connections = 7" in embedding  # follows the smaller limit
     assert lines["top_k"].endswith("# environment RAG_LLM_TOP_K")
     assert lines["chunk_size"].endswith("# default")
+
+
+def test_commands_go_to_the_service_running_on_their_data_directory(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    port = closed_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAG_LLM_", "OPENAI_"))}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rag_llm.cli", "serve", "--port", str(port), "--config",
+         str(config), "--ingest", str(SAMPLES)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    # The command's own providers point nowhere: only the service can answer.
+    unreachable = tmp_path / "unreachable.toml"
+    unreachable.write_text(
+        f'[providers.embedding]\ntype = "openai"\nmodel = "m"\n'
+        f'base_url = "http://127.0.0.1:{closed_port()}/v1"\n'
+        f'[rag]\ndata_dir = "{tmp_path / "data"}"\n')
+    announced = tmp_path / "data" / "service.json"
+    try:
+        deadline = time.monotonic() + 30
+        while not (announced.exists() and _answers(f"http://127.0.0.1:{port}/v1/documents")):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the service did not start"
+            time.sleep(0.1)
+        capsys.readouterr()
+        assert main(["documents", "--json", "--verbose", "--config", str(unreachable)]) == 0
+        out, err = capsys.readouterr()
+        assert f"sending the command to the service at http://127.0.0.1:{port}" in err
+        documents = json.loads(out)
+        assert len(documents) == len(SAMPLE_NAMES)
+
+        assert main(["query", "espresso", "--json", "--config", str(unreachable)]) == 0
+        answer = json.loads(capsys.readouterr().out)
+        assert answer["mode"] == "generated"
+        assert answer["citations"]
+        assert main(["query", "espresso", "--stream", "--config", str(unreachable)]) == 0
+        assert "Sources:\n[1] " in capsys.readouterr().out
+
+        target = documents[0]["id"]
+        assert main(["delete", target, "--config", str(unreachable)]) == 0
+        assert main(["delete", target, "--config", str(unreachable)]) == 1
+        assert capsys.readouterr() == (f"deleted {target}\n", f"no document with id {target}\n")
+        assert main(["documents", "--json", "--url", f"http://127.0.0.1:{port}",
+                     "--data-dir", str(tmp_path / "elsewhere")]) == 0
+        assert len(json.loads(capsys.readouterr().out)) == len(SAMPLE_NAMES) - 1
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=20)
+    assert not announced.exists()
+    capsys.readouterr()
+    assert main(["documents", "--verbose", "--config", str(config)]) == 0
+    assert "no service runs on" in capsys.readouterr().err
+    assert main(["documents", "--url", f"http://127.0.0.1:{port}", "--config",
+                 str(config)]) == 1
+    assert f"no service answers at http://127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except OSError:
+        return False
