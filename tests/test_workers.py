@@ -37,6 +37,17 @@ def test_counters_add_up_over_every_worker_and_gauges_over_the_running_ones() ->
     assert 'rag_llm_pool_max_connections{provider="p"} 12.0' in text
 
 
+def test_the_store_size_is_the_one_store_every_worker_serves_not_a_sum() -> None:
+    def worker(documents: float, queries: float) -> list[dict[str, Any]]:
+        return [_family("rag_llm_documents", "gauge", ("rag_llm_documents", {}, documents)),
+                _family("rag_llm_queries", "counter",
+                        ("rag_llm_queries_total", {"mode": "extractive"}, queries))]
+
+    text = render_families(merge_families([(True, worker(7, 2)), (True, worker(8, 3))])).decode()
+    assert "rag_llm_documents 8.0" in text  # the later reading of the one store
+    assert 'rag_llm_queries_total{mode="extractive"} 5.0' in text
+
+
 def test_histograms_add_up_bucket_by_bucket() -> None:
     def worker(below: float, total: float) -> list[dict[str, Any]]:
         return [_family("rag_llm_connect_seconds", "histogram",

@@ -33,13 +33,14 @@ from prometheus_client.core import (
 
 from rag_llm.observability.events import scrub_text
 from rag_llm.observability.stats import ClientStatsSnapshot, HistogramSnapshot, merge_client_stats
+from rag_llm.observability.work import WORK, WorkSnapshot
 from rag_llm.pool import PoolSnapshot, all_snapshots, counted_stats, merge_pools
 
 if TYPE_CHECKING:
     from rag_llm.calls.counts import RouterSnapshot, RoutingCounts
     from rag_llm.state import StateBackend, StateReading
 
-__all__ = ["CONTENT_TYPE", "PoolCollector", "RoutingCollector", "StateCollector",
+__all__ = ["CONTENT_TYPE", "PoolCollector", "RoutingCollector", "StateCollector", "WorkCollector",
            "collect_metrics", "register", "register_default", "render_families",
            "render_metrics"]
 
@@ -330,12 +331,66 @@ class StateCollector:
         yield from (waits, waited, denials, errors, fallbacks, leases, age, up)
 
 
+class WorkCollector:
+    """The service's own work (:mod:`rag_llm.observability.work`): embedder calls, by
+    embedder and where it runs, queries by answer mode, and the store's size."""
+
+    def __init__(self, work: Callable[[], WorkSnapshot] = WORK.snapshot) -> None:
+        self._work = work
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families(WorkSnapshot())
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self._work())
+
+    def _families(self, work: WorkSnapshot) -> Iterator[Metric]:
+        ew = ["embedder", "where"]
+        calls = CounterMetricFamily("rag_llm_embed_calls", "Embedder calls the service made "
+                                    "(where: local, in this process, or remote)", labels=ew)
+        errors = CounterMetricFamily("rag_llm_embed_errors", "Embedder calls that failed",
+                                     labels=ew)
+        texts = CounterMetricFamily("rag_llm_embed_texts", "Texts embedded", labels=ew)
+        batch = HistogramMetricFamily("rag_llm_embed_batch_texts", "Texts per embedder call",
+                                      labels=ew)
+        seconds = HistogramMetricFamily("rag_llm_embed_duration_seconds",
+                                        "Seconds per embedder call", labels=ew)
+        for e in work.embedders:
+            labels = [scrub_text(e.embedder), e.where]
+            calls.add_metric(labels, e.calls)
+            errors.add_metric(labels, e.errors)
+            texts.add_metric(labels, e.texts)
+            _histogram(batch, labels, e.batch)
+            _histogram(seconds, labels, e.seconds)
+        queries = CounterMetricFamily("rag_llm_queries", "Questions answered, by answer mode",
+                                      labels=["mode"])
+        for mode, count in sorted(work.queries.items()):
+            queries.add_metric([mode], count)
+        retrieval = HistogramMetricFamily("rag_llm_query_retrieval_seconds",
+                                          "Seconds to embed a question and search the store")
+        answer = HistogramMetricFamily("rag_llm_query_answer_seconds",
+                                       "Seconds from the sources found to the whole answer")
+        for family, histogram in ((retrieval, work.retrieval), (answer, work.answer)):
+            if histogram is not None:
+                _histogram(family, [], histogram)
+        documents = GaugeMetricFamily("rag_llm_documents",
+                                      "Documents in the store, as this process last saw it")
+        chunks = GaugeMetricFamily("rag_llm_chunks",
+                                   "Chunks in the store, as this process last saw it")
+        if work.documents is not None and work.chunks is not None:
+            documents.add_metric([], work.documents)
+            chunks.add_metric([], work.chunks)
+        yield from (calls, errors, texts, batch, seconds, queries, retrieval, answer,
+                    documents, chunks)
+
+
 class _Exports:
     """Where rag-llm's collectors are registered; changed under ``lock`` only."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.collectors = (PoolCollector(), RoutingCollector(), StateCollector())
+        self.collectors = (PoolCollector(), RoutingCollector(), StateCollector(),
+                           WorkCollector())
         self.registries: list[CollectorRegistry] = []
         self.handed_over = False  # register() was called: no default registration
         self.by_default = False  # in REGISTRY because the first provider put them there

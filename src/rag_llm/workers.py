@@ -17,7 +17,8 @@ How the totals add up (:func:`merge_families`):
   own breakers and health checks), except the configured limits
   (``rag_llm_pool_max_connections``, ``rag_llm_pool_max_keepalive_connections``), which
   are the largest worker's: each worker holds that many, the service up to
-  ``rag_llm_workers`` times as many;
+  ``rag_llm_workers`` times as many; so are the store's documents and chunks, one store
+  serving them all;
 * ``rag_llm_workers`` counts the workers running.
 
 No sample gets a worker label: each is the service-wide total.
@@ -47,9 +48,11 @@ __all__ = ["SNAPSHOT_INTERVAL_S", "WORKER_DIR_ENV", "WorkerSet", "merge_families
 
 WORKER_DIR_ENV: Final = "RAG_LLM_WORKER_DIR"
 SNAPSHOT_INTERVAL_S: Final = 0.5
-# Gauges that hold a setting, the same in every worker: the largest is shown, not the sum.
+# Gauges the same in every worker, not shares of a whole: the configured limits, and the
+# store's size (one store behind them all). The largest is shown, not the sum.
 _SETTINGS: Final = frozenset({"rag_llm_pool_max_connections",
-                              "rag_llm_pool_max_keepalive_connections"})
+                              "rag_llm_pool_max_keepalive_connections",
+                              "rag_llm_documents", "rag_llm_chunks"})
 _SUFFIX: Final = ".json"
 _log = get_logger()
 
@@ -220,15 +223,20 @@ class WorkerSet:
                     found.setdefault(kind, []).extend(group)
         return {kind: _per_endpoint(group) for kind, group in found.items()}
 
-    def render_metrics(self) -> bytes:
-        """The service's rag-llm metrics: every worker's added up, as the module says."""
+    def families(self) -> list[Metric]:
+        """The service's rag-llm metric families: every worker's added up, as the module
+        says, and ``rag_llm_workers``."""
         others = self._others()
         readings = [(True, [_family(m) for m in collect_metrics()]),
                     *((r.running, r.families) for r in others)]
         workers = GaugeMetricFamily("rag_llm_workers",
                                     "Worker processes whose figures these totals add up")
         workers.add_metric([], 1 + sum(r.running for r in others))
-        return render_families([*merge_families(readings), workers])
+        return [*merge_families(readings), workers]
+
+    def render_metrics(self) -> bytes:
+        """The exposition of :meth:`families`."""
+        return render_families(self.families())
 
     async def run(self, interval: float = SNAPSHOT_INTERVAL_S) -> None:
         """Write a snapshot every ``interval`` seconds until cancelled."""

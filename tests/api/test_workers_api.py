@@ -108,7 +108,7 @@ def test_a_single_process_keeps_its_shape(
     with TestClient(app) as client:
         _calls(locator, 1)
         assert set(client.get("/health").json()) == {"status", "providers"}
-        assert set(client.get("/dashboard/data").json()) == {"version", "time", "providers"}
+        assert set(client.get("/dashboard/data").json()) == {"version", "time", "providers", "work"}
         assert "rag_llm_workers" not in client.get("/metrics").text
 
 

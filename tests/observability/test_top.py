@@ -93,3 +93,23 @@ def test_top_reports_a_frame_it_cannot_read() -> None:
     lines = out.getvalue().strip().splitlines()
     assert len(lines) == 1
     assert "cannot read the frame" in lines[0]
+
+
+def test_top_shows_the_service_work_with_rates_and_means() -> None:
+    def frame(time: float, calls: int, texts: int, seconds: float, queries: int) -> dict:
+        return {"time": time, "providers": [], "work": {
+            "embedders": [{"embedder": "onnx/all-MiniLM-L6-v2", "where": "local",
+                           "calls": calls, "errors": 0, "texts": texts, "seconds": seconds}],
+            "queries": {"count": queries, "by_mode": {"extractive": queries},
+                        "retrieval_seconds": queries * 0.004, "answer_seconds": 0.0},
+            "documents": 7, "chunks": 1234}}
+
+    view, out = console()
+    view.print(render_frame(frame(12.0, 30, 300, 1.5, 20), frame(10.0, 10, 100, 0.5, 10),
+                            "http://x"))
+    text = out.getvalue()
+    assert "this service  7 documents · 1,234 chunks" in text
+    # 20 calls in 2 s, 200 texts, 1 s between them; 10 queries of 4 ms retrieval each
+    assert "embedding 10.0 calls/s · 10.0 texts/call · 50.0 ms mean · 30 calls · " \
+           "onnx/all-MiniLM-L6-v2 (local)" in text
+    assert "queries 5.0/s · retrieval 4.0 ms · answer 0.0 ms · 20 answered" in text

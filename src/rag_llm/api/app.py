@@ -102,7 +102,8 @@ def create_app(locator: ServiceLocator | None = None, *, rag: RagService | None 
     if workers is None:
         app.include_router(dashboard_router())
     else:
-        app.include_router(dashboard_router(workers.pools, workers=workers.workers))
+        app.include_router(dashboard_router(workers.pools, workers=workers.workers,
+                                            families=workers.families))
     app.include_router(observability_router(lambda: current_locator().providers(),
                                             lambda: current_locator().problems(),
                                             workers=workers))

@@ -144,6 +144,42 @@ def _provider_view(provider: _Frame, before: Mapping[tuple[str, str], _Frame], d
     return parts
 
 
+def _per(delta: float, count: float) -> float | None:
+    return delta / count if count > 0 else None
+
+
+def _work_view(work: _Frame, previous: _Frame | None, dt: float) -> list[RenderableType]:
+    """The service's own work: embedder calls and queries (rates and mean times over the
+    last interval, or over all calls on the first frame) and the store's size."""
+    from rich.text import Text
+
+    def totals(w: _Frame | None) -> tuple[float, float, float, float, float, float]:
+        if w is None:
+            return 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+        e = w["embedders"]
+        q = w["queries"]
+        return (sum(x["calls"] for x in e), sum(x["texts"] for x in e),
+                sum(x["seconds"] for x in e), q["count"], q["retrieval_seconds"],
+                q["answer_seconds"])
+
+    now = totals(work)
+    then = totals(previous) if previous is not None and dt > 0 else (0.0,) * 6
+    calls, texts, seconds, queries, retrieval, answer = (a - b for a, b in zip(
+        now, then, strict=True))
+    rate = (lambda n: n / dt) if previous is not None and dt > 0 else (lambda n: None)
+    embedders = ", ".join(f"{e['embedder']} ({e['where']})" for e in work["embedders"])
+    store = (f"{work['documents']:,} documents · {work['chunks']:,} chunks"
+             if work["documents"] is not None else "store not read yet")
+    return [
+        Text.assemble(("this service", "bold"), "  ", (store, "dim")),
+        Text(f"  embedding {_num(rate(calls))} calls/s · {_num(_per(texts, calls))} texts/call"
+             f" · {_ms(_per(seconds, calls))} ms mean · {int(now[0]):,} calls"
+             f"{' · ' + embedders if embedders else ''}"),
+        Text(f"  queries {_num(rate(queries))}/s · retrieval {_ms(_per(retrieval, queries))} ms"
+             f" · answer {_ms(_per(answer, queries))} ms · {int(now[3]):,} answered"),
+    ]
+
+
 def render_frame(frame: _Frame, previous: _Frame | None, source: str) -> RenderableType:
     """The view of ``frame``, with rates against ``previous`` (none on the first frame)."""
     from rich.console import Group
@@ -162,6 +198,10 @@ def render_frame(frame: _Frame, previous: _Frame | None, source: str) -> Rendera
         pids = ", ".join(str(pid) for pid in workers["pids"])
         parts.append(Text(f"{workers['count']} workers, figures summed (pids {pids})",
                           style="dim"))
+    if frame.get("work") is not None:
+        parts.append(Text())
+        parts.extend(_work_view(frame["work"], None if previous is None
+                                else previous.get("work"), dt))
     for provider in frame["providers"]:
         parts.append(Text())
         parts.extend(_provider_view(provider, before, dt, frame["time"]))

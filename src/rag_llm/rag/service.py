@@ -7,6 +7,7 @@ It owns the store and borrows the providers: the embedding and chat providers be
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Self
 
 from rag_llm.errors import ConfigError
 from rag_llm.locator import ServiceLocator
+from rag_llm.observability.work import WORK
 from rag_llm.providers import ChatModel, Embedder
 from rag_llm.rag import defaults
 from rag_llm.rag.answer import (
@@ -28,6 +30,7 @@ from rag_llm.rag.answer import (
 )
 from rag_llm.rag.chunking import Chunker, approximate_tokens
 from rag_llm.rag.ingest import Ingestor, IngestReport, Progress
+from rag_llm.rag.recorded import RecordedEmbedder
 from rag_llm.rag.settings import RagSettings
 from rag_llm.rag.store import DocumentRecord, DocumentStore
 from rag_llm.rag.stores import open_store
@@ -60,14 +63,17 @@ class RagService:
         self.chat = chat
         self.store = store
         self.embedding_model = embedding_model_of(embedder)
+        # Every embedder call is counted, for /metrics and the dashboard.
+        self._embedder = RecordedEmbedder(embedder, self.embedding_model)
         count = getattr(embedder, "count_tokens", None)
         chunker = Chunker(settings.chunk_size, settings.chunk_overlap,
                           count if callable(count) else approximate_tokens)
-        self._ingestor = Ingestor(store, embedder, chunker,
+        self._ingestor = Ingestor(store, self._embedder, chunker,
                                   embedding_model=self.embedding_model,
                                   batch_size=settings.embed_batch_size,
                                   concurrency=_concurrency(embedder, settings.embed_concurrency),
                                   max_bytes=settings.max_upload_bytes)
+        self._count_corpus()
 
     @classmethod
     def from_locator(cls, locator: ServiceLocator, settings: RagSettings,
@@ -88,6 +94,9 @@ class RagService:
         """``generated`` with a chat model, ``extractive`` without."""
         return "generated" if self.chat is not None else "extractive"
 
+    def _count_corpus(self) -> None:
+        WORK.corpus(len(self.store.documents()), self.store.chunk_count())
+
     def _check_model(self) -> None:
         stored = self.store.embedding_model
         if stored is not None and stored != self.embedding_model and self.store.chunk_count():
@@ -100,12 +109,18 @@ class RagService:
                            on_total: Callable[[int], None] | None = None) -> IngestReport:
         """Ingest files and folders; see :class:`~rag_llm.rag.ingest.Ingestor`."""
         await asyncio.to_thread(self._check_model)
-        return await self._ingestor.ingest_paths(paths, progress, on_total)
+        try:
+            return await self._ingestor.ingest_paths(paths, progress, on_total)
+        finally:
+            await asyncio.to_thread(self._count_corpus)
 
     async def ingest_files(self, files: Sequence[tuple[str, bytes]]) -> IngestReport:
         """Ingest uploaded (name, content) pairs."""
         await asyncio.to_thread(self._check_model)
-        return await self._ingestor.ingest_files(files)
+        try:
+            return await self._ingestor.ingest_files(files)
+        finally:
+            await asyncio.to_thread(self._count_corpus)
 
     async def documents(self) -> list[DocumentRecord]:
         return await asyncio.to_thread(self.store.documents)
@@ -115,7 +130,9 @@ class RagService:
 
     async def delete(self, document_id: str) -> bool:
         """Remove a document and its chunks; False if there was none."""
-        return await asyncio.to_thread(self.store.delete_document, document_id)
+        deleted = await asyncio.to_thread(self.store.delete_document, document_id)
+        await asyncio.to_thread(self._count_corpus)
+        return deleted
 
     async def retrieve(self, question: str, top_k: int | None = None) -> tuple[Citation, ...]:
         """The ``top_k`` chunks closest to ``question``, as numbered citations."""
@@ -123,23 +140,30 @@ class RagService:
         k = top_k or self.settings.top_k
         if not await asyncio.to_thread(self.store.chunk_count):
             return ()
-        vector = (await self.embedder.aembed([question]))[0]
+        vector = (await self._embedder.aembed([question]))[0]
         hits = await asyncio.to_thread(self.store.search, vector, k)
         return citations_of(hits)
 
     async def query(self, question: str, top_k: int | None = None) -> Answer:
         """Retrieve, then answer with the chat model, or extractively without one."""
+        started = time.perf_counter()
         citations = await self.retrieve(question, top_k)
+        retrieved = time.perf_counter()
         if not citations or self.chat is None:
             mode: Mode = "no_sources" if not citations else "extractive"
-            return Answer(question, extractive_answer(citations), mode, citations)
-        text = await self.chat.achat(build_messages(question, citations))
-        return Answer(question, text, "generated", citations)
+            text = extractive_answer(citations)
+        else:
+            text = await self.chat.achat(build_messages(question, citations))
+            mode = "generated"
+        WORK.queried(mode, retrieved - started, time.perf_counter() - retrieved)
+        return Answer(question, text, mode, citations)
 
     async def stream(self, question: str, top_k: int | None = None,
                      ) -> AsyncIterator[AnswerEvent]:
         """:meth:`query` as events: the citations, the answer's text deltas, then done."""
+        started = time.perf_counter()
         citations = await self.retrieve(question, top_k)
+        retrieved = time.perf_counter()
         yield AnswerEvent("citations", [asdict(c) for c in citations])
         if not citations or self.chat is None:
             yield AnswerEvent("delta", extractive_answer(citations))
@@ -148,13 +172,16 @@ class RagService:
             async for delta in self.chat.astream(build_messages(question, citations)):
                 yield AnswerEvent("delta", delta)
             mode = "generated"
+        WORK.queried(mode, retrieved - started, time.perf_counter() - retrieved)
         yield AnswerEvent("done", {"mode": mode})
 
     def status(self) -> dict[str, Any]:
         """What the service runs with: for health reports and the command line."""
+        documents, chunks = len(self.store.documents()), self.store.chunk_count()
+        WORK.corpus(documents, chunks)
         return {"embedding": self.embedding_model,
                 "chat": getattr(self.chat, "name", None), "mode": self.mode,
-                "documents": len(self.store.documents()), "chunks": self.store.chunk_count()}
+                "documents": documents, "chunks": chunks}
 
     def close(self) -> None:
         """Close the store; the providers belong to the locator."""

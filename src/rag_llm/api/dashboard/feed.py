@@ -19,15 +19,18 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any, Final
 
+from prometheus_client.core import Metric
+
 from rag_llm.observability.events import scrub_text
 from rag_llm.observability.stats import percentile
 from rag_llm.pool import ClientSnapshot, PoolSnapshot, merge_pools
 
-__all__ = ["FRAME_VERSION", "PERCENTILES", "dashboard_frame", "encode_event"]
+__all__ = ["FRAME_VERSION", "PERCENTILES", "dashboard_frame", "encode_event", "work_frame"]
 
 FRAME_VERSION: Final = 1
 PERCENTILES: Final = (50, 95, 99)
 _CLIENT_ORDER: Final = ("sync", "async")
+_WORK_FAMILIES: Final = ("rag_llm_embed_", "rag_llm_quer", "rag_llm_documents", "rag_llm_chunks")
 # user:password@ in a URL, and credential-named query parameters.
 _URL_USERINFO: Final = re.compile(r"(?<=://)[^\s/@]+@")
 _QUERY_SECRET: Final = re.compile(
@@ -92,12 +95,49 @@ def _provider_frame(merged: PoolSnapshot, pools: int) -> dict[str, Any]:
     }
 
 
+def work_frame(families: Iterable[Metric]) -> dict[str, Any]:
+    """The service's own work, from rag-llm's metric families (one process's, or every
+    worker's added up): cumulative embedder calls, texts and seconds per embedder, queries
+    and their retrieval and answer seconds, and the store's size (None until seen)."""
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in families if family.name.startswith(_WORK_FAMILIES)
+               for s in family.samples}
+
+    def value(name: str, labels: tuple[tuple[str, str], ...] = ()) -> float:
+        return samples.get((name, labels), 0.0)
+
+    embedders = []
+    for (name, labels) in sorted(samples):
+        if name == "rag_llm_embed_calls_total":
+            where = dict(labels)
+            embedders.append({
+                "embedder": where["embedder"], "where": where["where"],
+                "calls": int(value(name, labels)),
+                "errors": int(value("rag_llm_embed_errors_total", labels)),
+                "texts": int(value("rag_llm_embed_texts_total", labels)),
+                "seconds": value("rag_llm_embed_duration_seconds_sum", labels)})
+    by_mode = {dict(labels)["mode"]: int(v) for (name, labels), v in sorted(samples.items())
+               if name == "rag_llm_queries_total"}
+    documents = samples.get(("rag_llm_documents", ()))
+    chunks = samples.get(("rag_llm_chunks", ()))
+    return {
+        "embedders": embedders,
+        "queries": {"count": sum(by_mode.values()), "by_mode": by_mode,
+                    "retrieval_seconds": value("rag_llm_query_retrieval_seconds_sum"),
+                    "answer_seconds": value("rag_llm_query_answer_seconds_sum")},
+        "documents": None if documents is None else int(documents),
+        "chunks": None if chunks is None else int(chunks),
+    }
+
+
 def dashboard_frame(snapshots: Iterable[PoolSnapshot], now: float | None = None, *,
-                    workers: dict[str, Any] | None = None) -> dict[str, Any]:
+                    workers: dict[str, Any] | None = None,
+                    work: dict[str, Any] | None = None) -> dict[str, Any]:
     """The frame of ``snapshots``: per provider and client, counters and latency percentiles.
 
     ``workers`` (``{"count": N, "pids": [...]}``, when several worker processes serve and
-    ``snapshots`` holds all their pools) is added to the frame as it is.
+    ``snapshots`` holds all their pools) and ``work`` (:func:`work_frame`) are added to the
+    frame as they are.
 
     >>> dashboard_frame([])["providers"]
     []
@@ -112,6 +152,8 @@ def dashboard_frame(snapshots: Iterable[PoolSnapshot], now: float | None = None,
     }
     if workers is not None:
         frame["workers"] = workers
+    if work is not None:
+        frame["work"] = work
     return frame
 
 

@@ -14,9 +14,11 @@ from typing import Any, Final
 
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from prometheus_client.core import Metric
 
-from rag_llm.api.dashboard.feed import dashboard_frame, encode_event
+from rag_llm.api.dashboard.feed import dashboard_frame, encode_event, work_frame
 from rag_llm.api.dashboard.page import asset, page_html
+from rag_llm.metrics import collect_metrics
 from rag_llm.pool import PoolSnapshot, all_snapshots
 
 __all__ = ["DEFAULT_INTERVAL", "DEFAULT_STREAM_LIFETIME", "dashboard_router"]
@@ -49,13 +51,16 @@ async def _events(frame: Callable[[], dict[str, Any]], interval: float,
 def dashboard_router(source: Callable[[], list[PoolSnapshot]] = all_snapshots, *,
                      interval: float = DEFAULT_INTERVAL,
                      stream_lifetime: float = DEFAULT_STREAM_LIFETIME,
-                     workers: Callable[[], dict[str, Any]] | None = None) -> APIRouter:
+                     workers: Callable[[], dict[str, Any]] | None = None,
+                     families: Callable[[], list[Metric]] = collect_metrics) -> APIRouter:
     """Routes ``/dashboard`` (page), ``/dashboard/events`` (SSE) and ``/dashboard/data`` (JSON).
 
     ``source`` gives the pools to show (default: every live pool of the process; with
     several worker processes, every worker's, and then ``workers`` says which they are);
     ``interval`` is the seconds between events, ``stream_lifetime`` the most seconds
-    one event stream stays open before the browser reconnects.
+    one event stream stays open before the browser reconnects. ``families`` gives the
+    metric families the service's own work is read from (with several workers, theirs
+    added up).
     """
     if not interval > 0:
         raise ValueError(f"interval must be positive, got {interval!r}")
@@ -65,7 +70,8 @@ def dashboard_router(source: Callable[[], list[PoolSnapshot]] = all_snapshots, *
     router = APIRouter(tags=["dashboard"])
 
     def frame() -> dict[str, Any]:
-        return dashboard_frame(source(), workers=None if workers is None else workers())
+        return dashboard_frame(source(), workers=None if workers is None else workers(),
+                               work=work_frame(families()))
 
     @router.get("/dashboard", response_class=HTMLResponse)
     def page() -> HTMLResponse:

@@ -336,7 +336,94 @@
     this.idle.hidden = this.clients.size > 0;
   };
 
+  /* The service's own work: embedder calls, queries and the store, whatever the embedder. */
+  function WorkView() {
+    this.prev = null;
+    this.prevTime = null;
+    this.root = el("article", "provider work");
+    this.root.dataset.work = "service";
+    var head = el("header", "provider-head");
+    head.appendChild(el("h2", "", "This service"));
+    head.appendChild(el("span", "limits", "embedder calls, queries and the store"));
+    this.root.appendChild(head);
+    var grid = el("div", "panels");
+    var body = el("section", "client");
+    body.appendChild(grid);
+    this.root.appendChild(body);
+    this.tiles = {};
+    var self = this;
+    ["embedding", "queries", "store"].forEach(function (id) {
+      var box = el("div", "panel");
+      box.dataset.panel = id;
+      var top = el("div", "panel-head");
+      top.appendChild(el("span", "panel-title",
+        {embedding: "Embedding", queries: "Queries", store: "Store"}[id]));
+      box.appendChild(top);
+      var value = el("div", "value");
+      var subline = el("div", "sub");
+      box.appendChild(value);
+      box.appendChild(subline);
+      grid.appendChild(box);
+      self.tiles[id] = {value: value, sub: subline};
+    });
+    main.insertBefore(this.root, main.firstChild);
+  }
+
+  function mean(sum, count) { return count > 0 ? sum / count : null; }
+
+  function show(tile, value, unit, subline) {
+    tile.value.textContent = value;
+    tile.value.appendChild(el("small", "", unit));
+    tile.sub.textContent = subline;
+  }
+
+  WorkView.prototype.update = function (work, time) {
+    var prev = this.prev;
+    var dt = prev === null ? 0 : time - this.prevTime;
+    var calls = 0, texts = 0, seconds = 0, errors = 0;
+    var names = work.embedders.map(function (e) {
+      calls += e.calls; texts += e.texts; seconds += e.seconds; errors += e.errors;
+      return e.embedder + " (" + e.where + ")";
+    });
+    var q = work.queries;
+    var now = {calls: calls, texts: texts, seconds: seconds, queries: q.count,
+               retrieval: q.retrieval_seconds, answer: q.answer_seconds};
+    var d = {};
+    Object.keys(now).forEach(function (k) { d[k] = prev === null ? null : now[k] - prev[k]; });
+    var fresh = prev !== null && d.calls > 0;
+    var point = {
+      embedRate: dt > 0 ? d.calls / dt : null,
+      textsPerCall: fresh ? d.texts / d.calls : mean(texts, calls),
+      embedMs: ms(fresh ? d.seconds / d.calls : mean(seconds, calls)),
+      queryRate: dt > 0 ? d.queries / dt : null,
+      retrievalMs: ms(prev !== null && d.queries > 0 ? d.retrieval / d.queries
+                                                     : mean(q.retrieval_seconds, q.count)),
+      answerMs: ms(prev !== null && d.queries > 0 ? d.answer / d.queries
+                                                  : mean(q.answer_seconds, q.count)),
+      calls: calls, queries: q.count, documents: work.documents, chunks: work.chunks
+    };
+    show(this.tiles.embedding, num(point.embedRate), " calls/s",
+         (names.join(", ") || "no embedder calls yet") + " · " + calls.toLocaleString() +
+         " calls · " + num(point.textsPerCall, 1) + " texts/call · " +
+         msText(point.embedMs) + " mean" + (errors ? " · " + errors + " failed" : ""));
+    var modes = Object.keys(q.by_mode).map(function (m) { return q.by_mode[m] + " " + m; });
+    show(this.tiles.queries, num(point.queryRate), " /s",
+         q.count.toLocaleString() + " answered" + (modes.length ? " (" + modes.join(", ") + ")" : "") +
+         " · retrieval " + msText(point.retrievalMs) + " · answer " + msText(point.answerMs));
+    show(this.tiles.store, work.documents === null ? "–" : work.documents.toLocaleString(),
+         " documents", (work.chunks === null ? "–" : work.chunks.toLocaleString()) + " chunks");
+    this.prev = now;
+    this.prevTime = time;
+    state.work = point;
+  };
+
+  var workView = null;
+
   function render(frame) {
+    if (frame.work) {
+      if (workView === null) workView = new WorkView();
+      workView.update(frame.work, frame.time);
+    }
     var seen = new Set();
     var empty = document.getElementById("empty");
     frame.providers.forEach(function (prov) {
@@ -355,8 +442,9 @@
       }
     });
     empty.hidden = providers.size > 0;
-    empty.textContent = "No connection pools in this process yet: providers appear here " +
-                        "once they are created.";
+    empty.textContent = "No connection pools in this process yet: pooled providers appear " +
+                        "here once they are created" +
+                        (workView === null ? "." : "; the embedder above runs in process.");
   }
 
   function setStatus(name, text) {
