@@ -242,3 +242,26 @@ def test_azure_sdk_requests_keep_their_deployment_and_api_version() -> None:
         assert request.path == "/openai/deployments/emb/embeddings"
         assert request.headers["api-key"] == KEY
         assert "authorization" not in request.headers
+
+
+def test_paths_and_queries_pass_and_metrics_labels_stay_few(server: UpstreamServer) -> None:
+    http = http_client(relay_config(server))
+    with openai.OpenAI(api_key=SDK_KEY, http_client=http) as sdk:
+        sdk.models.list(extra_query={"limit": "2"})
+        with pytest.raises(openai.NotFoundError):
+            sdk.files.retrieve("file-abc123")  # an id in the path: not a label
+    listed, retrieved = server.requests
+    assert listed.query == {"limit": "2"}
+    assert retrieved.path == "/v1/files/file-abc123"
+    assert requests_counted(http) == {("models", "200"): 1, ("other", "404"): 1}
+
+
+def test_a_token_rate_limit_weighs_the_sdks_request(server: UpstreamServer) -> None:
+    # 400 characters weigh about 100 tokens: more than the burst ever admits.
+    http = http_client(relay_config(server, tokens_per_minute=600, token_burst=50))
+    with openai.OpenAI(api_key=SDK_KEY, http_client=http) as sdk:
+        assert sdk.embeddings.create(model="m", input="short").data
+        with pytest.raises(openai.APIConnectionError, match="tokens_per_minute") as caught:
+            sdk.embeddings.create(model="m", input="x" * 400)
+    assert type(caught.value.__cause__).__name__ == "RequestExceedsBurstError"
+    assert server.requests_served == 1  # refused before anything was sent
