@@ -77,6 +77,12 @@ class APIAdapter(Protocol):
         """A cheap GET of ``operation``, as health probes and warm-up send it."""
         ...
 
+    def relay_request(self, method: str, operation: str, query: str,
+                      headers: Mapping[str, str], content: bytes | None) -> Request:
+        """``operation`` (``chat/completions``, ``models``, ...) as another client built it,
+        with this endpoint's URL and credentials instead of that client's."""
+        ...
+
 
 class AdapterFactory(Protocol):
     """What builds an adapter for one endpoint's config: the adapter class, usually."""

@@ -22,6 +22,13 @@ from rag_llm.validation import redact_url
 __all__ = ["AzureOpenAIAPI", "ChatStreamParser", "ChunkStreamParser", "OpenAIAPI"]
 
 _USER_AGENT: Final = f"rag-llm/{__version__}"
+# Headers of a relayed request that are not passed on: its client's credentials, and what
+# belongs to its own connection (the transport frames, encodes and routes the request).
+_NOT_RELAYED: Final = frozenset({
+    "authorization", "api-key", "proxy-authorization", "host", "content-length",
+    "transfer-encoding", "connection", "keep-alive", "proxy-connection", "te", "trailer",
+    "upgrade", "accept-encoding",
+})
 
 
 class OpenAIAPI:
@@ -42,8 +49,10 @@ class OpenAIAPI:
             "accept": "application/json",
             "user-agent": _USER_AGENT,
         }
-        headers.update(self._auth_headers())
-        headers.update({k.lower(): v for k, v in config.headers.items()})
+        # Credentials and the configured headers: what a relayed request cannot override.
+        self._own_headers = {**self._auth_headers(),
+                             **{k.lower(): v for k, v in config.headers.items()}}
+        headers.update(self._own_headers)
         self._headers: Mapping[str, str] = headers
         self._stream_headers = {**headers, "accept": "text/event-stream"}
         # Scheme, host, port and path: what errors and events may show of this endpoint.
@@ -70,6 +79,26 @@ class OpenAIAPI:
         """A GET of ``operation`` (e.g. ``models``): cheap, for health checks and warm-up."""
         url = self.url(operation)
         return Request(method="GET", url=url, headers=self._headers, endpoint=redact_url(url))
+
+    def relay_request(self, method: str, operation: str, query: str,
+                      headers: Mapping[str, str], content: bytes | None) -> Request:
+        """``operation`` as another client built it (an SDK's): its method, query, headers
+        and body as given, with this endpoint's URL and credentials.
+
+        The client's own credentials and connection headers are dropped: the endpoint's
+        key and the configured headers are sent instead, and the transport frames the body.
+        """
+        url = self._relay_url(operation)
+        if query:
+            url = f"{url}{'&' if '?' in url else '?'}{query}"
+        relayed = {name: value for name, value in
+                   ((k.lower(), v) for k, v in headers.items()) if name not in _NOT_RELAYED}
+        return Request(method=method, url=url,
+                       headers={**self._headers, **relayed, **self._own_headers},
+                       content=content, endpoint=redact_url(url))
+
+    def _relay_url(self, operation: str) -> str:
+        return self.url(operation)
 
     # -- embeddings --------------------------------------------------------------
 
@@ -233,3 +262,7 @@ class AzureOpenAIAPI(OpenAIAPI):
         deployment = self.config.deployment or self.config.model
         query = urlencode({"api-version": self.config.api_version})
         return f"{self.config.base_url}/openai/deployments/{deployment}/{operation}?{query}"
+
+    def _relay_url(self, operation: str) -> str:
+        # An Azure client names the deployment and api-version in the path and query.
+        return f"{self.config.base_url}/{operation}"

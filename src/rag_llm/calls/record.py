@@ -7,6 +7,7 @@ from types import TracebackType
 
 from rag_llm.errors import MalformedResponseError, RagLLMError, UpstreamError
 from rag_llm.observability.stats import ClientStats
+from rag_llm.transport import Response
 
 __all__ = ["CallRecord"]
 
@@ -14,7 +15,7 @@ __all__ = ["CallRecord"]
 class CallRecord:
     """Times one call and records its outcome: the HTTP status, or what went wrong."""
 
-    __slots__ = ("_first", "_operation", "_started", "_stats", "status")
+    __slots__ = ("_first", "_operation", "_started", "_stats", "response", "status")
 
     def __init__(self, stats: ClientStats, operation: str) -> None:
         self._stats = stats
@@ -22,6 +23,9 @@ class CallRecord:
         self._started = time.perf_counter()
         self._first = True
         self.status = 0
+        # A stream's last answer: its status and headers, and an error's body (a relay
+        # hands them on as they came).
+        self.response: Response | None = None
 
     def __enter__(self) -> CallRecord:
         return self

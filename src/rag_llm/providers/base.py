@@ -12,7 +12,15 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self, TypeVar
 
@@ -21,8 +29,9 @@ from rag_llm.calls._async import sending as async_sending
 from rag_llm.calls._sync import sending as sync_sending
 from rag_llm.calls.batching import EmbeddingBatcher, estimate_tokens, split
 from rag_llm.calls.record import CallRecord
+from rag_llm.calls.relay import Relayed, RelayRequest, answer_to, relay_parser, relayed_response
 from rag_llm.config import ProviderConfig
-from rag_llm.errors import ProviderClosedError
+from rag_llm.errors import ProviderClosedError, UpstreamError
 from rag_llm.observability.events import get_logger
 from rag_llm.pool import TRAFFIC, ClientPool, PoolSnapshot, merge_pools
 from rag_llm.transport import Request, Response
@@ -160,6 +169,83 @@ class BaseProvider:
         """Count one call in flight while it runs; refused once shutdown has begun."""
         return _InFlight(self)
 
+    # -- relayed calls: another client's requests, as it built them ------------------
+
+    async def arelay(self, request: RelayRequest) -> Relayed[AsyncGenerator[str, None]]:
+        """Send ``request`` through the router, its body as it is; the answer as it came: a
+        2xx, or the error response that ended the retries (:mod:`rag_llm.calls.relay`).
+
+        A streamed request's answer is open once this returns, retried only until its
+        first line: read ``lines`` to the end or ``aclose()`` them. Failures that bring no
+        answer raise rag-llm's errors, as every call's do.
+        """
+        if request.stream:
+            return await self._arelay_stream(request)
+        with self._call(request.label, "async") as call:
+            try:
+                return Relayed(await self._asend(call, request.build, relayed_response(call),
+                                                 request.cost))
+            except UpstreamError as exc:
+                answer = answer_to(call, exc)
+                if answer is None:
+                    raise
+                return Relayed(answer)
+
+    def relay(self, request: RelayRequest) -> Relayed[Generator[str, None, None]]:
+        """Sync twin of :meth:`arelay`: ``close()`` a stream's ``lines`` if left unread."""
+        if request.stream:
+            return self._relay_stream(request)
+        with self._call(request.label, "sync") as call:
+            try:
+                return Relayed(self._send(call, request.build, relayed_response(call),
+                                          request.cost))
+            except UpstreamError as exc:
+                answer = answer_to(call, exc)
+                if answer is None:
+                    raise
+                return Relayed(answer)
+
+    async def _arelay_stream(self, request: RelayRequest,
+                             ) -> Relayed[AsyncGenerator[str, None]]:
+        call = self._call(request.label, "async")
+        lines = self._arelayed_lines(call, request)
+        try:
+            first = await anext(lines)
+        except UpstreamError as exc:
+            answer = answer_to(call, exc)
+            if answer is None:
+                raise
+            return Relayed(answer)
+        assert call.response is not None  # the stream's head, kept when it opened
+        return Relayed(call.response, _aprepended(first, lines))
+
+    async def _arelayed_lines(self, call: CallRecord,
+                              request: RelayRequest) -> AsyncGenerator[str, None]:
+        with call, self._tracked():
+            async for line in async_sending.stream(self.router, call, request.build,
+                                                   relay_parser, request.cost,
+                                                   self.config.timeouts):
+                yield line
+
+    def _relay_stream(self, request: RelayRequest) -> Relayed[Generator[str, None, None]]:
+        call = self._call(request.label, "sync")
+        lines = self._relayed_lines(call, request)
+        try:
+            first = next(lines)
+        except UpstreamError as exc:
+            answer = answer_to(call, exc)
+            if answer is None:
+                raise
+            return Relayed(answer)
+        assert call.response is not None
+        return Relayed(call.response, _prepended(first, lines))
+
+    def _relayed_lines(self, call: CallRecord,
+                       request: RelayRequest) -> Generator[str, None, None]:
+        with call, self._tracked():
+            yield from sync_sending.stream(self.router, call, request.build, relay_parser,
+                                           request.cost, self.config.timeouts)
+
     async def awarmup(self) -> None:
         """Open ``warmup`` connections to each endpoint now, so first calls skip the handshake."""
         await self.router.awarmup(self.config.warmup)
@@ -286,6 +372,24 @@ def _export_metrics() -> None:
         from rag_llm.metrics import register_default
 
         register_default()
+
+
+async def _aprepended(first: str,
+                      rest: AsyncGenerator[str, None]) -> AsyncGenerator[str, None]:
+    try:
+        yield first
+        async for line in rest:
+            yield line
+    finally:
+        await rest.aclose()
+
+
+def _prepended(first: str, rest: Generator[str, None, None]) -> Generator[str, None, None]:
+    try:
+        yield first
+        yield from rest
+    finally:
+        rest.close()
 
 
 def as_texts(texts: Sequence[str] | str) -> list[str]:

@@ -15,6 +15,7 @@ from rag_llm.calls._async.leases import leased
 from rag_llm.calls.streams import OpenStream
 from rag_llm.calls.timers import AsyncTimer
 from rag_llm.errors import ReadTimeoutError, TransportError
+from rag_llm.transport import Response
 
 if TYPE_CHECKING:
     from rag_llm.adapters import APIAdapter, StreamParser
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from rag_llm.calls.record import CallRecord
     from rag_llm.calls.router import Router
     from rag_llm.config import Timeouts
-    from rag_llm.transport import Request, Response
+    from rag_llm.transport import Request
 
 __all__ = ["send", "stream"]
 
@@ -124,8 +125,10 @@ async def _open(attempt: Attempt, build: Callable[[APIAdapter], Request],
                 if admission is not None:
                     admission.status = response.status
                 if response.status >= 400:
-                    raise api.error(request, response.status, response.headers,
-                                    await response.aread())
+                    content = await response.aread()
+                    call.response = Response(response.status, response.headers, content)
+                    raise api.error(request, response.status, response.headers, content)
+                call.response = Response(response.status, response.headers, b"")
                 opened = OpenStream(api, request, response.aiter_lines(), parser(api, request))
                 async for line in opened.lines:
                     opened.first = opened.parser.feed(line)

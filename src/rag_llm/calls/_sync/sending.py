@@ -17,6 +17,7 @@ from rag_llm.calls._sync.leases import leased
 from rag_llm.calls.streams import OpenStream
 from rag_llm.calls.timers import Timer
 from rag_llm.errors import ReadTimeoutError, TransportError
+from rag_llm.transport import Response
 
 if TYPE_CHECKING:
     from rag_llm.adapters import APIAdapter, StreamParser
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from rag_llm.calls.record import CallRecord
     from rag_llm.calls.router import Router
     from rag_llm.config import Timeouts
-    from rag_llm.transport import Request, Response
+    from rag_llm.transport import Request
 
 __all__ = ["send", "stream"]
 
@@ -126,8 +127,10 @@ def _open(attempt: Attempt, build: Callable[[APIAdapter], Request],
                 if admission is not None:
                     admission.status = response.status
                 if response.status >= 400:
-                    raise api.error(request, response.status, response.headers,
-                                    response.read())
+                    content = response.read()
+                    call.response = Response(response.status, response.headers, content)
+                    raise api.error(request, response.status, response.headers, content)
+                call.response = Response(response.status, response.headers, b"")
                 opened = OpenStream(api, request, response.iter_lines(), parser(api, request))
                 for line in opened.lines:
                     opened.first = opened.parser.feed(line)
