@@ -6,10 +6,10 @@ rag-llm imports LangChain.
 Each class takes either ``provider=``, a rag-llm provider the caller made and closes (the
 class never closes it, so many LangChain objects can share one pool), or ``config=``, a
 provider mapping as :func:`rag_llm.create_provider` takes it, whose provider the class builds
-and owns: ``close()``/``aclose()``, or a ``with``/``async with`` block, releases it.
+and owns: ``close()``/``aclose()``, or a ``with``/``async with`` block, releases it::
 
->>> llm = ChatRagLLM(config={"type": "openai", "model": "gpt-4o-mini", "api_key": "sk-..."})
-... # doctest: +SKIP
+    with ChatRagLLM(config={"type": "openai", "model": "gpt-4o-mini", "api_key": key}) as llm:
+        print(llm.invoke("Say hi").content)
 """
 
 from __future__ import annotations
