@@ -4,17 +4,20 @@ batching, pooling, errors and secrets, over a real upstream on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from llama_index.core.agent.workflow import AgentStream, FunctionAgent
 from llama_index.core.base.llms.types import ChatMessage, ImageBlock, MessageRole
+from llama_index.core.tools import FunctionTool
 from pydantic import ValidationError
 from support import KEY, eventually, provider_config
 
 from rag_llm import create_provider, errors
-from rag_llm.integrations.llama_index import RagLLM, RagLLMEmbedding
+from rag_llm.integrations.llama_index import RagLLM, RagLLMEmbedding, _StreamState
 from rag_llm.testing import Fault, UpstreamServer
 
 QUESTION = [ChatMessage(role=MessageRole.SYSTEM, content="Be brief."),
@@ -401,3 +404,99 @@ def test_embedding_errors_stay_rag_llm_errors(server: UpstreamServer) -> None:
             embed.get_query_embedding("pools")
         assert caught.value.status == 503
         assert KEY not in str(caught.value)
+
+
+# -- Tools --
+
+
+def lookup(q: str) -> str:
+    """Look ``q`` up in the handbook."""
+    return f"handbook on {q}: pools reuse connections"
+
+
+def test_predict_and_call_runs_the_tool_the_model_chose(server: UpstreamServer,
+                                                        llm: RagLLM) -> None:
+    server.add_fault(Fault(status=200, body=TOOL_CALL))
+    answer = llm.predict_and_call([FunctionTool.from_defaults(lookup)], "what about pools?")
+
+    assert answer.response == "handbook on pools: pools reuse connections"
+    sent = server.requests[-1].json
+    assert sent["tools"][0]["function"]["name"] == "lookup"
+    assert sent["tools"][0]["function"]["parameters"]["properties"]["q"]["type"] == "string"
+    assert sent["tool_choice"] == "auto"
+    assert sent["messages"] == [{"role": "user", "content": "what about pools?"}]
+    assert llm.metadata.is_function_calling_model
+
+
+# LlamaIndex's workflows read deprecated pydantic attributes of the agent they build.
+@pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecationWarning")
+async def test_an_agent_calls_the_tool_then_answers(server: UpstreamServer,
+                                                    llm: RagLLM) -> None:
+    server.add_fault(Fault(status=200, body=TOOL_CALL))
+    agent = FunctionAgent(tools=[FunctionTool.from_defaults(lookup)], llm=llm, streaming=False)
+    result = await agent.run(user_msg="what about pools?")
+
+    assert str(result) == "echo: what about pools?"
+    *_, assistant, tool = server.requests[-1].json["messages"]
+    assert assistant["role"] == "assistant"
+    assert assistant["tool_calls"][0]["id"] == "call_1"
+    assert tool == {"role": "tool", "tool_call_id": "call_1",
+                    "content": "handbook on pools: pools reuse connections"}
+
+
+@pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecationWarning")
+async def test_a_streaming_agent_streams_the_answer(server: UpstreamServer,
+                                                    llm: RagLLM) -> None:
+    agent = FunctionAgent(tools=[FunctionTool.from_defaults(lookup)], llm=llm)
+    handler = agent.run(user_msg="no tools needed")
+    deltas = [event.delta async for event in handler.stream_events()
+              if isinstance(event, AgentStream)]
+    assert str(await handler) == "echo: no tools needed"
+    assert "".join(deltas) == "echo: no tools needed"
+    assert server.requests[-1].json["stream"] is True
+    assert server.requests[-1].json["tools"][0]["function"]["name"] == "lookup"
+
+
+def test_one_tool_call_is_kept_unless_parallel_calls_are_allowed(server: UpstreamServer,
+                                                                 llm: RagLLM) -> None:
+    two = json.loads(json.dumps(TOOL_CALL))
+    calls = two["choices"][0]["message"]["tool_calls"]
+    calls.append({**calls[0], "id": "call_2"})
+    tools = [FunctionTool.from_defaults(lookup)]
+    server.add_fault(Fault(status=200, body=two, times=2))
+    single = llm.chat_with_tools(tools, "q", tool_required=True)
+    assert [c.tool_id for c in llm.get_tool_calls_from_response(single)] == ["call_1"]
+    assert server.requests[-1].json["tool_choice"] == "required"
+    both = llm.chat_with_tools(tools, "q", allow_parallel_tool_calls=True)
+    assert [c.tool_id for c in llm.get_tool_calls_from_response(both)] == ["call_1", "call_2"]
+    assert "parallel_tool_calls" not in server.requests[-1].json
+    with pytest.raises(ValueError, match="without a tool call"):
+        llm.get_tool_calls_from_response(llm.chat(QUESTION))
+    assert llm.get_tool_calls_from_response(llm.chat(QUESTION),
+                                            error_on_no_tool_call=False) == []
+
+
+def test_streamed_tool_calls_grow_chunk_by_chunk(llm: RagLLM) -> None:
+    # The upstream's scripted replies are whole JSON, so the chunks are given here.
+    def chunk(delta: dict[str, Any]) -> dict[str, Any]:
+        return {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]}
+
+    state = _StreamState()
+    first = state.feed(chunk({"role": "assistant", "tool_calls": [
+        {"index": 0, "id": "call_1", "type": "function",
+         "function": {"name": "lookup", "arguments": ""}}]}))
+    partial = state.feed(chunk({"tool_calls": [{"index": 0,
+                                                "function": {"arguments": '{"q": "po'}}]}))
+    assert partial is not None
+    (growing,) = llm.get_tool_calls_from_response(partial)
+    assert (growing.tool_name, set(growing.tool_kwargs)) == ("lookup", {"q"})
+    last = state.feed(chunk({"tool_calls": [{"index": 0, "function": {"arguments": 'ols"}'}}]}))
+    assert state.feed(chunk({})) is None
+    assert first is not None
+    assert last is not None
+    assert first.message.additional_kwargs["tool_calls"][0]["function"]["arguments"] == ""
+    assert last.message.additional_kwargs["tool_calls"] == [
+        {"id": "call_1", "type": "function",
+         "function": {"name": "lookup", "arguments": '{"q": "pools"}'}}]
+    # An agent reads the calls of each chunk: partial arguments parse as far as they go.
+    assert [c.tool_kwargs for c in llm.get_tool_calls_from_response(last)] == [{"q": "pools"}]

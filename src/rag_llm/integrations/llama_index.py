@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Final, Self, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, cast
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.base.llms.generic_utils import (
@@ -43,10 +43,15 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW, DEFAULT_NUM_OUTPUTS
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
-from llama_index.core.llms.llm import LLM
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection
+from llama_index.core.llms.utils import parse_partial_json
 
 from rag_llm.errors import ConfigError
 from rag_llm.providers import ChatProvider, Embedder, EmbeddingProvider, create_provider
+
+if TYPE_CHECKING:
+    from llama_index.core.tools.types import BaseTool
 
 __all__ = ["RagLLM", "RagLLMEmbedding", "openai_messages"]
 
@@ -219,7 +224,7 @@ def _batch_size_of(embedder: Embedder) -> int:
     return min(size, _MAX_EMBED_BATCH) if isinstance(size, int) and size > 0 else 10
 
 
-class RagLLM(_Holder, LLM):
+class RagLLM(_Holder, FunctionCallingLLM):
     """A LlamaIndex chat LLM whose calls are a rag-llm chat provider's chat completions.
 
     ``RagLLM(provider=chat)`` borrows ``chat``; ``RagLLM(config={...})`` owns the provider
@@ -228,7 +233,8 @@ class RagLLM(_Holder, LLM):
     every request, under the keyword arguments of the call itself. Whole answers carry the
     completion object in ``raw`` and its token counts in ``additional_kwargs``; a stream
     yields one response per chunk with text (``delta``), and with ``stream_usage`` a last
-    one with the token counts.
+    one with the token counts. Tools (``chat_with_tools``, ``predict_and_call``, agents) go
+    as OpenAI ``tools``; set ``is_function_calling_model=False`` for a model without them.
     """
 
     model: str = Field(default="", description="The provider's model (set from it).")
@@ -245,6 +251,8 @@ class RagLLM(_Holder, LLM):
     stream_usage: bool = Field(
         default=False, description="Ask streams for token counts (stream_options), yielded "
                                    "as a last response.")
+    is_function_calling_model: bool = Field(
+        default=True, description="Whether the model takes OpenAI tools.")
 
     _provider: ChatProvider = PrivateAttr()
     _owned: bool = PrivateAttr(default=False)
@@ -277,7 +285,8 @@ class RagLLM(_Holder, LLM):
     @property
     def metadata(self) -> LLMMetadata:
         return LLMMetadata(context_window=self.context_window, num_output=self.num_output,
-                           is_chat_model=True, model_name=self.model)
+                           is_chat_model=True, model_name=self.model,
+                           is_function_calling_model=self.is_function_calling_model)
 
     def _params(self, kwargs: Mapping[str, Any], *, stream: bool = False) -> dict[str, Any]:
         params: dict[str, Any] = {}
@@ -351,6 +360,52 @@ class RagLLM(_Holder, LLM):
                                **kwargs: Any) -> CompletionResponseAsyncGen:
         return await astream_chat_to_completion_decorator(self._astream_chat)(prompt, **kwargs)
 
+    # -- Tools, as FunctionCallingLLM asks for them --
+
+    def _prepare_chat_with_tools(
+            self, tools: Sequence[BaseTool], user_msg: str | ChatMessage | None = None,
+            chat_history: list[ChatMessage] | None = None, verbose: bool = False,
+            allow_parallel_tool_calls: bool = False, tool_required: bool = False,
+            tool_choice: str | dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+        messages = list(chat_history or [])
+        if user_msg is not None:
+            messages.append(ChatMessage(role=MessageRole.USER, content=user_msg)
+                            if isinstance(user_msg, str) else user_msg)
+        specs = [tool.metadata.to_openai_tool(skip_length_check=True) for tool in tools]
+        if specs:
+            kwargs["tools"] = specs
+            kwargs["tool_choice"] = tool_choice or ("required" if tool_required else "auto")
+        return {"messages": messages, **kwargs}
+
+    def _validate_chat_with_tools_response(
+            self, response: ChatResponse, tools: Sequence[BaseTool],
+            allow_parallel_tool_calls: bool = False, **kwargs: Any) -> ChatResponse:
+        # parallel_tool_calls is not sent (many compatible servers refuse it): keep one here.
+        calls = response.message.additional_kwargs.get("tool_calls")
+        if not allow_parallel_tool_calls and isinstance(calls, list) and len(calls) > 1:
+            response.message.additional_kwargs["tool_calls"] = calls[:1]
+        return response
+
+    def get_tool_calls_from_response(self, response: ChatResponse,
+                                     error_on_no_tool_call: bool = True,
+                                     **kwargs: Any) -> list[ToolSelection]:
+        calls = response.message.additional_kwargs.get("tool_calls") or []
+        if not calls and error_on_no_tool_call:
+            raise ValueError("the model answered without a tool call")
+        selections = []
+        for call in calls:
+            function = call.get("function") or {}
+            arguments = function.get("arguments") or "{}"
+            try:  # a stream's calls grow chunk by chunk: their arguments may be partial
+                parsed = parse_partial_json(arguments)
+            except ValueError:
+                parsed = {}
+            selections.append(ToolSelection(tool_id=call.get("id") or "",
+                                            tool_name=function.get("name") or "",
+                                            tool_kwargs=parsed if isinstance(parsed, dict)
+                                            else {}))
+        return selections
+
 
 def openai_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     """LlamaIndex chat messages as OpenAI chat messages (text content only).
@@ -423,7 +478,9 @@ class _StreamState:
         self.text += piece
         if isinstance(calls, list):
             self._merge(calls)
-        extra = {"tool_calls": list(self.tool_calls.values())} if self.tool_calls else {}
+        # Copies: each response keeps the calls as they stood at its chunk.
+        extra = {"tool_calls": [{**call, "function": dict(call["function"])}
+                                for call in self.tool_calls.values()]} if self.tool_calls else {}
         return ChatResponse(
             message=ChatMessage(role=MessageRole.ASSISTANT, content=self.text,
                                 additional_kwargs=extra),
