@@ -103,16 +103,16 @@ def test_stream_chat_and_stream_complete_yield_deltas(server: UpstreamServer,
                                                       llm: RagLLM) -> None:
     chunks = list(llm.stream_chat(QUESTION))
     assert [c.delta for c in chunks] == ["echo: ", "how ", "do ", "pools ", "reuse ",
-                                         "connections"]
+                                         "connections", ""]
     assert chunks[-1].message.content == ANSWER
     assert chunks[2].message.content == "echo: how do "
     assert chunks[0].raw["object"] == "chat.completion.chunk"
     assert server.requests[-1].json["stream"] is True
-    assert "stream_options" not in server.requests[-1].json
 
     pieces = list(llm.stream_complete("one two three"))
     assert "".join(p.delta or "" for p in pieces) == "echo: one two three"
     assert pieces[-1].text == "echo: one two three"
+    assert pieces[-1].additional_kwargs["completion_tokens"] == 4
 
 
 async def test_astream_chat_and_astream_complete_yield_deltas(server: UpstreamServer,
@@ -120,22 +120,29 @@ async def test_astream_chat_and_astream_complete_yield_deltas(server: UpstreamSe
     chunks = [c async for c in await llm.astream_chat(QUESTION)]
     assert "".join(c.delta or "" for c in chunks) == ANSWER
     assert chunks[-1].message.content == ANSWER
-    assert len(chunks) == len(ANSWER.split())
+    assert len(chunks) == len(ANSWER.split()) + 1  # and the usage
 
     pieces = [p async for p in await llm.astream_complete("one two three")]
-    assert [p.delta for p in pieces] == ["echo: ", "one ", "two ", "three"]
+    assert [p.delta for p in pieces] == ["echo: ", "one ", "two ", "three", ""]
     assert pieces[-1].text == "echo: one two three"
 
 
-async def test_stream_usage_asks_for_usage_and_yields_it_last(server: UpstreamServer) -> None:
-    async with RagLLM(config=chat_config(server), stream_usage=True) as llm:
-        chunks = [c async for c in await llm.astream_chat(QUESTION)]
-        assert server.requests[-1].json["stream_options"] == {"include_usage": True}
-        assert chunks[-1].delta == ""
-        assert chunks[-1].message.content == ANSWER
-        assert chunks[-1].additional_kwargs == usage_of(SENT_WORDS, ANSWER)
-        sync_chunks = list(llm.stream_complete("one two"))
-        assert sync_chunks[-1].additional_kwargs["completion_tokens"] == 3
+async def test_streams_ask_for_usage_and_yield_it_last(server: UpstreamServer,
+                                                        llm: RagLLM) -> None:
+    chunks = [c async for c in await llm.astream_chat(QUESTION)]
+    assert server.requests[-1].json["stream_options"] == {"include_usage": True}
+    assert chunks[-1].delta == ""
+    assert chunks[-1].message.content == ANSWER
+    assert chunks[-1].additional_kwargs == usage_of(SENT_WORDS, ANSWER)
+    assert all(c.additional_kwargs == {} for c in chunks[:-1])
+
+
+def test_stream_usage_false_sends_no_stream_options(server: UpstreamServer) -> None:
+    with RagLLM(config=chat_config(server), stream_usage=False) as llm:
+        chunks = list(llm.stream_chat(QUESTION))
+        assert "stream_options" not in server.requests[-1].json
+        assert chunks[-1].delta == "connections"
+        assert all(c.additional_kwargs == {} for c in chunks)
 
 
 def test_request_fields_come_from_the_llm_then_the_call(server: UpstreamServer) -> None:
@@ -148,6 +155,15 @@ def test_request_fields_come_from_the_llm_then_the_call(server: UpstreamServer) 
         assert (sent["top_p"], sent["stop"]) == (0.5, ["\n"])
         llm.complete("hi")
         assert "stop" not in server.requests[-1].json
+        llm.complete("hi", model="gpt-4o")
+        assert server.requests[-1].json["model"] == "gpt-4o"
+
+
+def test_a_model_given_overrides_the_providers(server: UpstreamServer) -> None:
+    with RagLLM(config=chat_config(server), model="gpt-4o") as llm:
+        assert llm.metadata.model_name == "gpt-4o"
+        list(llm.stream_complete("hi"))
+        assert server.requests[-1].json["model"] == "gpt-4o"
 
 
 def test_metadata_names_the_model_and_its_configured_window(server: UpstreamServer) -> None:

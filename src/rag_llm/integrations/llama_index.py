@@ -41,7 +41,11 @@ from llama_index.core.base.llms.types import (
     TextBlock,
 )
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
-from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW, DEFAULT_NUM_OUTPUTS
+from llama_index.core.constants import (
+    DEFAULT_CONTEXT_WINDOW,
+    DEFAULT_EMBED_BATCH_SIZE,
+    DEFAULT_NUM_OUTPUTS,
+)
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
@@ -221,7 +225,9 @@ def _batch_size_of(embedder: Embedder) -> int:
     if isinstance(embedder, EmbeddingProvider):
         return min(embedder.config.max_batch_size, _MAX_EMBED_BATCH)
     size = getattr(embedder, "batch_size", None)
-    return min(size, _MAX_EMBED_BATCH) if isinstance(size, int) and size > 0 else 10
+    if isinstance(size, int) and size > 0:
+        return min(size, _MAX_EMBED_BATCH)
+    return DEFAULT_EMBED_BATCH_SIZE
 
 
 class RagLLM(_Holder, FunctionCallingLLM):
@@ -229,15 +235,17 @@ class RagLLM(_Holder, FunctionCallingLLM):
 
     ``RagLLM(provider=chat)`` borrows ``chat``; ``RagLLM(config={...})`` owns the provider
     it creates (close it with ``close()``/``aclose()``). ``complete`` sends the prompt as
-    one user message. ``temperature``, ``max_tokens`` and ``additional_kwargs`` go into
-    every request, under the keyword arguments of the call itself. Whole answers carry the
-    completion object in ``raw`` and its token counts in ``additional_kwargs``; a stream
-    yields one response per chunk with text (``delta``), and with ``stream_usage`` a last
-    one with the token counts. Tools (``chat_with_tools``, ``predict_and_call``, agents) go
-    as OpenAI ``tools``; set ``is_function_calling_model=False`` for a model without them.
+    one user message. ``model`` (the provider's unless given), ``temperature``,
+    ``max_tokens`` and ``additional_kwargs`` go into every request, under the keyword
+    arguments of the call itself. Whole answers carry the completion object in ``raw`` and
+    its token counts in ``additional_kwargs``; a stream yields one response per chunk with
+    text (``delta``), then one with the token counts unless ``stream_usage=False``. Tools
+    (``chat_with_tools``, ``predict_and_call``, agents) go as OpenAI ``tools``; set
+    ``is_function_calling_model=False`` for a model without them.
     """
 
-    model: str = Field(default="", description="The provider's model (set from it).")
+    model: str = Field(default="", description="The model each request names; by default "
+                                               "the provider's.")
     context_window: int = Field(default=DEFAULT_CONTEXT_WINDOW, gt=0,
                                 description="Tokens the model takes, prompt and answer.")
     num_output: int = Field(default=DEFAULT_NUM_OUTPUTS, gt=0,
@@ -249,8 +257,8 @@ class RagLLM(_Holder, FunctionCallingLLM):
     additional_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Further request fields sent with every call.")
     stream_usage: bool = Field(
-        default=False, description="Ask streams for token counts (stream_options), yielded "
-                                   "as a last response.")
+        default=True, description="Ask streams for token counts (stream_options), yielded "
+                                  "as a last response.")
     is_function_calling_model: bool = Field(
         default=True, description="Whether the model takes OpenAI tools.")
 
@@ -289,7 +297,7 @@ class RagLLM(_Holder, FunctionCallingLLM):
                            is_function_calling_model=self.is_function_calling_model)
 
     def _params(self, kwargs: Mapping[str, Any], *, stream: bool = False) -> dict[str, Any]:
-        params: dict[str, Any] = {}
+        params: dict[str, Any] = {"model": self.model}
         if self.temperature is not None:
             params["temperature"] = self.temperature
         if self.max_tokens is not None:
