@@ -21,7 +21,7 @@ from llama_index.core.memory import ChatMemoryBuffer
 from llama_index.core.schema import TextNode
 from support import KEY, provider_config
 
-from rag_llm import errors
+from rag_llm import create_provider, errors
 from rag_llm.integrations.llama_index import RagLLM, RagLLMEmbedding
 from rag_llm.testing import Fault, UpstreamServer
 
@@ -246,3 +246,18 @@ def test_upstream_errors_reach_the_query_as_rag_llm_errors(server: UpstreamServe
             index.as_query_engine().query(QUESTION)
         assert queried.value.status == 429
         assert KEY not in str(queried.value)
+
+
+def test_an_in_process_embedder_can_be_borrowed() -> None:
+    pytest.importorskip("onnxruntime")
+    with create_provider("embedding", {"type": "local"}) as local:
+        embed_model = RagLLMEmbedding(provider=local)
+        assert not embed_model.owns_provider
+        assert embed_model.model_name == "all-MiniLM-L6-v2"
+        assert embed_model.embed_batch_size == local.batch_size
+        index = VectorStoreIndex.from_documents([Document(text=t) for t in TEXTS],
+                                                embed_model=embed_model)
+        (best,) = index.as_retriever(similarity_top_k=1).retrieve("What colour are bananas?")
+        assert best.node.get_content() == TEXTS[2]
+        embed_model.close()
+        assert local.embed(["still open"])
