@@ -486,6 +486,10 @@ def test_one_tool_call_is_kept_unless_parallel_calls_are_allowed(server: Upstrea
     both = llm.chat_with_tools(tools, "q", allow_parallel_tool_calls=True)
     assert [c.tool_id for c in llm.get_tool_calls_from_response(both)] == ["call_1", "call_2"]
     assert "parallel_tool_calls" not in server.requests[-1].json
+    server.add_fault(Fault(status=200, body=TOOL_CALL))
+    llm.chat_with_tools(tools, "q", tool_choice="lookup")
+    assert server.requests[-1].json["tool_choice"] == {"type": "function",
+                                                       "function": {"name": "lookup"}}
     with pytest.raises(ValueError, match="without a tool call"):
         llm.get_tool_calls_from_response(llm.chat(QUESTION))
     assert llm.get_tool_calls_from_response(llm.chat(QUESTION),

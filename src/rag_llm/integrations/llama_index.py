@@ -382,7 +382,7 @@ class RagLLM(_Holder, FunctionCallingLLM):
         specs = [tool.metadata.to_openai_tool(skip_length_check=True) for tool in tools]
         if specs:
             kwargs["tools"] = specs
-            kwargs["tool_choice"] = tool_choice or ("required" if tool_required else "auto")
+            kwargs["tool_choice"] = _tool_choice(tool_choice, tool_required)
         return {"messages": messages, **kwargs}
 
     def _validate_chat_with_tools_response(
@@ -413,6 +413,15 @@ class RagLLM(_Holder, FunctionCallingLLM):
                                             tool_kwargs=parsed if isinstance(parsed, dict)
                                             else {}))
         return selections
+
+
+def _tool_choice(choice: str | dict[str, Any] | None, required: bool) -> str | dict[str, Any]:
+    """OpenAI's ``tool_choice``: a mode, or a tool's name as the one to call."""
+    if choice is None:
+        return "required" if required else "auto"
+    if isinstance(choice, str) and choice not in ("auto", "none", "required"):
+        return {"type": "function", "function": {"name": choice}}
+    return choice
 
 
 def openai_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
