@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-import time
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -162,10 +161,8 @@ async def test_an_async_index_and_query_engine_run_on_the_loop(server: UpstreamS
 
         # Real async: queries overlap at the upstream instead of queueing on the loop.
         server.delay = 0.3
-        started = time.monotonic()
         engine = index.as_query_engine(similarity_top_k=1)
         answers = await asyncio.gather(*(engine.aquery(f"{QUESTION} {i}") for i in range(6)))
-        assert time.monotonic() - started < 6 * 2 * 0.3 / 2
         assert server.max_in_flight >= 6
         assert all(str(a).startswith("echo: ") for a in answers)
 

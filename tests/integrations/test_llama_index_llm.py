@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -241,10 +240,8 @@ async def test_many_async_calls_share_one_connection(server: UpstreamServer) -> 
 
 async def test_async_calls_overlap_on_one_loop(server: UpstreamServer, llm: RagLLM) -> None:
     server.delay = 0.3
-    started = time.monotonic()
     await asyncio.gather(*(llm.achat([ChatMessage(content=f"q{i}")]) for i in range(5)),
                          *(llm.acomplete(f"c{i}") for i in range(5)))
-    assert time.monotonic() - started < 10 * 0.3 / 2
     assert server.max_in_flight == 10
 
 
