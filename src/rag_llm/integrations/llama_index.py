@@ -62,15 +62,9 @@ __all__ = ["RagLLM", "RagLLMEmbedding", "openai_messages"]
 _F = TypeVar("_F", bound=Callable[..., Any])
 # LlamaIndex caps embed_batch_size here; rag-llm splits a bigger list by max_batch_size.
 _MAX_EMBED_BATCH: Final = 2048
-# Message roles of other model families, as the OpenAI API names them.
+# Other model families' names for the model's turns; every other role is OpenAI's own.
 _ROLES: Final[Mapping[MessageRole, str]] = {
-    MessageRole.SYSTEM: "system",
-    MessageRole.DEVELOPER: "developer",
-    MessageRole.USER: "user",
-    MessageRole.ASSISTANT: "assistant",
-    MessageRole.TOOL: "tool",
-    MessageRole.FUNCTION: "function",
-    MessageRole.CHATBOT: "assistant",  # Cohere's name for the model's turns
+    MessageRole.CHATBOT: "assistant",  # Cohere's
     MessageRole.MODEL: "assistant",  # Gemini's
 }
 # What a message's additional_kwargs may carry into the OpenAI message, as it is.
