@@ -13,6 +13,7 @@ from llama_index.core.agent.workflow import AgentStream, FunctionAgent
 from llama_index.core.base.llms.types import ChatMessage, ImageBlock, MessageRole
 from llama_index.core.tools import FunctionTool
 from pydantic import ValidationError
+from structlog.testing import capture_logs
 from support import KEY, eventually, provider_config
 
 from rag_llm import create_provider, errors
@@ -347,10 +348,14 @@ def test_bad_config_names_the_field(server: UpstreamServer) -> None:
         RagLLM(config=chat_config(server, max_connections=-5))
     assert caught.value.field == "max_connections"
     assert KEY not in str(caught.value)
-    with pytest.raises(ValidationError, match="context_window"):
-        RagLLM(config=chat_config(server), context_window=0)
-    with pytest.raises(ValidationError, match="embed_batch_size"):
-        RagLLMEmbedding(config=embedding_config(server), embed_batch_size=0)
+    with capture_logs() as logs:
+        with pytest.raises(ValidationError, match="context_window"):
+            RagLLM(config=chat_config(server), context_window=0)
+        with pytest.raises(ValidationError, match="embed_batch_size"):
+            RagLLMEmbedding(config=embedding_config(server), embed_batch_size=0)
+    # The providers built for them were closed, not left behind.
+    closed = [e["kind"] for e in logs if e["event"] == "provider_closed"]
+    assert closed == ["llm", "embedding"]
 
 
 def test_no_secret_in_repr_or_serialized_form(server: UpstreamServer) -> None:
