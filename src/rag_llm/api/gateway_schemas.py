@@ -9,6 +9,7 @@ microseconds where it sits on every call. Every error is OpenAI's
 from __future__ import annotations
 
 import base64
+import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -205,9 +206,9 @@ def parse_embeddings(body: Mapping[str, Any]) -> EmbeddingsRequest:
 
 
 def estimated_tokens(texts: Sequence[str]) -> int:
-    """Prompt tokens of ``texts``: the providers' estimate (four characters a token), at
-    least one a text; an embedder's own tokenizer is not consulted on the hot path."""
-    return sum(max(1, round(text_tokens(text))) for text in texts)
+    """Prompt tokens of ``texts``: the providers' estimate, four characters a token rounded
+    up; an embedder's own tokenizer is not consulted on the hot path."""
+    return sum(math.ceil(text_tokens(text)) for text in texts)
 
 
 def embeddings_body(request: EmbeddingsRequest, model: str,
