@@ -81,8 +81,9 @@ def serve(upstream: UpstreamServer, tmp_path: Path) -> Iterator[ServeFactory]:
     started: list[Served] = []
 
     def start(*, chat: bool = True, embedder: Any = None, key: str | None = SERVICE_KEY,
-              **provider: Any) -> Served:
-        providers = {} if embedder is not None else {
+              local: bool = False, **provider: Any) -> Served:
+        """``local``: no embedding provider configured, so the service's default serves."""
+        providers = {} if embedder is not None or local else {
             "embedding": provider_config(upstream, **provider)}
         if chat:
             providers["llm"] = provider_config(upstream, model=CHAT, **provider)
@@ -179,6 +180,24 @@ async def test_any_embedder_serves_embeddings(serve: ServeFactory) -> None:
     assert models == ["letter-counts"]
     assert [d.embedding for d in reply.data] == [[2.0, 2.0, 0.0], [1.0, 1.0, 1.0]]
     assert by_name.data[0].embedding == [0.0, 0.0, 1.0]
+
+
+async def test_with_no_embedding_configured_the_local_model_serves(
+        serve: ServeFactory) -> None:
+    pytest.importorskip("onnxruntime", reason="the local model needs the local extra")
+    from rag_llm.providers import create_provider
+
+    served = serve(chat=False, local=True)
+    async with served.client() as sdk:
+        (listed,) = (await sdk.models.list()).data
+        reply = await sdk.embeddings.create(model="embedding", input=["a cat", "a dog"])
+    assert (listed.id, listed.owned_by) == ("all-MiniLM-L6-v2", "local")
+    assert reply.model == "all-MiniLM-L6-v2"
+    with create_provider("embedding", {"type": "local"}) as local:
+        expected = local.embed(["a cat", "a dog"])
+    for datum, vector in zip(reply.data, expected, strict=True):
+        assert len(datum.embedding) == 384
+        assert datum.embedding == pytest.approx(vector, abs=1e-6)
 
 
 @pytest.mark.parametrize(("body", "param", "words"), [
@@ -280,8 +299,10 @@ async def test_a_stream_relays_each_delta_as_it_arrives(
     assert "".join(deltas) == f"echo: {words}"
     assert len(deltas) == 5  # one per word, as the upstream sent them
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    # Relayed one by one: each delta came about one upstream interval after the one before.
-    assert min(gaps[:4]) > 0.08, gaps
+    # Relayed one by one: the deltas came about one upstream interval apart, not all at the
+    # end (one pair may bunch up when this loaded machine delays the client).
+    assert sum(gap > 0.075 for gap in gaps[:4]) >= 3, gaps
+    assert arrivals[4] - arrivals[0] > 0.4, gaps
     assert usage is not None
     assert usage.completion_tokens == 5
     assert upstream.requests[-1].json["stream"] is True
