@@ -113,10 +113,12 @@ class _Catalogue:
     def find(self, name: str, kind: str) -> GatewayModel:
         """The ``kind`` model ``name`` names, or a 404 (400 for the wrong kind) naming the
         ones there are."""
+        provider = _provider(self._locator(), kind)
+        if provider is not None:  # the common case, without resolving the other kind
+            wanted = _model_of(kind, provider)
+            if name in wanted.aliases:
+                return wanted
         models = self.models()
-        for model in models:
-            if model.kind == kind and name in model.aliases:
-                return model
         available = ", ".join(repr(m.id) for m in models if m.kind == kind)
         for model in models:
             if name in model.aliases:
