@@ -1,9 +1,12 @@
 """``create_app()``: the FastAPI application whose lifespan closes every connection pool.
 
 Routes: ``/v1/documents`` (ingest, list, delete), ``/v1/query`` (answers with citations,
-optionally streamed), ``/v1/status``; the pools' ``/health``, ``/health/ready``,
-``/metrics`` and live ``/dashboard``; OpenAPI docs at ``/docs``.
-The ``/v1`` routes need the ``rag`` extra and, when ``api_key`` is set, that key.
+optionally streamed), ``/v1/status``; the OpenAI-compatible ``/v1/embeddings``,
+``/v1/chat/completions`` and ``/v1/models`` over the same providers; the pools'
+``/health``, ``/health/ready``, ``/metrics`` and live ``/dashboard``; OpenAPI docs at
+``/docs``.
+The ``/v1`` routes need, when ``api_key`` is set, that key; those of the RAG service the
+``rag`` extra.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from rag_llm.api import documents, query
 from rag_llm.api.dashboard import dashboard_router
 from rag_llm.api.dependencies import ServiceHolder
 from rag_llm.api.errors import install_error_handlers
+from rag_llm.api.gateway import gateway_router
 from rag_llm.api.observability import observability_router, provider_pools
 from rag_llm.api.request_id import RequestIdMiddleware
 from rag_llm.api.security import BodyLimitMiddleware, api_key_dependency
@@ -96,6 +100,8 @@ def create_app(locator: ServiceLocator | None = None, *, rag: RagService | None 
         BodyLimitMiddleware,
         limit_for=lambda method, path: uploads if (method, path) == ("POST", "/v1/documents")
         else settings.max_request_bytes)
+    # The gateway checks the key itself, to answer a refusal in OpenAI's error shape.
+    app.include_router(gateway_router(current_locator, settings.api_key))
     guard = [Depends(api_key_dependency(settings.api_key))]
     app.include_router(documents.router, dependencies=guard)
     app.include_router(query.router, dependencies=guard)
