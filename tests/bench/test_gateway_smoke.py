@@ -18,8 +18,13 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_a_tiny_run_measures_direct_and_gateway_and_reports_them() -> None:
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_tiny_run_measures_direct_and_gateway_and_reports_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("trustme", reason="the upstream makes its TLS certificate with trustme")
+    monkeypatch.syspath_prepend(str(ROOT))  # benchmarks/ is not installed: run from the tree
     from benchmarks.gateway import OPERATIONS, report, run
 
     figures = run(calls=5, seconds=0.3, repeats=1, levels=(2,), pin=False)
