@@ -350,9 +350,6 @@ class Router:
         pools = self.health.stop()
         await asyncio.gather(*(u.pool.aclose() for u in self.upstreams.values()),
                              *(p.aclose() for p in pools))
-        # Leases given back and not yet removed: removed now, not left to lapse.
-        await asyncio.gather(*(u.in_flight.aflush() for u in self.upstreams.values()
-                               if u.in_flight is not None))
         if self.sync is not None:
             await asyncio.to_thread(self.sync.stop)
         if self.state is not None:
@@ -361,9 +358,6 @@ class Router:
     def close(self) -> None:
         for pool in [*self.health.stop(), *(u.pool for u in self.upstreams.values())]:
             pool.close()
-        for upstream in self.upstreams.values():
-            if upstream.in_flight is not None:
-                upstream.in_flight.flush()
         if self.sync is not None:
             self.sync.stop()
         if self.state is not None:

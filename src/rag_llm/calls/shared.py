@@ -30,9 +30,6 @@ __all__ = ["AsyncWaiter", "InFlightLimit", "Lease", "SharedRateLimiter", "SyncWa
 # Polls for a free lease start this far apart and back off to the maximum, jittered.
 FIRST_POLL: Final = 0.005
 MAX_POLL: Final = 0.05
-# A lease given back by an async call rides on this process's next acquire; when none
-# comes within this long, it is sent on its own.
-RELEASE_DELAY: Final = 0.005
 
 
 class SharedRateLimiter:
@@ -112,10 +109,6 @@ class InFlightLimit:
 
     ``held`` counts this process's leases of either kind, so that the local fallback
     (``cap // expected_instances``) counts calls that went out under Redis leases too.
-
-    An async call's lease is not given back in a round trip of its own: the next acquire
-    of this process removes it in the same script, or a flush :data:`RELEASE_DELAY` later
-    does, so a busy process pays one Redis step per call for its leases, not two.
     """
 
     def __init__(self, cap: int, settings: TransportSettings, *,
@@ -132,9 +125,6 @@ class InFlightLimit:
         self._threads = SyncWaiter()
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncWaiter] = (
             weakref.WeakKeyDictionary())
-        self._returned: list[str] = []  # leases given back here, not yet removed in Redis
-        self._flush_due: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
-        self._flushing: set[asyncio.Task[None]] = set()
         if backend is not None:
             backend.lease_counters.append(self._count_held)
 
@@ -178,11 +168,6 @@ class InFlightLimit:
         self.backend.hold(self._key, member)
         return Lease(member)
 
-    def _take_returned(self) -> list[str]:
-        with self._lock:
-            returned, self._returned = self._returned, []
-        return returned
-
     def try_acquire(self) -> Lease | None:
         """A lease now, or None: every slot is held."""
         backend = self.backend
@@ -191,8 +176,7 @@ class InFlightLimit:
         if backend.usable():
             member = _ticket()
             try:
-                if not backend.acquire_lease(self._key, self.cap, member,
-                                             self._take_returned()):
+                if not backend.acquire_lease(self._key, self.cap, member):
                     return None
             except StateUnavailableError:
                 if self._fail:
@@ -210,10 +194,7 @@ class InFlightLimit:
         if backend.usable():
             member = _ticket()
             try:
-                # Leases given back and not yet removed go in the same step (if Redis
-                # fails, they lapse within lease_ttl).
-                if not await backend.aacquire_lease(self._key, self.cap, member,
-                                                    self._take_returned()):
+                if not await backend.aacquire_lease(self._key, self.cap, member):
                     return None
             except StateUnavailableError:
                 if self._fail:
@@ -231,54 +212,27 @@ class InFlightLimit:
         for waiter in list(self._loops.values()):
             waiter.wake()
 
-    def _give_back(self, lease: Lease) -> bool:
-        """Stop renewing ``lease`` and queue it for removal; False if nothing is to remove."""
-        if lease.member is None or self.backend is None:
-            return False
-        self.backend.drop(self._key, lease.member)
-        with self._lock:
-            self._returned.append(lease.member)
-        return True
-
     def release(self, lease: Lease) -> None:
-        """Give ``lease`` back, in Redis at once (with any queued by async calls)."""
         try:
-            if self._give_back(lease):
-                self.flush()
+            if lease.member is not None and self.backend is not None:
+                self.backend.drop(self._key, lease.member)
+                if self.backend.usable():
+                    self.backend.release_lease(self._key, lease.member)
+        except StateUnavailableError:
+            pass
         finally:
             self._released()
 
     async def arelease(self, lease: Lease) -> None:
-        """Give ``lease`` back: its waiters here may take the slot at once, since their
-        acquire removes it in the same step; else a flush removes it shortly."""
         try:
-            if self._give_back(lease):
-                loop = asyncio.get_running_loop()
-                if loop not in self._flush_due:
-                    self._flush_due.add(loop)
-                    loop.call_later(RELEASE_DELAY, self._start_flush, loop)
+            if lease.member is not None and self.backend is not None:
+                self.backend.drop(self._key, lease.member)
+                if self.backend.usable():
+                    await self.backend.arelease_lease(self._key, lease.member)
+        except StateUnavailableError:
+            pass
         finally:
             self._released()
-
-    def _start_flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._flush_due.discard(loop)
-        if self._returned:
-            task = loop.create_task(self.aflush())
-            self._flushing.add(task)
-            task.add_done_callback(self._flushing.discard)
-
-    def flush(self) -> None:
-        """Remove the leases given back and not yet removed, now."""
-        returned = self._take_returned()
-        if returned and self.backend is not None and self.backend.usable():
-            with contextlib.suppress(StateUnavailableError):  # they lapse within lease_ttl
-                self.backend.release_leases(self._key, returned)
-
-    async def aflush(self) -> None:
-        returned = self._take_returned()
-        if returned and self.backend is not None and self.backend.usable():
-            with contextlib.suppress(StateUnavailableError):
-                await self.backend.arelease_leases(self._key, returned)
 
 
 class AsyncWaiter:

@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -232,25 +232,20 @@ class StateBackend:
 
     # -- leases ----------------------------------------------------------------------
 
-    def acquire_lease(self, key: str, cap: int, member: str,
-                      released: Sequence[str] = ()) -> bool:
-        """Take a lease on one of ``cap`` slots under ``key``; False when all are held.
-
-        ``released`` leases are given back first, in the same step.
-        """
-        args = [cap, self._ttl_ms, member, *released]
+    def acquire_lease(self, key: str, cap: int, member: str) -> bool:
+        """Take a lease on one of ``cap`` slots under ``key``; False when all are held."""
+        args = [cap, self._ttl_ms, member]
         return bool(self._run(lambda _c, s: s.lease_acquire(keys=[key], args=args)))
 
-    async def aacquire_lease(self, key: str, cap: int, member: str,
-                             released: Sequence[str] = ()) -> bool:
-        args = [cap, self._ttl_ms, member, *released]
+    async def aacquire_lease(self, key: str, cap: int, member: str) -> bool:
+        args = [cap, self._ttl_ms, member]
         return bool(await self._arun(lambda _c, s: s.lease_acquire(keys=[key], args=args)))
 
-    def release_leases(self, key: str, members: Sequence[str]) -> None:
-        self._run(lambda c, _s: c.zrem(key, *members))
+    def release_lease(self, key: str, member: str) -> None:
+        self._run(lambda c, _s: c.zrem(key, member))
 
-    async def arelease_leases(self, key: str, members: Sequence[str]) -> None:
-        await self._arun(lambda c, _s: c.zrem(key, *members))
+    async def arelease_lease(self, key: str, member: str) -> None:
+        await self._arun(lambda c, _s: c.zrem(key, member))
 
     def hold(self, key: str, member: str) -> None:
         """Renew ``member`` every ``lease_ttl / 3`` until :meth:`drop`."""

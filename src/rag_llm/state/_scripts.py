@@ -12,13 +12,10 @@ from typing import Final
 __all__ = ["ENDPOINT_PUBLISH", "ENDPOINT_READ", "GCRA", "HOLD", "LEASE_ACQUIRE", "LEASE_RENEW",
            "UNHOLD"]
 
-# KEYS[1]: the sorted set of leases; ARGV: cap, ttl (ms), member, then leases this process
-# released since its last call, removed first: a release rides on the next acquire instead
-# of a round trip of its own. 1 if leased, else 0.
+# KEYS[1]: the sorted set of leases; ARGV: cap, ttl (ms), member. 1 if leased, else 0.
 LEASE_ACQUIRE: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if #ARGV > 3 then redis.call('ZREM', KEYS[1], unpack(ARGV, 4)) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
   local ttl = tonumber(ARGV[2])
