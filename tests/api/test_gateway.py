@@ -230,6 +230,24 @@ async def test_a_body_that_is_not_json_is_a_400(served: Served) -> None:
     assert set(reply.json()["error"]) == {"message", "type", "param", "code"}
 
 
+async def test_a_body_over_the_limit_is_a_413_in_openais_shape(
+        client: openai.AsyncOpenAI, served: Served) -> None:
+    texts = ["x" * 1000] * 100  # 100 kB, over max_request_bytes (64 KiB)
+    with pytest.raises(openai.APIStatusError) as caught:
+        await client.embeddings.create(model="embedding", input=texts)
+    assert caught.value.status_code == 413
+    error = caught.value.body
+    assert isinstance(error, dict)
+    assert error["code"] == "request_too_large"
+    assert "65536 bytes" in error["message"]
+    async with httpx.AsyncClient(base_url=served.base_url.removesuffix("/v1")) as http:
+        reply = await http.post("/v1/query", content=b"x" * 70_000,
+                                headers={"authorization": f"Bearer {SERVICE_KEY}",
+                                         "content-type": "application/json"})
+    assert reply.status_code == 413
+    assert set(reply.json()) == {"detail"}  # the service's own routes keep their shape
+
+
 async def test_many_calls_share_one_upstream_connection(
         client: openai.AsyncOpenAI, upstream: UpstreamServer) -> None:
     for n in range(30):

@@ -24,7 +24,7 @@ from rag_llm.api import documents, query
 from rag_llm.api.dashboard import dashboard_router
 from rag_llm.api.dependencies import ServiceHolder
 from rag_llm.api.errors import install_error_handlers
-from rag_llm.api.gateway import gateway_router
+from rag_llm.api.gateway import gateway_router, too_large_body
 from rag_llm.api.observability import observability_router, provider_pools
 from rag_llm.api.request_id import RequestIdMiddleware
 from rag_llm.api.security import BodyLimitMiddleware, api_key_dependency
@@ -99,7 +99,7 @@ def create_app(locator: ServiceLocator | None = None, *, rag: RagService | None 
     app.add_middleware(
         BodyLimitMiddleware,
         limit_for=lambda method, path: uploads if (method, path) == ("POST", "/v1/documents")
-        else settings.max_request_bytes)
+        else settings.max_request_bytes, body_for=too_large_body)
     # The gateway checks the key itself, to answer a refusal in OpenAI's error shape.
     app.include_router(gateway_router(current_locator, settings.api_key))
     guard = [Depends(api_key_dependency(settings.api_key))]

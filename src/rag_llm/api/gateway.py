@@ -38,7 +38,7 @@ from rag_llm.errors import RagLLMError
 from rag_llm.locator import ServiceLocator
 from rag_llm.observability.events import get_logger
 
-__all__ = ["GatewayModel", "gateway_router"]
+__all__ = ["GatewayModel", "gateway_router", "too_large_body"]
 
 _log = get_logger()
 _JSON: Final = "application/json"
@@ -240,6 +240,13 @@ def _chat_methods(model: GatewayModel) -> tuple[Any, Any]:
                                 "completion objects", type_="server_error",
                            code="not_implemented")
     return whole, chunks
+
+
+def too_large_body(path: str, message: str) -> dict[str, Any]:
+    """The 413 body for ``path``: OpenAI's error shape on the gateway's routes."""
+    if path.startswith(("/v1/embeddings", "/v1/chat/completions", "/v1/models")):
+        return GatewayError(413, message, code="request_too_large").body()
+    return {"detail": message}
 
 
 def gateway_router(locator: Callable[[], ServiceLocator], api_key: Secret | None) -> APIRouter:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -55,11 +55,17 @@ class _TooLargeError(HTTPException):
 
 
 class BodyLimitMiddleware:
-    """Answers 413 to a request whose body is over ``limit_for(method, path)`` bytes."""
+    """Answers 413 to a request whose body is over ``limit_for(method, path)`` bytes.
 
-    def __init__(self, app: ASGIApp, limit_for: Callable[[str, str], int]) -> None:
+    The answer's body is ``{"detail": ...}``, or what ``body_for(path, message)`` makes of
+    it (the OpenAI gateway's routes answer in OpenAI's error shape).
+    """
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str, str], int],
+                 body_for: Callable[[str, str], dict[str, Any]] | None = None) -> None:
         self.app = app
         self.limit_for = limit_for
+        self.body_for = body_for
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,7 +74,7 @@ class BodyLimitMiddleware:
         limit = self.limit_for(scope["method"], scope["path"])
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
-            await _reject(send, limit)
+            await self._reject(send, scope["path"], limit)
             return
         received = 0
         started = False
@@ -91,17 +97,20 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLargeError:
             if not started:
-                await _reject(send, limit)
+                await self._reject(send, scope["path"], limit)
+
+    async def _reject(self, send: Send, path: str, limit: int) -> None:
+        message = _too_large(limit)
+        body = json.dumps({"detail": message} if self.body_for is None
+                          else self.body_for(path, message)).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def _too_large(limit: int) -> str:
     return f"request body is over the limit of {limit} bytes"
 
 
-async def _reject(send: Send, limit: int) -> None:
-    body = json.dumps({"detail": _too_large(limit)}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
