@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping
 from typing import Final
@@ -19,20 +20,31 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date)."""
     raw_ms = headers.get("retry-after-ms")
     if raw_ms is not None:
-        try:
-            return max(float(raw_ms) / 1000.0, 0.0)
-        except ValueError:
-            pass
+        wait = _seconds(raw_ms)
+        if wait is not None:
+            return wait / 1000.0
     raw = headers.get("retry-after")
     if raw is None:
         return None
-    try:
-        return max(float(raw), 0.0)
-    except ValueError:
-        import email.utils  # rare (an HTTP date), and 7 ms to import
+    wait = _seconds(raw)
+    if wait is not None:
+        return wait
+    import email.utils  # rare (an HTTP date), and 7 ms to import
 
-        parsed = email.utils.parsedate_to_datetime(raw) if raw.strip() else None
-        return None if parsed is None else max(parsed.timestamp() - time.time(), 0.0)
+    try:
+        parsed = email.utils.parsedate_to_datetime(raw)
+    except (ValueError, TypeError, IndexError):  # neither a number nor a date: no hint
+        return None
+    return max(parsed.timestamp() - time.time(), 0.0)
+
+
+def _seconds(raw: str) -> float | None:
+    """``raw`` as a finite, non-negative number, or None (``inf`` and ``nan`` are no wait)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return max(value, 0.0) if math.isfinite(value) else None
 
 
 def _message(content: bytes) -> str:
