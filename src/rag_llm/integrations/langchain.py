@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.embeddings import Embeddings
@@ -42,6 +41,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, SkipValidation
 
 from rag_llm.errors import ConfigError
+from rag_llm.integrations._owner import ProviderOwner
 from rag_llm.providers import ChatProvider, create_provider
 from rag_llm.providers.base import Embedder
 
@@ -49,45 +49,6 @@ __all__ = ["ChatRagLLM", "RagLLMEmbeddings"]
 
 # tool_choice values LangChain callers use that OpenAI spells "required".
 _FORCE_A_TOOL = ("any", True)
-
-
-class _ProviderOwner:
-    """``close()``/``aclose()`` and ``with`` blocks, which release the provider only when
-    the object built it from ``config=``; a provider passed in stays open for its owner."""
-
-    def _held(self) -> tuple[Embedder | ChatProvider, bool]:
-        raise NotImplementedError
-
-    @property
-    def owns_provider(self) -> bool:
-        """True when built from ``config=``: then ``close()``/``aclose()`` close the provider."""
-        return self._held()[1]
-
-    def close(self) -> None:
-        """Close the provider if this object built it (``config=``); else do nothing."""
-        provider, owned = self._held()
-        if owned:
-            provider.close()
-
-    async def aclose(self) -> None:
-        """Async twin of :meth:`close`."""
-        provider, owned = self._held()
-        if owned:
-            await provider.aclose()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.aclose()
 
 
 def _connect(kind: Literal["embedding", "llm"], provider: Any, config: Any,
@@ -126,7 +87,7 @@ def _connect(kind: Literal["embedding", "llm"], provider: Any, config: Any,
     return create_provider(kind, mapping), True
 
 
-class RagLLMEmbeddings(_ProviderOwner, BaseModel, Embeddings):
+class RagLLMEmbeddings(ProviderOwner, BaseModel, Embeddings):
     """LangChain ``Embeddings`` over a rag-llm embedding provider.
 
     ``RagLLMEmbeddings(provider=p)`` calls ``p`` and leaves it open;
@@ -169,7 +130,7 @@ class RagLLMEmbeddings(_ProviderOwner, BaseModel, Embeddings):
         return (await self._held()[0].aembed([text]))[0]
 
 
-class ChatRagLLM(_ProviderOwner, BaseChatModel):
+class ChatRagLLM(ProviderOwner, BaseChatModel):
     """LangChain chat model over a rag-llm chat provider (any OpenAI-shaped chat API).
 
     Sync, async and streaming calls; ``usage_metadata`` from the API's usage (streams ask for

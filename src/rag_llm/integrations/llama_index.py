@@ -18,8 +18,7 @@ are the provider's own async calls, not sync calls on a thread.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.base.llms.generic_utils import (
@@ -52,6 +51,7 @@ from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.llms.utils import parse_partial_json
 
 from rag_llm.errors import ConfigError
+from rag_llm.integrations._owner import ProviderOwner
 from rag_llm.providers import ChatProvider, Embedder, EmbeddingProvider, create_provider
 
 if TYPE_CHECKING:
@@ -113,45 +113,7 @@ def _chatter(provider: ChatProvider | None,
     return provider, False
 
 
-class _Holder:
-    """``close()``/``aclose()`` and the ``with`` forms: release the provider if owned."""
-
-    def _held(self) -> tuple[Embedder | ChatProvider, bool]:
-        raise NotImplementedError
-
-    @property
-    def owns_provider(self) -> bool:
-        """True when this object created its provider (``config=``) and so closes it."""
-        return self._held()[1]
-
-    def close(self) -> None:
-        """Close the provider if this object owns it; a borrowed one stays open. Idempotent."""
-        provider, owned = self._held()
-        if owned:
-            provider.close()
-
-    async def aclose(self) -> None:
-        """Async twin of :meth:`close`: lets the owned provider's calls in flight finish."""
-        provider, owned = self._held()
-        if owned:
-            await provider.aclose()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.aclose()
-
-
-class RagLLMEmbedding(_Holder, BaseEmbedding):
+class RagLLMEmbedding(ProviderOwner, BaseEmbedding):
     """A LlamaIndex embedding model whose calls are a rag-llm embedding provider's.
 
     ``RagLLMEmbedding(provider=emb)`` borrows ``emb``; ``RagLLMEmbedding(config={...})``
@@ -224,7 +186,7 @@ def _batch_size_of(embedder: Embedder) -> int:
     return DEFAULT_EMBED_BATCH_SIZE
 
 
-class RagLLM(_Holder, FunctionCallingLLM):
+class RagLLM(ProviderOwner, FunctionCallingLLM):
     """A LlamaIndex chat LLM whose calls are a rag-llm chat provider's chat completions.
 
     ``RagLLM(provider=chat)`` borrows ``chat``; ``RagLLM(config={...})`` owns the provider
