@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from rag_llm import create_provider
 from rag_llm.testing import (
     Bandwidth,
     Blackhole,
@@ -252,3 +253,14 @@ def test_stop_drops_open_connections_cleanly(upstream: UpstreamServer) -> None:
         assert sock.recv(10) == b""  # the proxy closed it; nothing was answered
         sock.close()
     assert upstream.requests == []
+
+
+def test_tls_passes_through_tiny_segments(tls_upstream: UpstreamServer) -> None:
+    with FaultProxy(tls_upstream.port, seed=1) as proxy:
+        proxy.add(Slicer(size=1, max_size=7, direction="downstream"))
+        proxy.add(Slicer(size=1, max_size=7, direction="upstream"))
+        settings = {"type": "openai", "model": "m", "api_key": "k", "verify":
+                    tls_upstream.ca_cert_path, "base_url": proxy.url("https", "/v1")}
+        with create_provider("embedding", settings) as embedder:
+            assert embedder.embed(["sliced"]) == [tls_upstream.expected_embedding("sliced")]
+        assert proxy.faults_applied["slicer"] == 2 * proxy.connections_accepted  # one per way
