@@ -104,6 +104,32 @@ def test_latency_delays_each_direction_it_names(proxy: FaultProxy) -> None:
     assert proxy.faults_applied == {"latency": 3}
 
 
+def test_latency_delays_each_chunk_from_its_arrival(proxy: FaultProxy) -> None:
+    proxy.add(Latency(0.2))
+    arrivals: list[float] = []
+    with _connect(proxy) as sock:
+
+        def read_back() -> None:
+            got = 0
+            while got < 10 and (chunk := sock.recv(100)):
+                got += len(chunk)
+                arrivals.extend([time.monotonic()] * len(chunk))
+
+        reader = threading.Thread(target=read_back)
+        reader.start()
+        sent = []
+        for _ in range(10):
+            sent.append(time.monotonic())
+            sock.sendall(b"t")
+            time.sleep(0.04)
+        reader.join(5)
+    # Each byte comes back 0.2 s after it was sent: chunks queued behind a delayed one are
+    # not delayed again (which would take the second byte's delay to about 0.36 s).
+    delays = [back - out for out, back in zip(sent, arrivals, strict=True)]
+    assert min(delays) >= 0.19
+    assert max(delays) < 0.28, delays
+
+
 def test_bandwidth_bounds_the_throughput(proxy: FaultProxy) -> None:
     proxy.add(Bandwidth(200_000))
     payload = b"x" * 60_000

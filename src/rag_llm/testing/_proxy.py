@@ -26,6 +26,7 @@ _READ_SIZE = 65536
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 10.0
 _FLUSH_TIMEOUT = 1.0
+_QUEUED_CHUNKS = 64
 
 Direction = Literal["upstream", "downstream"]
 _DIRECTIONS = ("upstream", "downstream")
@@ -433,11 +434,21 @@ class FaultProxy:
 
     async def _pipe(self, link: _Link, direction: str, source: asyncio.StreamReader,
                     sink: asyncio.StreamWriter) -> None:
-        while True:
-            data = await source.read(_READ_SIZE)
-            if not data:
-                break
-            await self._forward(link, direction, data, sink)
+        # Reads run ahead of the writes (up to _QUEUED_CHUNKS chunks), so a latency delays
+        # each chunk from its arrival instead of adding up over a stream.
+        queue: asyncio.Queue[tuple[float, bytes | OSError]] = asyncio.Queue(_QUEUED_CHUNKS)
+        reader = asyncio.ensure_future(_read_into(source, queue))
+        try:
+            while True:
+                arrived, data = await queue.get()
+                if isinstance(data, OSError):
+                    raise data
+                if not data:
+                    break
+                await self._forward(link, direction, arrived, data, sink)
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
         for toxic in link.active(direction):
             if isinstance(toxic, SlowClose):
                 link.applied(toxic)
@@ -446,7 +457,7 @@ class FaultProxy:
             with contextlib.suppress(OSError):
                 sink.write_eof()
 
-    async def _forward(self, link: _Link, direction: str, data: bytes,
+    async def _forward(self, link: _Link, direction: str, arrived: float, data: bytes,
                        sink: asyncio.StreamWriter) -> None:
         toxics = link.active(direction)
         cut: _Cut | None = None
@@ -466,11 +477,14 @@ class FaultProxy:
                     cut = _Cut(reset)
                     break
         link.passed[direction] = passed + len(data)
+        delay = 0.0
         for toxic in toxics:
             if isinstance(toxic, Latency):
                 link.applied(toxic)
                 jitter = self._rng.uniform(-toxic.jitter, toxic.jitter) if toxic.jitter else 0.0
-                await asyncio.sleep(max(toxic.seconds + jitter, 0.0))
+                delay += toxic.seconds + jitter
+        if delay > 0:
+            await asyncio.sleep(max(arrived + delay - asyncio.get_running_loop().time(), 0.0))
         await self._write(link, toxics, data, sink)
         if cut is not None:
             raise cut
@@ -509,6 +523,19 @@ def _nodelay(writer: asyncio.StreamWriter) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+async def _read_into(source: asyncio.StreamReader,
+                     queue: asyncio.Queue[tuple[float, bytes | OSError]]) -> None:
+    """Queue each chunk read with its arrival time; then b"" at EOF, or the read's error."""
+    loop = asyncio.get_running_loop()
+    try:
+        while data := await source.read(_READ_SIZE):
+            await queue.put((loop.time(), data))
+    except OSError as exc:
+        await queue.put((loop.time(), exc))
+    else:
+        await queue.put((loop.time(), b""))
 
 
 async def _flushed(writer: asyncio.StreamWriter) -> None:
