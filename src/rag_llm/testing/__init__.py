@@ -1,4 +1,5 @@
-"""Test helpers: a real OpenAI-compatible upstream server with fault injection.
+"""Test helpers: a real OpenAI-compatible upstream server with fault injection, and a
+fault-injecting TCP proxy (Toxiproxy's faults) to put in front of any server.
 
 Needs the ``testing`` extra (``h11`` and ``trustme``).
 """
@@ -6,7 +7,32 @@ Needs the ``testing`` extra (``h11`` and ``trustme``).
 from __future__ import annotations
 
 from rag_llm.testing._faults import Fault, FaultAction
+from rag_llm.testing._proxy import (
+    Bandwidth,
+    Blackhole,
+    FaultProxy,
+    Latency,
+    LimitData,
+    ResetPeer,
+    Slicer,
+    SlowClose,
+    Toxic,
+)
 from rag_llm.testing._records import RecordedRequest
 from rag_llm.testing._server import UpstreamServer
 
-__all__ = ["Fault", "FaultAction", "RecordedRequest", "UpstreamServer"]
+__all__ = [
+    "Bandwidth",
+    "Blackhole",
+    "Fault",
+    "FaultAction",
+    "FaultProxy",
+    "Latency",
+    "LimitData",
+    "RecordedRequest",
+    "ResetPeer",
+    "Slicer",
+    "SlowClose",
+    "Toxic",
+    "UpstreamServer",
+]
