@@ -25,6 +25,8 @@ import pytest
 from rag_llm import create_provider, errors
 from rag_llm.testing import Blackhole, FaultProxy, LimitData, ResetPeer, Slicer, UpstreamServer
 
+pytestmark = pytest.mark.reliability
+
 KEY = "sk-reliability-0123456789"
 FAST_RETRY = {"max_attempts": 3, "base_delay": 0.001, "max_delay": 0.005}
 QUESTION = [{"role": "user", "content": "one two three four five six seven"}]
