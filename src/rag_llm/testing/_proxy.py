@@ -17,14 +17,12 @@ import struct
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Literal
 
-_HOST = "127.0.0.1"
+from rag_llm.testing._background import HOST, STOP_TIMEOUT, BackgroundServer
+
 _BACKLOG = 2048
 _READ_SIZE = 65536
-_START_TIMEOUT = 10.0
-_STOP_TIMEOUT = 10.0
 _FLUSH_TIMEOUT = 1.0
 _QUEUED_CHUNKS = 64
 
@@ -204,7 +202,7 @@ class _Link:
             self._proxy.count(toxic.kind)
 
 
-class FaultProxy:
+class FaultProxy(BackgroundServer):
     """A TCP proxy from an ephemeral port on 127.0.0.1 to ``host:target_port``.
 
     It runs its own asyncio loop in a daemon thread (sync ``with``, or ``start()`` /
@@ -213,10 +211,11 @@ class FaultProxy:
     reproducible for a given order of connections.
     """
 
-    def __init__(self, target_port: int, host: str = _HOST, *, seed: int | None = None) -> None:
+    def __init__(self, target_port: int, host: str = HOST, *, seed: int | None = None) -> None:
         _check("target_port", target_port, isinstance(target_port, int)
                and not isinstance(target_port, bool) and 0 < target_port < 65536,
                "must be a TCP port number (1-65535)")
+        super().__init__()
         self.target_port = target_port
         self.host = host
         self._rng = random.Random(seed)  # noqa: S311 - reproducible fault draws, not secrets
@@ -225,65 +224,18 @@ class FaultProxy:
         self._faults: Counter[str] = Counter()
         self._accepted = 0
         self._open = 0
-        self._port: int | None = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_event: asyncio.Event | None = None
-        self._started = threading.Event()
-        self._start_error: BaseException | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._transports: set[asyncio.WriteTransport] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
     def __repr__(self) -> str:
         where = f"127.0.0.1:{self._port}" if self._port is not None else "not started"
         return f"<FaultProxy {where} -> {self.host}:{self.target_port}>"
 
-    def start(self) -> FaultProxy:
-        """Bind an ephemeral port and proxy in a background thread."""
-        if self._thread is not None:
-            raise RuntimeError("FaultProxy is already started")
-        self._started.clear()
-        self._start_error = None
-        self._thread = threading.Thread(target=self._run_loop, name="FaultProxy", daemon=True)
-        self._thread.start()
-        if not self._started.wait(_START_TIMEOUT) or self._start_error is not None:
-            error = self._start_error
-            self.stop()
-            raise RuntimeError("FaultProxy failed to start") from error
-        return self
-
-    def stop(self) -> None:
-        """Drop every proxied connection and the listener, then join the loop thread."""
-        thread, loop, stop_event = self._thread, self._loop, self._stop_event
-        if thread is None:
-            return
-        if loop is not None and stop_event is not None and thread.is_alive():
-            with contextlib.suppress(RuntimeError):  # the loop closed after a start failure
-                loop.call_soon_threadsafe(stop_event.set)
-        thread.join(_STOP_TIMEOUT)
-        if thread.is_alive():
-            raise RuntimeError("FaultProxy thread did not stop in time")
-        self._thread = self._loop = self._stop_event = None
-        self._port = None
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("FaultProxy is not running")
-        return self._port
-
     def url(self, scheme: str = "http", path: str = "") -> str:
         """``scheme://127.0.0.1:PORT`` followed by ``path``."""
-        return f"{scheme}://{_HOST}:{self.port}{path}"
+        return f"{scheme}://{HOST}:{self.port}{path}"
 
     @property
     def base_url(self) -> str:
@@ -351,34 +303,18 @@ class FaultProxy:
 
     # -- the loop ----------------------------------------------------------------------
 
-    def _run_loop(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._serve())
-        except BaseException as exc:
-            self._start_error = exc
-        finally:
-            self._started.set()
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
+    async def _listen(self) -> asyncio.Server:
+        return await asyncio.start_server(self._on_accept, HOST, 0, backlog=_BACKLOG)
 
-    async def _serve(self) -> None:
-        self._stop_event = asyncio.Event()
-        server = await asyncio.start_server(self._on_accept, _HOST, 0, backlog=_BACKLOG)
-        self._port = server.sockets[0].getsockname()[1]
-        self._started.set()
-        try:
-            await self._stop_event.wait()
-        finally:
-            server.close()
-            for transport in list(self._transports):
-                transport.abort()
-            for task in list(self._tasks):
-                task.cancel()
-            if self._tasks:
-                await asyncio.wait(self._tasks, timeout=_STOP_TIMEOUT / 2)
-            await server.wait_closed()
+    async def _shutdown(self, server: asyncio.Server) -> None:
+        server.close()
+        for transport in list(self._transports):
+            transport.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT / 2)
+        await server.wait_closed()
 
     async def _on_accept(self, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> None:

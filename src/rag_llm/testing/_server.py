@@ -3,31 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import shutil
 import ssl
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 
 import trustme
 
+from rag_llm.testing._background import HOST, STOP_TIMEOUT, BackgroundServer
 from rag_llm.testing._connection import Connection
 from rag_llm.testing._faults import Fault, FaultQueue
 from rag_llm.testing._openai import expected_embedding
 from rag_llm.testing._records import RecordedRequest, Stats
 
-_HOST = "127.0.0.1"
 _BACKLOG = 2048
-_START_TIMEOUT = 10.0
-_STOP_TIMEOUT = 10.0
 
 
-class UpstreamServer:
+class UpstreamServer(BackgroundServer):
     """A real OpenAI-compatible HTTP/1.1 server on 127.0.0.1 for tests.
 
     It runs its own asyncio loop in a daemon thread and counts TCP connections
@@ -61,17 +56,13 @@ class UpstreamServer:
         self._max_in_flight = 0
         self._stats = Stats()
         self._faults = FaultQueue()
+        super().__init__()
         self._ca: trustme.CA | None = None
         self._tmpdir: str | None = None
         self._ca_cert_path: str | None = None
-        self._port: int | None = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_event: asyncio.Event | None = None
-        self._started = threading.Event()
-        self._start_error: BaseException | None = None
         self._connections: dict[int, Connection] = {}
         self._stopping = False
+        self._server_tls: ssl.SSLContext | None = None
 
     def admit(self) -> bool:
         """Count a request in flight; False if it is over ``capacity`` (server thread only)."""
@@ -82,73 +73,24 @@ class UpstreamServer:
     def leave(self) -> None:
         self._in_flight -= 1
 
-    def __enter__(self) -> UpstreamServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def __repr__(self) -> str:
         where = self.origin if self._port is not None else "not started"
         return f"<UpstreamServer {where}>"
 
-    def start(self) -> UpstreamServer:
-        """Bind an ephemeral port and serve in a background thread."""
-        if self._thread is not None:
-            raise RuntimeError("UpstreamServer is already started")
-        server_tls: ssl.SSLContext | None = None
-        if self.tls:
-            server_tls = self._make_tls_material()
+    def _prepare(self) -> None:
+        self._server_tls = self._make_tls_material() if self.tls else None
         self._stopping = False
-        self._started.clear()
-        self._start_error = None
-        self._thread = threading.Thread(
-            target=self._run_loop, args=(server_tls,), name="UpstreamServer", daemon=True
-        )
-        self._thread.start()
-        if not self._started.wait(_START_TIMEOUT):
-            self.stop()
-            raise RuntimeError("UpstreamServer did not start in time")
-        if self._start_error is not None:
-            error = self._start_error
-            self.stop()
-            raise RuntimeError("UpstreamServer failed to start") from error
-        return self
 
-    def stop(self) -> None:
-        """Close every connection and the listener, then join the loop thread."""
-        thread, loop, stop_event = self._thread, self._loop, self._stop_event
-        if thread is None:
-            return
-        if loop is not None and stop_event is not None and thread.is_alive():
-            with contextlib.suppress(RuntimeError):  # the loop closed after a start failure
-                loop.call_soon_threadsafe(stop_event.set)
-        thread.join(_STOP_TIMEOUT)
-        if thread.is_alive():
-            raise RuntimeError("UpstreamServer thread did not stop in time")
-        self._thread = self._loop = self._stop_event = None
-        self._port = None
+    def _cleanup(self) -> None:
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = self._ca_cert_path = None
             self._ca = None
 
     @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("UpstreamServer is not running")
-        return self._port
-
-    @property
     def origin(self) -> str:
         """``scheme://127.0.0.1:PORT`` with no path."""
-        return f"{'https' if self.tls else 'http'}://{_HOST}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{HOST}:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -246,7 +188,7 @@ class UpstreamServer:
 
     def _make_tls_material(self) -> ssl.SSLContext:
         self._ca = trustme.CA()
-        certificate = self._ca.issue_cert(_HOST, "localhost")
+        certificate = self._ca.issue_cert(HOST, "localhost")
         self._tmpdir = tempfile.mkdtemp(prefix="rag-llm-upstream-")
         path = Path(self._tmpdir) / "ca.pem"
         self._ca.cert_pem.write_to_path(str(path))
@@ -256,30 +198,10 @@ class UpstreamServer:
         context.set_alpn_protocols(["http/1.1"])
         return context
 
-    def _run_loop(self, server_tls: ssl.SSLContext | None) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._serve(server_tls))
-        except BaseException as exc:
-            self._start_error = exc
-        finally:
-            self._started.set()
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-    async def _serve(self, server_tls: ssl.SSLContext | None) -> None:
-        loop = asyncio.get_running_loop()
-        self._stop_event = asyncio.Event()
-        server = await loop.create_server(
-            functools.partial(self._new_protocol, server_tls), _HOST, 0, backlog=_BACKLOG
+    async def _listen(self) -> asyncio.Server:
+        return await asyncio.get_running_loop().create_server(
+            functools.partial(self._new_protocol, self._server_tls), HOST, 0, backlog=_BACKLOG
         )
-        self._port = server.sockets[0].getsockname()[1]
-        self._started.set()
-        try:
-            await self._stop_event.wait()
-        finally:
-            await self._shutdown(server)
 
     def _new_protocol(self, server_tls: ssl.SSLContext | None) -> asyncio.StreamReaderProtocol:
         """Called by the loop for each accepted socket, before any byte is read."""
@@ -303,7 +225,7 @@ class UpstreamServer:
         self._stopping = True
         server.close()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + _STOP_TIMEOUT / 2
+        deadline = loop.time() + STOP_TIMEOUT / 2
         await asyncio.sleep(0)
         while self._connections and loop.time() < deadline:
             for connection in list(self._connections.values()):
