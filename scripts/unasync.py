@@ -37,7 +37,6 @@ SUBS = [
     ("asynccontextmanager", "contextmanager"),
     ("async_waiter", "sync_waiter"),
     ("atry_acquire", "try_acquire"),
-    ("arelease", "release"),
     ("rag_llm.calls._async", "rag_llm.calls._sync"),
     ('"async"', '"sync"'),
 ]

@@ -80,6 +80,48 @@ class RedisServer:
 
 
 
+class Monitor:
+    """Every command clients send to a server, as MONITOR shows them (those a script runs
+    are left out): ``with Monitor(port) as seen: ...``, then ``seen.commands()``."""
+
+    def __init__(self, port: int) -> None:
+        self._sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self._lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+
+    def __enter__(self) -> Monitor:
+        self._sock.sendall(b"*1\r\n$7\r\nMONITOR\r\n")
+        reply = b""
+        while not reply.endswith(b"\r\n"):
+            reply += self._sock.recv(1)
+        assert reply == b"+OK\r\n", reply
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+        self._thread.join(5)
+
+    def _read(self) -> None:
+        buffer = b""
+        with contextlib.suppress(OSError):
+            while data := self._sock.recv(65536):
+                buffer += data
+                *lines, buffer = buffer.split(b"\r\n")
+                self._lines += [line.decode(errors="replace") for line in lines]
+
+    def commands(self) -> list[str]:
+        """The names of the commands clients sent, in order (upper case)."""
+        names = []
+        for line in list(self._lines):
+            if "[" not in line or " lua]" in line:
+                continue
+            names.append(line.split("] ", 1)[1].split(" ", 1)[0].strip('"').upper())
+        return names
+
+
 class SlowProxy:
     """A TCP proxy in front of a port that holds every chunk ``delay`` seconds each way."""
 

@@ -12,7 +12,6 @@ The same loop without ``async`` serves sync calls.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from dataclasses import replace
 from types import TracebackType
@@ -25,10 +24,12 @@ from rag_llm.observability.events import get_logger
 from rag_llm.resilience.balancer import Lease
 from rag_llm.resilience.breaker import Permit
 from rag_llm.resilience.retry import RetryDecision, RetryState, RetryVerdict
+from rag_llm.state import unique_id
 from rag_llm.transport import Request
 
 if TYPE_CHECKING:
     from rag_llm.calls.router import Router
+    from rag_llm.calls.shared import Lease as Slot
 
 __all__ = ["Attempt", "Attempts", "outcome_label"]
 
@@ -69,7 +70,7 @@ class Attempts:
         """This call's identity at a shared rate limit: one caller refused there holds its
         place until it is admitted, so large calls are not starved by small ones."""
         if not self._ticket:
-            self._ticket = secrets.token_hex(8)
+            self._ticket = unique_id()
         return self._ticket
 
     def remaining(self) -> float | None:
@@ -130,7 +131,7 @@ class Attempt:
     The async form also enforces the call's deadline.
     """
 
-    __slots__ = ("_deadline", "call", "lease", "permit", "started", "upstream")
+    __slots__ = ("_deadline", "call", "lease", "permit", "slot", "started", "upstream")
 
     def __init__(self, call: Attempts, upstream: Upstream, lease: Lease | None,
                  permit: Permit | None) -> None:
@@ -138,8 +139,20 @@ class Attempt:
         self.upstream = upstream
         self.lease = lease
         self.permit = permit
+        # A slot of global_max_in_flight taken with the shared rate limits, until sent.
+        self.slot: Slot | None = None
         self.started = time.monotonic()
         self._deadline: Deadline | None = None
+
+    def take_slot(self) -> Slot | None:
+        """The slot taken at admission, now the sender's to release."""
+        slot, self.slot = self.slot, None
+        return slot
+
+    def release_slot(self) -> None:
+        slot = self.take_slot()
+        if slot is not None and self.upstream.in_flight is not None:
+            self.upstream.in_flight.release(slot)
 
     async def __aenter__(self) -> Attempt:
         remaining = self.call.remaining()

@@ -8,7 +8,7 @@ from typing import Any
 
 from rag_llm.adapters import AdapterFactory, APIAdapter
 from rag_llm.calls.admission import EndpointAdmission
-from rag_llm.calls.shared import InFlightLimit, SharedRateLimiter
+from rag_llm.calls.shared import InFlightLimit, SharedRateLimiter, rate_spec
 from rag_llm.calls.sync import EndpointSync
 from rag_llm.config import EndpointConfig, ProviderConfig
 from rag_llm.observability.events import get_logger
@@ -75,15 +75,16 @@ def build_upstream(config: ProviderConfig, endpoint: EndpointConfig, api_class: 
             max_limit=config.limits.max_connections,
             initial_limit=max(config.limits.max_keepalive_connections, 1)))
     fail = config.on_state_error == "fail"
-    shared = None
-    if state is not None and endpoint.rate_limits is not None:
-        shared = SharedRateLimiter(state, endpoint.name, endpoint.rate_limits, fail=fail,
-                                   instances=config.expected_instances)
+    limits = None if state is None else state.endpoint_limits(
+        endpoint.name, rate_spec(endpoint.rate_limits), config.global_max_in_flight or 0)
     in_flight = None
     if config.global_max_in_flight is not None:
         in_flight = InFlightLimit(config.global_max_in_flight, settings, backend=state,
-                                  endpoint=endpoint.name, fail=fail,
-                                  instances=config.expected_instances)
+                                  limits=limits, fail=fail, instances=config.expected_instances)
+    shared = None
+    if state is not None and limits is not None and endpoint.rate_limits is not None:
+        shared = SharedRateLimiter(state, limits, endpoint.rate_limits, fail=fail,
+                                   instances=config.expected_instances, in_flight=in_flight)
     return Upstream(endpoint, api_class(own), pool, breaker, admission, shared=shared,
                     in_flight=in_flight)
 

@@ -156,12 +156,13 @@ class Router:
         return permit
 
     def _admit_shared(self, attempt: Attempt) -> dict[str, tuple[str, float]] | None:
-        """The shared rate limit's say on a chosen attempt: None to go, else its refusal."""
+        """The shared rate limit's say on a chosen attempt: None to go, else its refusal.
+        A lease taken in the same round trip goes with the attempt."""
         shared = attempt.upstream.shared
         if shared is None:
             return None
         try:
-            wait = shared.acquire(attempt.call.cost, attempt.call.ticket())
+            wait, attempt.slot = shared.admit(attempt.call.cost, attempt.call.ticket())
         except BaseException:
             self._withdraw(attempt)
             raise
@@ -173,7 +174,7 @@ class Router:
         if shared is None:
             return None
         try:
-            wait = await shared.aacquire(attempt.call.cost, attempt.call.ticket())
+            wait, attempt.slot = await shared.aadmit(attempt.call.cost, attempt.call.ticket())
         except BaseException:
             self._withdraw(attempt)
             raise
@@ -189,6 +190,7 @@ class Router:
     @staticmethod
     def _withdraw(attempt: Attempt) -> None:
         """Give back what choosing ``attempt`` took, saying nothing about the endpoint."""
+        attempt.release_slot()
         if attempt.lease is not None:
             attempt.lease.finish()
         if attempt.permit is not None:
@@ -228,6 +230,7 @@ class Router:
             for name, (_, wait) in refused.items()})
 
     def _settle(self, attempt: Attempt, exc: BaseException | None) -> None:
+        attempt.release_slot()  # taken at admission, never sent
         if attempt.lease is not None:
             attempt.lease.finish(time.monotonic() - attempt.started if exc is None else None)
         if attempt.permit is not None:

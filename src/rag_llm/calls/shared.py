@@ -3,10 +3,12 @@
 With ``state`` pointing at a Redis, each endpoint's ``requests_per_minute`` and
 ``tokens_per_minute`` are one GCRA limit in Redis (:class:`SharedRateLimiter`), and
 ``global_max_in_flight`` caps the calls in flight to it across processes with leases
-(:class:`InFlightLimit`; the waiting is in :mod:`rag_llm.calls._async.leases`). Without a
-Redis, the same settings hold in this process. While Redis is unavailable,
-``on_state_error`` decides: ``local`` limits (the shared ones divided by
-``expected_instances``), or ``fail`` with :class:`~rag_llm.errors.StateUnavailableError`.
+(:class:`InFlightLimit`; the waiting is in :mod:`rag_llm.calls._async.leases`). A call's
+rate limits and lease are one round trip, batched with its event loop's other calls, and a
+lease goes back off the call's path (:mod:`rag_llm.state`). Without a Redis, the same
+settings hold in this process. While Redis is unavailable, ``on_state_error`` decides:
+``local`` limits (the shared ones divided by ``expected_instances``), or ``fail`` with
+:class:`~rag_llm.errors.StateUnavailableError`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import secrets
 import threading
 import weakref
 from dataclasses import dataclass
@@ -22,79 +23,99 @@ from typing import Final
 
 from rag_llm.errors import StateUnavailableError
 from rag_llm.resilience.limiter import RateLimiter, RateLimits
-from rag_llm.state import StateBackend
+from rag_llm.state import Answer, Ask, EndpointLimits, StateBackend, unique_id
 from rag_llm.transport import TransportSettings
 
-__all__ = ["AsyncWaiter", "InFlightLimit", "Lease", "SharedRateLimiter", "SyncWaiter"]
+__all__ = ["AsyncWaiter", "InFlightLimit", "Lease", "SharedRateLimiter", "SyncWaiter",
+           "rate_spec"]
 
 # Polls for a free lease start this far apart and back off to the maximum, jittered.
 FIRST_POLL: Final = 0.005
 MAX_POLL: Final = 0.05
 
 
+def rate_spec(limits: RateLimits | None) -> tuple[float, float, float, float]:
+    """GCRA's terms for ``limits``: requests' interval (s per request) and tolerance (burst
+    x interval), then the tokens'; an interval of 0 where there is no such limit."""
+    spec: list[float] = []
+    for what in ("requests", "tokens"):
+        rate = None if limits is None else limits.per_second(what)
+        burst = None if limits is None else limits.capacity(what)
+        spec += [0.0, 0.0] if rate is None or burst is None else [1.0 / rate, burst / rate]
+    return spec[0], spec[1], spec[2], spec[3]
+
+
 class SharedRateLimiter:
     """One endpoint's rate limits in Redis, GCRA timed by the server's clock.
 
-    A :class:`~rag_llm.resilience.limiter.RateLimiterBackend` (``acquire``) for sync calls,
-    with ``aacquire`` for async ones. ``math.inf``: the cost exceeds the burst.
+    ``admit`` (sync calls) and ``aadmit`` (async ones) answer the seconds to wait (None:
+    admitted; ``math.inf``: the cost exceeds the burst) and, when the endpoint also has a
+    ``global_max_in_flight`` in Redis, the lease taken in the same round trip (None when
+    none was free, or other callers here are already waiting for one: the call then waits
+    its turn in :mod:`rag_llm.calls._async.leases`).
     """
 
-    def __init__(self, backend: StateBackend, endpoint: str, limits: RateLimits, *,
-                 fail: bool, instances: int) -> None:
+    def __init__(self, backend: StateBackend, limits: EndpointLimits, rate_limits: RateLimits,
+                 *, fail: bool, instances: int, in_flight: InFlightLimit | None = None) -> None:
         self.backend = backend
-        self.limits = limits
+        self.limits = rate_limits
+        self._shared = limits
         self._fail = fail
-        self._keys = (backend.key(endpoint, "rate:requests"), backend.key(endpoint, "rate:tokens"))
-        spec: list[float] = []
-        for what in ("requests", "tokens"):
-            rate, burst = limits.per_second(what), limits.capacity(what)
-            if rate is None or burst is None:
-                spec += [0.0, 0.0]
-            else:
-                spec += [1.0 / rate, burst / rate]
-        self._spec = (spec[0], spec[1], spec[2], spec[3])
-        self.local = RateLimiter(limits.divided(instances))
+        self._in_flight = in_flight if in_flight is not None and in_flight.shared else None
+        self.local = RateLimiter(rate_limits.divided(instances))
 
     def _too_big(self, cost: float) -> bool:
         burst = self.limits.capacity("tokens")
         return burst is not None and cost > burst
 
-    def acquire(self, cost: float = 0.0, ticket: str = "") -> float | None:
+    def admit(self, cost: float, ticket: str) -> tuple[float | None, Lease | None]:
         if self._too_big(cost):
-            return math.inf
+            return math.inf, None
         if self.backend.usable():
+            in_flight = self._in_flight
+            member = "" if in_flight is None or in_flight.sync_waiter().busy() else unique_id()
             try:
-                return self._denied(self.backend.gcra(self._keys, self._spec, cost,
-                                                      ticket or _ticket()))
+                answer = self.backend.admit(self._shared, Ask(ticket, cost, True, member))
             except StateUnavailableError:
                 if self._fail:
                     raise
+            else:
+                return self._answered(answer, member)
         elif self._fail:
             raise self.backend.unavailable()
-        return self._fallback(cost)
+        return self._fallback(cost), None
 
-    async def aacquire(self, cost: float = 0.0, ticket: str = "") -> float | None:
+    async def aadmit(self, cost: float, ticket: str) -> tuple[float | None, Lease | None]:
         if self._too_big(cost):
-            return math.inf
+            return math.inf, None
         if self.backend.usable():
+            in_flight = self._in_flight
+            member = "" if in_flight is None or in_flight.async_waiter().busy() else unique_id()
             try:
-                return self._denied(await self.backend.agcra(self._keys, self._spec, cost,
-                                                             ticket or _ticket()))
+                answer = await self.backend.aadmit(self._shared, Ask(ticket, cost, True, member))
             except StateUnavailableError:
                 if self._fail:
                     raise
+            else:
+                return self._answered(answer, member)
         elif self._fail:
             raise self.backend.unavailable()
-        return self._fallback(cost)
+        return self._fallback(cost), None
 
-    def _denied(self, wait: float | None) -> float | None:
-        if wait is not None:
+    def _answered(self, answer: Answer, member: str) -> tuple[float | None, Lease | None]:
+        if answer.wait is not None:
             self.backend.counts.add("denials")
-        return wait
+            return answer.wait, None
+        if answer.leased and self._in_flight is not None:
+            return None, self._in_flight.taken(member)
+        return None, None
 
     def _fallback(self, cost: float) -> float | None:
         self.backend.counts.add("fallbacks")
-        return self._denied(self.local.acquire(cost))
+        wait = self.local.acquire(cost)
+        if wait is not None:
+            self.backend.counts.add("denials")
+        return wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,21 +133,24 @@ class InFlightLimit:
     """
 
     def __init__(self, cap: int, settings: TransportSettings, *,
-                 backend: StateBackend | None = None, endpoint: str = "", fail: bool = False,
-                 instances: int = 1) -> None:
+                 backend: StateBackend | None = None, limits: EndpointLimits | None = None,
+                 fail: bool = False, instances: int = 1) -> None:
         self.cap = cap
         self.settings = settings
-        self.backend = backend
-        self.local_cap = cap if backend is None else max(cap // instances, 1)
-        self._key = "" if backend is None else backend.key(endpoint, "in_flight")
+        self.backend = backend if limits is not None else None
+        self.shared = self.backend is not None
+        self.local_cap = cap if self.backend is None else max(cap // instances, 1)
+        self._limits = limits
+        self._key = "" if limits is None else limits.leases
         self._fail = fail
         self._lock = threading.Lock()
         self.held = 0
         self._threads = SyncWaiter()
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncWaiter] = (
             weakref.WeakKeyDictionary())
-        if backend is not None:
-            backend.lease_counters.append(self._count_held)
+        self._waiters: list[AsyncWaiter] = []  # the same, to wake without walking weakrefs
+        if self.backend is not None:
+            self.backend.lease_counters.append(self._count_held)
 
     def _count_held(self) -> int:
         return self.held
@@ -147,6 +171,7 @@ class InFlightLimit:
         waiter = self._loops.get(loop)
         if waiter is None:
             waiter = self._loops[loop] = AsyncWaiter(loop)
+            self._waiters = [w for w in self._waiters if w.alive()] + [waiter]
         return waiter
 
     def sync_waiter(self) -> SyncWaiter:
@@ -161,7 +186,8 @@ class InFlightLimit:
             self.held += 1
             return Lease(None)
 
-    def _taken(self, member: str) -> Lease:
+    def taken(self, member: str) -> Lease:
+        """A lease Redis granted as ``member``, now held by this process."""
         assert self.backend is not None
         with self._lock:
             self.held += 1
@@ -171,77 +197,61 @@ class InFlightLimit:
     def try_acquire(self) -> Lease | None:
         """A lease now, or None: every slot is held."""
         backend = self.backend
-        if backend is None:
+        if backend is None or self._limits is None:
             return self._local()
         if backend.usable():
-            member = _ticket()
+            member = unique_id()
             try:
-                if not backend.acquire_lease(self._key, self.cap, member):
-                    return None
+                answer = backend.admit(self._limits, Ask("", 0.0, False, member))
             except StateUnavailableError:
                 if self._fail:
                     raise
             else:
-                return self._taken(member)
+                return self.taken(member) if answer.leased else None
         elif self._fail:
             raise backend.unavailable()
         return self._local()
 
     async def atry_acquire(self) -> Lease | None:
         backend = self.backend
-        if backend is None:
+        if backend is None or self._limits is None:
             return self._local()
         if backend.usable():
-            member = _ticket()
+            member = unique_id()
             try:
-                if not await backend.aacquire_lease(self._key, self.cap, member):
-                    return None
+                answer = await backend.aadmit(self._limits, Ask("", 0.0, False, member))
             except StateUnavailableError:
                 if self._fail:
                     raise
             else:
-                return self._taken(member)
+                return self.taken(member) if answer.leased else None
         elif self._fail:
             raise backend.unavailable()
         return self._local()
 
-    def _released(self) -> None:
+    def release(self, lease: Lease) -> None:
+        """Give the slot back: a Redis lease is queued for release off the call's path."""
+        if lease.member is not None and self.backend is not None:
+            self.backend.drop(self._key, lease.member)
+            self.backend.release(self._key, lease.member)
         with self._lock:
             self.held -= 1
         self._threads.wake()
-        for waiter in list(self._loops.values()):
+        for waiter in self._waiters:
             waiter.wake()
-
-    def release(self, lease: Lease) -> None:
-        try:
-            if lease.member is not None and self.backend is not None:
-                self.backend.drop(self._key, lease.member)
-                if self.backend.usable():
-                    self.backend.release_lease(self._key, lease.member)
-        except StateUnavailableError:
-            pass
-        finally:
-            self._released()
-
-    async def arelease(self, lease: Lease) -> None:
-        try:
-            if lease.member is not None and self.backend is not None:
-                self.backend.drop(self._key, lease.member)
-                if self.backend.usable():
-                    await self.backend.arelease_lease(self._key, lease.member)
-        except StateUnavailableError:
-            pass
-        finally:
-            self._released()
 
 
 class AsyncWaiter:
     """The callers of one event loop waiting for a lease: one polls at a time, in turn."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        # Weakly: the limit's map of waiters is keyed by the loop, which must be free to go.
+        self._loop = weakref.ref(loop)
         self._turn = asyncio.Lock()
         self._event = asyncio.Event()
+
+    def alive(self) -> bool:
+        return self._loop() is not None
 
     def busy(self) -> bool:
         """Whether a caller of this loop is waiting for a lease now."""
@@ -270,15 +280,20 @@ class AsyncWaiter:
             pass
 
     def wake(self) -> None:
+        if not self.busy():
+            return  # nobody polls: the next caller asks Redis at once anyway
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if running is self._loop:
+        loop = self._loop()
+        if loop is None:
+            return
+        if running is loop:
             self._event.set()
         else:
             with contextlib.suppress(RuntimeError):  # that loop is closed
-                self._loop.call_soon_threadsafe(self._event.set)
+                loop.call_soon_threadsafe(self._event.set)
 
 
 class SyncWaiter:
@@ -308,10 +323,9 @@ class SyncWaiter:
             self._changed.wait_for(lambda: self._generation != self._armed, seconds)
 
     def wake(self) -> None:
+        if not self.busy():
+            return
         with self._changed:
             self._generation += 1
             self._changed.notify_all()
 
-
-def _ticket() -> str:
-    return secrets.token_hex(8)

@@ -12,6 +12,7 @@ transition is logged once: ``state_backend_unavailable``, ``state_backend_recove
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import weakref
@@ -23,22 +24,23 @@ from typing import TYPE_CHECKING, Any, Final
 from rag_llm.config import StateConfig
 from rag_llm.errors import StateUnavailableError
 from rag_llm.observability.events import get_logger
-from rag_llm.state._counts import STATE_COUNTS, StateCounts
-from rag_llm.state._scripts import (
-    ENDPOINT_PUBLISH,
-    ENDPOINT_READ,
-    GCRA,
-    HOLD,
-    LEASE_ACQUIRE,
-    LEASE_RENEW,
-    UNHOLD,
+from rag_llm.state._admission import (
+    MAX_BATCH,
+    AdmitBatcher,
+    Answer,
+    Ask,
+    EndpointLimits,
+    answers_of,
 )
+from rag_llm.state._counts import STATE_COUNTS, StateCounts
+from rag_llm.state._scripts import ADMIT, ENDPOINT_PUBLISH, ENDPOINT_READ, HOLD, LEASE_RENEW, UNHOLD
 
 if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
-__all__ = ["DEFAULT_COOLDOWN", "SharedVerdicts", "StateBackend", "live_backends"]
+__all__ = ["DEFAULT_COOLDOWN", "Answer", "Ask", "EndpointLimits", "SharedVerdicts", "StateBackend",
+           "live_backends"]
 
 _log = get_logger("rag_llm.state")
 # After a failure the backend is left alone this long before one caller tries it again.
@@ -47,17 +49,20 @@ DEFAULT_COOLDOWN: Final = 1.0
 _MAX_CONNECTIONS: Final = 16
 # A refused caller's hold on the tokens limit outlives its wait by this much.
 _HOLD_GRACE: Final = 1.0
+# Releases wait this long for a trip to carry them before the flusher sends them itself.
+_FLUSH_DELAY: Final = 0.01
+# Connections of the flusher's own client: releases never queue behind calls' commands.
+_FLUSH_CONNECTIONS: Final = 2
 
 
 class _Scripts:
     """The registered scripts of one client (EVALSHA, loading them again after NOSCRIPT)."""
 
-    __slots__ = ("gcra", "hold", "lease_acquire", "lease_renew", "publish", "read", "unhold")
+    __slots__ = ("admit", "hold", "lease_renew", "publish", "read", "unhold")
 
     def __init__(self, client: Any) -> None:
-        self.lease_acquire = client.register_script(LEASE_ACQUIRE)
+        self.admit = client.register_script(ADMIT)
         self.lease_renew = client.register_script(LEASE_RENEW)
-        self.gcra = client.register_script(GCRA)
         self.publish = client.register_script(ENDPOINT_PUBLISH)
         self.read = client.register_script(ENDPOINT_READ)
         self.hold = client.register_script(HOLD)
@@ -75,7 +80,13 @@ class SharedVerdicts:
 
 
 class StateBackend:
-    """Shared limits of one provider in Redis: in-flight leases and GCRA rate limits."""
+    """Shared limits of one provider in Redis: in-flight leases and GCRA rate limits.
+
+    A call's admission (rate limits and lease together) is one script run, batched with the
+    other calls of its event loop (:mod:`rag_llm.state._admission`); a finished call's lease
+    is queued and rides on the next admission to its endpoint, or goes a few milliseconds
+    later from the flusher thread on a client of its own.
+    """
 
     def __init__(self, config: StateConfig, *, provider: str, lease_ttl: float = 30.0,
                  cooldown: float = DEFAULT_COOLDOWN) -> None:
@@ -93,6 +104,7 @@ class StateBackend:
         self._cooldown = cooldown
         self._lock = threading.Lock()
         self._sync: tuple[redis.Redis, _Scripts] | None = None
+        self._flush_client: tuple[redis.Redis, _Scripts] | None = None
         self._async: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, tuple[redis.asyncio.Redis, _Scripts]] = (
             weakref.WeakKeyDictionary())
@@ -103,6 +115,13 @@ class StateBackend:
         self._held: dict[str, set[str]] = defaultdict(set)
         self._renewer: threading.Thread | None = None
         self._wake = threading.Event()
+        # Leases finished with, by key, waiting for a trip or the flusher to release them.
+        self._releases: dict[str, list[str]] = defaultdict(list)
+        self._flusher: threading.Thread | None = None
+        self._flush_due = threading.Event()
+        self._flush_armed = False  # the flusher is already due to run: no need to wake it
+        self._batchers: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[str, AdmitBatcher]] = weakref.WeakKeyDictionary()
         # Counters for metrics (kept past this backend's life), and what counts the
         # global_max_in_flight slots the process holds, Redis leases or local ones.
         self.counts = StateCounts()
@@ -178,20 +197,32 @@ class StateBackend:
     def _sync_client(self) -> tuple[redis.Redis, _Scripts]:
         client = self._sync
         if client is None:
-            import redis
-            from redis.backoff import NoBackoff
-            from redis.retry import Retry
-
             with self._lock:
                 if self._closed:
                     raise self.unavailable("closed")
                 if self._sync is None:
-                    pool = redis.BlockingConnectionPool.from_url(self.config.url,
-                                                                 **self._options())
-                    made = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
-                    self._sync = (made, _Scripts(made))
+                    self._sync = self._new_sync_client(_MAX_CONNECTIONS)
                 client = self._sync
         return client
+
+    def _flusher_client(self) -> tuple[redis.Redis, _Scripts]:
+        client = self._flush_client
+        if client is None:
+            with self._lock:  # not refused once closed: close() flushes what is left
+                if self._flush_client is None:
+                    self._flush_client = self._new_sync_client(_FLUSH_CONNECTIONS)
+                client = self._flush_client
+        return client
+
+    def _new_sync_client(self, connections: int) -> tuple[redis.Redis, _Scripts]:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        options = {**self._options(), "max_connections": connections}
+        pool = redis.BlockingConnectionPool.from_url(self.config.url, **options)
+        made = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+        return made, _Scripts(made)
 
     def _async_client(self) -> tuple[redis.asyncio.Redis, _Scripts]:
         loop = asyncio.get_running_loop()
@@ -209,12 +240,13 @@ class StateBackend:
             client = self._async[loop] = (made, _Scripts(made))
         return client
 
-    def _run(self, step: Any) -> Any:
-        """``step(client, scripts)`` on the sync client; failures become StateUnavailableError."""
+    def _run(self, step: Any, client: Callable[[], tuple[Any, _Scripts]] | None = None) -> Any:
+        """``step(client, scripts)`` on the sync client (or ``client()``); failures become
+        StateUnavailableError."""
         from redis.exceptions import RedisError
 
         try:
-            result = step(*self._sync_client())
+            result = step(*(client or self._sync_client)())
         except (RedisError, OSError) as exc:
             raise self._failed(exc) from None
         self._succeeded()
@@ -230,22 +262,115 @@ class StateBackend:
         self._succeeded()
         return result
 
+    # -- admission -------------------------------------------------------------------
+
+    def endpoint_limits(self, endpoint: str, limits: tuple[float, float, float, float],
+                        cap: int) -> EndpointLimits:
+        """One endpoint's limits for :meth:`admit`: ``limits`` are the requests' interval
+        and tolerance, then the tokens' (interval 0: no such limit); ``cap`` the
+        ``global_max_in_flight`` (0: none)."""
+        keys = (self.key(endpoint, "rate:requests"), self.key(endpoint, "rate:tokens"),
+                self.key(endpoint, "in_flight"))
+        args = (*(_num(v) for v in limits), _num(_HOLD_GRACE), str(cap), str(self._ttl_ms))
+        return EndpointLimits(keys, args)
+
+    def admit(self, limits: EndpointLimits, ask: Ask) -> Answer:
+        """One call's admission, with the releases waiting for ``limits``' endpoint."""
+        return self._run(lambda _c, s: self._admit_step(s, limits, [ask]))[0]  # type: ignore[no-any-return]
+
+    async def aadmit(self, limits: EndpointLimits, ask: Ask) -> Answer:
+        """:meth:`admit` for async calls, batched with this loop's other calls to the
+        endpoint."""
+        loop = asyncio.get_running_loop()
+        batchers = self._batchers.get(loop)
+        if batchers is None:
+            batchers = self._batchers[loop] = {}
+        batcher = batchers.get(limits.leases)
+        if batcher is None:
+            async def trip(asks: list[Ask]) -> list[Answer]:
+                return await self._arun(  # type: ignore[no-any-return]
+                    lambda _c, s: self._aadmit_step(s, limits, asks))
+
+            batcher = batchers[limits.leases] = AdmitBatcher(
+                trip, lambda member: self.release(limits.leases, member))
+        return await batcher.ask(ask)
+
+    def _admit_args(self, limits: EndpointLimits, asks: list[Ask]) -> list[str]:
+        released = self._take_releases(limits.leases)  # lost with a failed trip: they lapse
+        args = [*limits.args, str(len(released)), *released]
+        for ask in asks:
+            args += [ask.ticket, _num(ask.cost), "1" if ask.rated else "0", ask.member]
+        return args
+
+    def _admit_step(self, scripts: _Scripts, limits: EndpointLimits,
+                    asks: list[Ask]) -> list[Answer]:
+        args = self._admit_args(limits, asks)
+        return answers_of(scripts.admit(keys=list(limits.keys), args=args))
+
+    async def _aadmit_step(self, scripts: _Scripts, limits: EndpointLimits,
+                           asks: list[Ask]) -> list[Answer]:
+        args = self._admit_args(limits, asks)
+        return answers_of(await scripts.admit(keys=list(limits.keys), args=args))
+
     # -- leases ----------------------------------------------------------------------
 
-    def acquire_lease(self, key: str, cap: int, member: str) -> bool:
-        """Take a lease on one of ``cap`` slots under ``key``; False when all are held."""
-        args = [cap, self._ttl_ms, member]
-        return bool(self._run(lambda _c, s: s.lease_acquire(keys=[key], args=args)))
+    def release(self, key: str, member: str) -> None:
+        """Give back a lease: queued for the next admission to its endpoint, or for the
+        flusher. Never a round trip on the caller's path."""
+        with self._lock:
+            if self._closed:
+                return
+            self._releases[key].append(member)
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
+                                                 name=f"rag-llm-releases-{self.provider}")
+                self._flusher.start()
+            if self._flush_armed:
+                return
+            self._flush_armed = True
+        self._flush_due.set()
 
-    async def aacquire_lease(self, key: str, cap: int, member: str) -> bool:
-        args = [cap, self._ttl_ms, member]
-        return bool(await self._arun(lambda _c, s: s.lease_acquire(keys=[key], args=args)))
+    def _take_releases(self, key: str, most: int = MAX_BATCH) -> list[str]:
+        with self._lock:
+            waiting = self._releases.get(key)
+            if not waiting:
+                return []
+            taken = waiting[:most]
+            del waiting[:most]
+            if not waiting:
+                del self._releases[key]
+            return taken
 
-    def release_lease(self, key: str, member: str) -> None:
-        self._run(lambda c, _s: c.zrem(key, member))
+    def _flush_loop(self) -> None:
+        """Send the releases no admission carried within ``_FLUSH_DELAY``, on the flusher's
+        own client. While Redis is unavailable they are dropped: the leases lapse within
+        ``lease_ttl``, as a crashed process's do."""
+        while True:
+            self._flush_due.wait()
+            self._flush_due.clear()
+            if self._closed:
+                break
+            time.sleep(_FLUSH_DELAY)
+            with self._lock:
+                self._flush_armed = False
+            self._flush()
+        self._flush()
 
-    async def arelease_lease(self, key: str, member: str) -> None:
-        await self._arun(lambda c, _s: c.zrem(key, member))
+    def _flush(self) -> None:
+        with self._lock:
+            work = dict(self._releases)
+            self._releases.clear()
+        if not work or self._down:
+            return
+
+        def step(client: Any, _s: _Scripts) -> None:
+            pipe = client.pipeline(transaction=False)
+            for key, members in work.items():
+                pipe.zrem(key, *members)
+            pipe.execute()
+
+        with contextlib.suppress(StateUnavailableError):  # counted and logged; they lapse
+            self._run(step, self._flusher_client)
 
     def hold(self, key: str, member: str) -> None:
         """Renew ``member`` every ``lease_ttl / 3`` until :meth:`drop`."""
@@ -285,25 +410,6 @@ class StateBackend:
                     break  # they lapse if Redis stays away; the fallback takes over
         with self._lock:
             self._renewer = None
-
-    # -- rate limits -----------------------------------------------------------------
-
-    def gcra(self, keys: tuple[str, str], limits: tuple[float, float, float, float],
-             cost: float, ticket: str) -> float | None:
-        """GCRA on the requests and tokens keys: None if admitted, else the seconds to wait.
-
-        ``limits``: requests' interval and tolerance, tokens' interval and tolerance
-        (interval 0: no such limit).
-        """
-        args = [ticket, *(_num(v) for v in limits), _num(cost), _num(_HOLD_GRACE)]
-        reply = self._run(lambda _c, s: s.gcra(keys=list(keys), args=args))
-        return _wait_of(reply)
-
-    async def agcra(self, keys: tuple[str, str], limits: tuple[float, float, float, float],
-                    cost: float, ticket: str) -> float | None:
-        args = [ticket, *(_num(v) for v in limits), _num(cost), _num(_HOLD_GRACE)]
-        reply = await self._arun(lambda _c, s: s.gcra(keys=list(keys), args=args))
-        return _wait_of(reply)
 
     # -- shared endpoint state ---------------------------------------------------------
 
@@ -350,13 +456,19 @@ class StateBackend:
         with self._lock:
             self._closed = True
             renewer, self._renewer = self._renewer, None
-            client, self._sync = self._sync, None
+            flusher, self._flusher = self._flusher, None
         self._wake.set()
-        if renewer is not None and renewer is not threading.current_thread():
-            renewer.join(self.config.timeout * 4 + 1.0)
-        if client is not None:
-            client[0].close()
-            client[0].connection_pool.disconnect()
+        self._flush_due.set()
+        for thread in (renewer, flusher):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(self.config.timeout * 4 + 1.0)  # the flusher sends what is left
+        with self._lock:
+            clients = (self._sync, self._flush_client)
+            self._sync = self._flush_client = None
+        for client in clients:
+            if client is not None:
+                client[0].close()
+                client[0].connection_pool.disconnect()
 
     async def aclose(self) -> None:
         """Close this loop's async client, then everything :meth:`close` closes."""
@@ -382,11 +494,6 @@ def live_backends() -> list[StateBackend]:
 
 def _num(value: float) -> str:
     return f"{value:.9f}"
-
-
-def _wait_of(reply: Any) -> float | None:
-    admitted, wait = (item.decode() if isinstance(item, bytes) else str(item) for item in reply)
-    return None if admitted == "1" else max(float(wait), 0.0)
 
 
 def _password(url: str) -> str | None:

@@ -28,14 +28,14 @@ _rng = random.Random()  # noqa: S311 - jitter, not cryptography
 
 
 @asynccontextmanager
-async def leased(limit: InFlightLimit, request: Request,
-                 remaining: float | None) -> AsyncIterator[None]:
-    """Hold one slot of ``limit`` while the body runs."""
-    lease = await _acquire(limit, request, remaining)
+async def leased(limit: InFlightLimit, request: Request, remaining: float | None,
+                 taken: Lease | None = None) -> AsyncIterator[None]:
+    """Hold one slot of ``limit`` (``taken`` already, or waited for) while the body runs."""
+    lease = taken if taken is not None else await _acquire(limit, request, remaining)
     try:
         yield
     finally:
-        await limit.arelease(lease)
+        limit.release(lease)
 
 
 async def _acquire(limit: InFlightLimit, request: Request, remaining: float | None) -> Lease:

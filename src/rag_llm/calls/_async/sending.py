@@ -60,8 +60,8 @@ async def _gates(attempt: Attempt, request: Request,
     the adaptive limit, whose admission (if any) hears the answer's status."""
     upstream = attempt.upstream
     if upstream.in_flight is not None:
-        await stack.enter_async_context(
-            leased(upstream.in_flight, request, attempt.call.remaining()))
+        slot = leased(upstream.in_flight, request, attempt.call.remaining(), attempt.take_slot())
+        await stack.enter_async_context(slot)
     if upstream.admission is None:
         return None
     return await stack.enter_async_context(upstream.admission.admitted(request))

@@ -30,10 +30,10 @@ _rng = random.Random()  # noqa: S311 - jitter, not cryptography
 
 
 @contextmanager
-def leased(limit: InFlightLimit, request: Request,
-           remaining: float | None) -> Iterator[None]:
-    """Hold one slot of ``limit`` while the body runs."""
-    lease = _acquire(limit, request, remaining)
+def leased(limit: InFlightLimit, request: Request, remaining: float | None,
+           taken: Lease | None = None) -> Iterator[None]:
+    """Hold one slot of ``limit`` (``taken`` already, or waited for) while the body runs."""
+    lease = taken if taken is not None else _acquire(limit, request, remaining)
     try:
         yield
     finally:

@@ -62,8 +62,8 @@ def _gates(attempt: Attempt, request: Request,
     the adaptive limit, whose admission (if any) hears the answer's status."""
     upstream = attempt.upstream
     if upstream.in_flight is not None:
-        stack.enter_context(
-leased(upstream.in_flight, request, attempt.call.remaining()))
+        slot = leased(upstream.in_flight, request, attempt.call.remaining(), attempt.take_slot())
+        stack.enter_context(slot)
     if upstream.admission is None:
         return None
     return stack.enter_context(upstream.admission.admitted_sync(request))
