@@ -7,7 +7,7 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -21,6 +21,7 @@ from rag_llm.testing import (
     ResetPeer,
     Slicer,
     SlowClose,
+    Timeout,
     UpstreamServer,
 )
 
@@ -80,11 +81,21 @@ def _exchange(proxy: FaultProxy, payload: bytes) -> tuple[bytes, float, int]:
         return b"".join(chunks), time.monotonic() - started, len(chunks)
 
 
+def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 def test_passes_bytes_untouched_and_counts_connections(proxy: FaultProxy) -> None:
     payload = bytes(range(256)) * 400
     for _ in range(3):
         assert _exchange(proxy, payload)[0] == payload
     assert proxy.connections_accepted == 3
+    assert _wait_for(lambda: proxy.connections_open == 0, 2.0)  # each ended with its FINs
     assert proxy.faults_applied == {}
     assert proxy.base_url == f"http://127.0.0.1:{proxy.port}/v1"
     assert proxy.url("https") == f"https://127.0.0.1:{proxy.port}"
@@ -176,6 +187,7 @@ def test_slow_close_holds_the_fin(proxy: FaultProxy) -> None:
     back, took, _ = _exchange(proxy, b"bye")
     assert back == b"bye"
     assert took >= 0.24
+    assert _wait_for(lambda: proxy.connections_open == 0, 2.0)
     assert proxy.faults_applied == {"slow_close": 1}
 
 
@@ -193,6 +205,71 @@ def test_limit_data_closes_after_n_bytes(proxy: FaultProxy) -> None:
     back, _, _ = _exchange(proxy, b"y" * 5000)
     assert back == b"y" * 1000  # then a clean EOF, not an RST
     assert proxy.faults_applied == {"limit_data": 1}
+
+
+def test_timeout_stops_the_answer_then_closes_with_a_fin(
+    proxy: FaultProxy, echo: _EchoServer,
+) -> None:
+    proxy.add(Timeout(0.2))
+    with _connect(proxy) as sock:
+        started = time.monotonic()
+        sock.sendall(b"ping")
+        assert sock.recv(100) == b""  # an end of stream, not an RST, and nothing before it
+        took = time.monotonic() - started
+    assert echo.received == 4  # downstream: the request passed, its answer was dropped
+    assert 0.19 <= took < 0.2 + 0.3, took
+    assert _wait_for(lambda: proxy.connections_open == 0)
+    assert proxy.faults_applied == {"timeout": 1}
+
+
+def test_timeout_upstream_keeps_the_request_from_the_target(
+    proxy: FaultProxy, echo: _EchoServer,
+) -> None:
+    proxy.add(Timeout(0.15, direction="upstream"))
+    _, took, _ = _exchange(proxy, b"never arrives")
+    assert echo.received == 0
+    assert 0.14 <= took < 0.15 + 0.3, took
+
+
+def test_timeout_counts_from_the_next_chunk_when_added_later(proxy: FaultProxy) -> None:
+    with _connect(proxy) as sock:
+        sock.sendall(b"one")
+        assert sock.recv(10) == b"one"
+        time.sleep(0.2)  # counted from accept, the toxic below would close at once
+        proxy.add(Timeout(0.15))
+        started = time.monotonic()
+        sock.sendall(b"two")
+        assert sock.recv(10) == b""
+        took = time.monotonic() - started
+    assert 0.14 <= took < 0.15 + 0.3, took
+
+
+def test_timeout_zero_drops_the_data_until_removed(
+    proxy: FaultProxy, echo: _EchoServer,
+) -> None:
+    toxic = proxy.add(Timeout(0))
+    with _connect(proxy, timeout=0.3) as sock:
+        sock.sendall(b"one")
+        with pytest.raises(TimeoutError):
+            sock.recv(10)
+        assert echo.received == 3  # echoed, and dropped on its way back
+        proxy.remove(toxic)
+        sock.sendall(b"two")
+        assert sock.recv(10) == b"two"
+    assert proxy.faults_applied == {"timeout": 1}
+
+
+def test_timeout_zero_holds_the_end_of_stream_until_removed(proxy: FaultProxy) -> None:
+    proxy.add(Timeout(0))
+    with _connect(proxy, timeout=0.3) as sock:
+        sock.sendall(b"bye")
+        sock.shutdown(socket.SHUT_WR)  # the echo server closes its side in reply
+        with pytest.raises(TimeoutError):
+            sock.recv(10)
+        assert proxy.connections_open == 1
+        proxy.clear()
+        sock.settimeout(2)
+        assert sock.recv(10) == b""  # the held FIN now passes; the dropped echo does not
 
 
 def _reset_pattern(target_port: int, seed: int, n: int) -> tuple[list[bool], dict[str, int]]:
@@ -254,6 +331,7 @@ def test_remove_takes_an_equal_toxic_and_refuses_an_absent_one(proxy: FaultProxy
         (lambda: Slicer(size=4, max_size=2), "max_size=2"),
         (lambda: LimitData(1.5), "n_bytes=1.5"),  # type: ignore[arg-type]
         (lambda: SlowClose("1"), "delay='1'"),  # type: ignore[arg-type]
+        (lambda: Timeout(-0.1), "seconds=-0.1"),
         (lambda: FaultProxy(0), "target_port=0"),
     ],
 )

@@ -16,6 +16,7 @@ from rag_llm.testing._proxy import (
     ResetPeer,
     Slicer,
     SlowClose,
+    Timeout,
     Toxic,
 )
 from rag_llm.testing._records import RecordedRequest
@@ -33,6 +34,7 @@ __all__ = [
     "ResetPeer",
     "Slicer",
     "SlowClose",
+    "Timeout",
     "Toxic",
     "UpstreamServer",
 ]

@@ -25,6 +25,7 @@ _BACKLOG = 2048
 _READ_SIZE = 65536
 _FLUSH_TIMEOUT = 1.0
 _QUEUED_CHUNKS = 64
+_HOLD_POLL = 0.01
 
 Direction = Literal["upstream", "downstream"]
 _DIRECTIONS = ("upstream", "downstream")
@@ -159,9 +160,25 @@ class LimitData(Toxic):
                "must be an integer >= 0")
 
 
+@dataclass(frozen=True)
+class Timeout(Toxic):
+    """Stop every byte in ``direction`` (an end of stream too), then close both connections
+    (FIN) ``seconds`` after the toxic began to apply to the connection: at accept, or, for
+    a toxic added later, at the connection's next chunk. With ``seconds=0`` the connection
+    stays open and its bytes are dropped until the toxic is removed (Toxiproxy's
+    ``timeout``)."""
+
+    seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_number("seconds", self.seconds)
+
+
 _KINDS: dict[type[Toxic], str] = {
     Toxic: "toxic", Latency: "latency", Bandwidth: "bandwidth", ResetPeer: "reset_peer",
     Blackhole: "blackhole", SlowClose: "slow_close", Slicer: "slicer", LimitData: "limit_data",
+    Timeout: "timeout",
 }
 
 
@@ -178,9 +195,13 @@ class _Link:
 
     def __init__(self, proxy: FaultProxy) -> None:
         self._proxy = proxy
+        self._loop = asyncio.get_running_loop()
         self._drawn: dict[int, tuple[Toxic, bool]] = {}
         self._counted: set[int] = set()
         self.passed = {"upstream": 0, "downstream": 0}
+        # When each Timeout drawn for this connection began to apply; set on a new one.
+        self._timeouts_since: dict[int, float] = {}
+        self.timeouts_changed = asyncio.Event()
         self.active(None)  # draw for the toxics in force at accept, in their order
 
     def active(self, direction: str | None) -> list[Toxic]:
@@ -191,9 +212,20 @@ class _Link:
             if entry is None or entry[0] is not toxic:
                 entry = (toxic, self._proxy.draw(toxic.probability))
                 self._drawn[id(toxic)] = entry
+                if entry[1] and isinstance(toxic, Timeout):
+                    self._timeouts_since[id(toxic)] = self._loop.time()
+                    self.timeouts_changed.set()
             if entry[1] and (direction is None or toxic.direction == direction):
                 chosen.append(toxic)
         return chosen
+
+    def next_timeout(self) -> tuple[Timeout, float] | None:
+        """The Timeout in force (``seconds > 0``) that closes this connection first, and
+        the loop time when it does."""
+        due = [(toxic, self._timeouts_since[id(toxic)] + toxic.seconds)
+               for toxic in self.active(None)
+               if isinstance(toxic, Timeout) and toxic.seconds > 0]
+        return min(due, key=lambda pair: pair[1], default=None)
 
     def applied(self, toxic: Toxic) -> None:
         """Count ``toxic`` once for this connection, when it first acts."""
@@ -354,11 +386,15 @@ class FaultProxy(BackgroundServer):
         pipes = [
             asyncio.ensure_future(self._pipe(link, "upstream", client_reader, target)),
             asyncio.ensure_future(self._pipe(link, "downstream", target_reader, client)),
+            asyncio.ensure_future(_time_out(link)),
         ]
         try:
+            # The connection ends when both pipes have, or when one of the three raises. The
+            # Timeout watcher only ever ends by raising, so FIRST_EXCEPTION (which otherwise
+            # waits for all) would hold every connection open.
             pending: set[asyncio.Future[None]] = set(pipes)
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+            while not (pipes[0].done() and pipes[1].done()):
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for pipe in done:
                     error = pipe.exception()
                     if error is not None:
@@ -385,6 +421,7 @@ class FaultProxy(BackgroundServer):
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+        await _hold_eof(link, direction)
         for toxic in link.active(direction):
             if isinstance(toxic, SlowClose):
                 link.applied(toxic)
@@ -398,7 +435,7 @@ class FaultProxy(BackgroundServer):
         toxics = link.active(direction)
         cut: _Cut | None = None
         for toxic in toxics:
-            if isinstance(toxic, Blackhole):
+            if isinstance(toxic, (Blackhole, Timeout)):
                 link.applied(toxic)
                 return
         passed = link.passed[direction]
@@ -452,6 +489,31 @@ class FaultProxy(BackgroundServer):
                 await asyncio.sleep(len(piece) / bandwidth.bytes_per_s)
             if slicer is not None and slicer.delay and offset < len(data):
                 await asyncio.sleep(slicer.delay)
+
+
+async def _time_out(link: _Link) -> None:
+    """Close the connection (FIN) once a Timeout in force on it has run its time."""
+    loop = asyncio.get_running_loop()
+    while True:
+        link.timeouts_changed.clear()
+        due = link.next_timeout()
+        if due is not None and due[1] <= loop.time():
+            link.applied(due[0])
+            raise _Cut(reset=False)
+        # Woken by a Timeout newly drawn, or at the due time (a removed one then no longer
+        # counts).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(None if due is None else due[1] - loop.time()):
+                await link.timeouts_changed.wait()
+
+
+async def _hold_eof(link: _Link, direction: str) -> None:
+    """Hold an end of stream while a Timeout stops ``direction``: one with ``seconds > 0``
+    closes the connection meanwhile, one with 0 holds it until it is removed."""
+    while timeouts := [t for t in link.active(direction) if isinstance(t, Timeout)]:
+        link.applied(timeouts[0])
+        # Toxics change from other threads without a signal to this loop: poll.
+        await asyncio.sleep(_HOLD_POLL)
 
 
 def _nodelay(writer: asyncio.StreamWriter) -> None:
