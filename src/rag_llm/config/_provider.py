@@ -7,6 +7,7 @@ only turns the flat keys of the README into constructor arguments.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -114,6 +115,9 @@ ENDPOINT_KEYS: Final = ("base_url", "api_key", "name", "weight", "priority", "ap
 # Provider-level settings an endpoint takes unless it sets its own.
 _INHERITED: Final = ("api_key", "api_version", "deployment", "requests_per_minute",
                      "tokens_per_minute", "burst", "token_burst")
+# What an API key and a configured header value may hold: what an HTTP header carries.
+_KEY_TEXT: Final = re.compile(r"[\x21-\x7e]*")
+_HEADER_TEXT: Final = re.compile(r"[\t\x20-\x7e]*")
 # The names users know from Envoy and Finagle, for the balancer's own.
 _BALANCER_ALIASES: Final = {"p2c_ewma": "p2c", "least_request": "least_in_flight"}
 
@@ -134,11 +138,21 @@ def _flag(name: str, value: object) -> bool:
 
 
 def _secret(name: str, value: object) -> Secret | None:
-    if value is None or isinstance(value, Secret):
-        return value
-    if not isinstance(value, str):
+    if value is None:
+        return None
+    if isinstance(value, Secret):
+        text = value.get_secret_value()
+    elif isinstance(value, str):
+        text = value
+    else:
         raise ConfigError(name, type(value).__name__, "must be a string")
-    return Secret(value) if value else None
+    # A key goes into a header: a newline or other byte outside visible ASCII would fail
+    # every call with an error quoting the header, key and all. Never shown here either.
+    if not _KEY_TEXT.fullmatch(text):
+        raise ConfigError(name, ConfigError.UNSHOWN,
+                          "may hold only visible ASCII characters, no spaces or line breaks "
+                          "(a trailing newline from a key file?)")
+    return value if isinstance(value, Secret) else Secret(value) if value else None
 
 
 def _instance(name: str, value: object, kind: type, *, optional: bool = False) -> None:
@@ -495,5 +509,10 @@ def _headers(value: object) -> Mapping[str, str]:
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
         raise ConfigError("headers", "<mapping>", "must map header names to string values")
+    for name, text in value.items():
+        # The value may be a credential: name the header, never show the value.
+        if not _HEADER_TEXT.fullmatch(text):
+            raise ConfigError(f"headers.{name}", ConfigError.UNSHOWN,
+                              "may hold only printable ASCII characters, no line breaks")
     return dict(value)
 
