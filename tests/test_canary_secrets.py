@@ -493,6 +493,15 @@ def test_a_bad_setting_beside_the_key_names_itself_not_the_key(
             "embedding", openai_config(upstream, base_url=f"https://me:{KEY}@example.com/v1"))),
         ("base_url", "https://example.com/v1", lambda: create_provider(
             "embedding", openai_config(upstream, base_url=f"https://example.com/v1?key={KEY}"))),
+        # A password with an unencoded / ? or # ends the host part early.
+        *[("state.url", "redis://cache:6379/0", lambda c=c: create_provider(
+            "embedding", openai_config(upstream, state=f"redis://:{c}{REDIS_PASSWORD}@cache"
+                                                       ":6379/0"))) for c in "/?#"],
+        ("base_url", "https://example.com/v1", lambda: create_provider(
+            "embedding", openai_config(upstream, base_url=f"https://me:x/{KEY}@example.com/v1"))),
+        ("base_url", "https://example.com/v1", lambda: ProviderConfig.from_mapping({
+            **openai_config(upstream, base_url=f"https://:{KEY}/x@example.com/v1"),
+            "endpoints": [{"base_url": upstream.base_url}]})),
         ("api_kee", "not a known setting", lambda: create_provider(
             "embedding", {**openai_config(upstream), "api_kee": KEY})),
     ]

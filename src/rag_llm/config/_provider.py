@@ -18,7 +18,14 @@ from rag_llm.config._limits import PoolLimits, Timeouts
 from rag_llm.config._secret import Secret
 from rag_llm.config._state import ON_STATE_ERROR, StateConfig, state_config
 from rag_llm.errors import ConfigError
-from rag_llm.validation import check_number, check_text, check_url, redact_url, refuse_unknown
+from rag_llm.validation import (
+    check_number,
+    check_text,
+    check_url,
+    redact_bad_url,
+    redact_url,
+    refuse_unknown,
+)
 
 if TYPE_CHECKING:
     from rag_llm.resilience.balancer import BalancerPolicy
@@ -409,7 +416,7 @@ def _endpoints(config: Mapping[str, Any], default_base_url: str | None,
             raise ConfigError("base_url", None, f"is required for type {provider_type!r}")
         return (_endpoint("", {**inherited, "base_url": base_url}),)
     if "base_url" in config:
-        raise ConfigError("base_url", redact_url(str(config["base_url"])),
+        raise ConfigError("base_url", redact_bad_url(str(config["base_url"])),
                           "give either base_url or endpoints, not both")
     if not isinstance(entries, list | tuple) or not entries:
         raise ConfigError("endpoints", "<value>", "must be a non-empty list of mappings")
