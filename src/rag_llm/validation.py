@@ -12,7 +12,8 @@ from urllib.parse import urlsplit
 
 from rag_llm.errors import ConfigError
 
-__all__ = ["check_number", "check_text", "check_url", "closest", "redact_url", "refuse_unknown"]
+__all__ = ["bad_port_reason", "check_number", "check_text", "check_url", "closest",
+           "redact_bad_url", "redact_url", "refuse_unknown"]
 
 
 def check_number(
@@ -53,11 +54,11 @@ def check_url(name: str, value: object) -> str:
     secret in it (no credentials, query or fragment), else ``ConfigError``."""
     url = check_text(name, value)
     parts = urlsplit(url)
-    shown = redact_url(url)
+    shown = redact_bad_url(url)
     try:
         parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError:
-        raise ConfigError(name, shown, "has an invalid port") from None
+        raise ConfigError(name, shown, bad_port_reason(url)) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(name, shown, "must be an http:// or https:// URL with a host")
     if parts.username or parts.password:
@@ -77,6 +78,26 @@ def redact_url(url: str) -> str:
     parts = urlsplit(url)
     netloc = parts.netloc.rpartition("@")[2]
     return f"{parts.scheme}://{netloc}{parts.path}" if parts.scheme or netloc else parts.path
+
+
+def redact_bad_url(url: str) -> str:
+    """``url`` as an error about it shows it: also without whatever precedes its last ``@``.
+
+    An unencoded ``/``, ``?`` or ``#`` in a password ends the host part early, so
+    :func:`redact_url` would show the password's head as the host, or its tail as the path.
+
+    >>> redact_bad_url("redis://:pa/ss@cache:6379/0")
+    'redis://cache:6379/0'
+    """
+    scheme, sep, rest = url.partition("://")
+    return redact_url(f"{scheme}://{rest.rpartition('@')[2]}" if sep else url)
+
+
+def bad_port_reason(url: str) -> str:
+    """Why a URL's port does not parse, with the likely cause when a password broke it."""
+    if "@" in url.partition("://")[2] and "@" not in urlsplit(url).netloc:
+        return "has an invalid port (percent-encode / ? # in a password)"
+    return "has an invalid port"
 
 
 def closest(word: str, choices: Iterable[str]) -> str | None:

@@ -29,13 +29,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _ping(port: int) -> bool:
+def _ping(port: int, password: str | None = None) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+            if password:
+                sock.sendall(_encode("AUTH", password))
+                if not sock.recv(16).startswith(b"+OK"):
+                    return False
             sock.sendall(b"PING\r\n")
             return sock.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+def _encode(*args: str) -> bytes:
+    parts = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        data = arg.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
 
 
 @dataclass
@@ -45,19 +57,23 @@ class RedisServer:
     port: int
     workdir: str
     process: subprocess.Popen[bytes] | None = None
+    # With one, the server refuses every command until AUTH with it (``requirepass``).
+    password: str | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         assert BINARY is not None
+        auth = ["--requirepass", self.password] if self.password else []
         self.process = subprocess.Popen(
             [BINARY, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.workdir],
+             "--appendonly", "no", "--dir", self.workdir, *auth],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
-        while not _ping(self.port):
+        while not _ping(self.port, self.password):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not answer PING on port {self.port}")
             time.sleep(0.02)
@@ -70,12 +86,11 @@ class RedisServer:
 
     def command(self, *args: str) -> bytes:
         """One command over a raw socket (the tests' own view of the server)."""
-        parts = [f"*{len(args)}\r\n".encode()]
-        for arg in args:
-            data = arg.encode()
-            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
-            sock.sendall(b"".join(parts))
+            if self.password:
+                sock.sendall(_encode("AUTH", self.password))
+                assert sock.recv(16).startswith(b"+OK"), "AUTH refused"
+            sock.sendall(_encode(*args))
             return sock.recv(65536)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from rag_llm import errors
@@ -68,11 +68,12 @@ def upstream_error(
     status: int,
     headers: Mapping[str, str],
     content: bytes,
-    secret: str | None,
+    secrets: Sequence[str],
 ) -> errors.UpstreamError:
-    """The error for a non-2xx response; the upstream's message is kept, minus any secret."""
+    """The error for a non-2xx response; the upstream's message is kept, minus ``secrets``
+    (the key and configured header values it was sent) and anything shaped like a key."""
     message = scrub_text(_message(content))
-    if secret:
+    for secret in secrets:
         message = message.replace(secret, REDACTED)
     kind = (errors.RateLimitError if status == 429
             else errors.AuthenticationError if status in (401, 403)

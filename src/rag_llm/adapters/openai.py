@@ -53,6 +53,12 @@ class OpenAIAPI:
         self._own_headers = {**self._auth_headers(),
                              **{k.lower(): v for k, v in config.headers.items()}}
         headers.update(self._own_headers)
+        # What an upstream that echoes its request must not get into an error: the key and
+        # the configured header values long enough to be credentials (a short one, as "1",
+        # would blank ordinary words of the message).
+        self._secrets = sorted({v for v in self._own_headers.values() if len(v) >= 8}
+                               | ({self._secret} if self._secret else set()), key=len,
+                               reverse=True)
         self._headers: Mapping[str, str] = headers
         self._stream_headers = {**headers, "accept": "text/event-stream"}
         # Scheme, host, port and path: what errors and events may show of this endpoint.
@@ -162,7 +168,7 @@ class OpenAIAPI:
     def error(self, request: Request, status: int, headers: Mapping[str, str],
               content: bytes) -> UpstreamError:
         return upstream_error(provider=self.provider, endpoint=request.endpoint, status=status,
-                              headers=headers, content=content, secret=self._secret)
+                              headers=headers, content=content, secrets=self._secrets)
 
     def _json(self, request: Request, response: Response) -> dict[str, Any]:
         if response.status >= 400:

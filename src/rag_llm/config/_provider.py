@@ -7,6 +7,7 @@ only turns the flat keys of the README into constructor arguments.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -17,7 +18,14 @@ from rag_llm.config._limits import PoolLimits, Timeouts
 from rag_llm.config._secret import Secret
 from rag_llm.config._state import ON_STATE_ERROR, StateConfig, state_config
 from rag_llm.errors import ConfigError
-from rag_llm.validation import check_number, check_text, check_url, redact_url, refuse_unknown
+from rag_llm.validation import (
+    check_number,
+    check_text,
+    check_url,
+    redact_bad_url,
+    redact_url,
+    refuse_unknown,
+)
 
 if TYPE_CHECKING:
     from rag_llm.resilience.balancer import BalancerPolicy
@@ -114,6 +122,9 @@ ENDPOINT_KEYS: Final = ("base_url", "api_key", "name", "weight", "priority", "ap
 # Provider-level settings an endpoint takes unless it sets its own.
 _INHERITED: Final = ("api_key", "api_version", "deployment", "requests_per_minute",
                      "tokens_per_minute", "burst", "token_burst")
+# What an API key and a configured header value may hold: what an HTTP header carries.
+_KEY_TEXT: Final = re.compile(r"[\x21-\x7e]*")
+_HEADER_TEXT: Final = re.compile(r"[\t\x20-\x7e]*")
 # The names users know from Envoy and Finagle, for the balancer's own.
 _BALANCER_ALIASES: Final = {"p2c_ewma": "p2c", "least_request": "least_in_flight"}
 
@@ -134,11 +145,21 @@ def _flag(name: str, value: object) -> bool:
 
 
 def _secret(name: str, value: object) -> Secret | None:
-    if value is None or isinstance(value, Secret):
-        return value
-    if not isinstance(value, str):
+    if value is None:
+        return None
+    if isinstance(value, Secret):
+        text = value.get_secret_value()
+    elif isinstance(value, str):
+        text = value
+    else:
         raise ConfigError(name, type(value).__name__, "must be a string")
-    return Secret(value) if value else None
+    # A key goes into a header: a newline or other byte outside visible ASCII would fail
+    # every call with an error quoting the header, key and all. Never shown here either.
+    if not _KEY_TEXT.fullmatch(text):
+        raise ConfigError(name, ConfigError.UNSHOWN,
+                          "may hold only visible ASCII characters, no spaces or line breaks "
+                          "(a trailing newline from a key file?)")
+    return value if isinstance(value, Secret) else Secret(value) if value else None
 
 
 def _instance(name: str, value: object, kind: type, *, optional: bool = False) -> None:
@@ -395,7 +416,7 @@ def _endpoints(config: Mapping[str, Any], default_base_url: str | None,
             raise ConfigError("base_url", None, f"is required for type {provider_type!r}")
         return (_endpoint("", {**inherited, "base_url": base_url}),)
     if "base_url" in config:
-        raise ConfigError("base_url", redact_url(str(config["base_url"])),
+        raise ConfigError("base_url", redact_bad_url(str(config["base_url"])),
                           "give either base_url or endpoints, not both")
     if not isinstance(entries, list | tuple) or not entries:
         raise ConfigError("endpoints", "<value>", "must be a non-empty list of mappings")
@@ -495,5 +516,10 @@ def _headers(value: object) -> Mapping[str, str]:
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
         raise ConfigError("headers", "<mapping>", "must map header names to string values")
+    for name, text in value.items():
+        # The value may be a credential: name the header, never show the value.
+        if not _HEADER_TEXT.fullmatch(text):
+            raise ConfigError(f"headers.{name}", ConfigError.UNSHOWN,
+                              "may hold only printable ASCII characters, no line breaks")
     return dict(value)
 

@@ -209,20 +209,42 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError("config_file", str(path), f"cannot be read: {exc.strerror}") from None
     if path.suffix not in (".toml", ".yaml", ".yml"):
         raise ConfigError("config_file", str(path), "must end in .toml, .yaml or .yml")
-    try:
-        if path.suffix == ".toml":
-            import tomllib  # imported here: parsing config is off the import path
-
-            data: object = tomllib.loads(text)
-        else:
-            import yaml  # imported here: only YAML users pay for it
-
-            data = yaml.safe_load(text) or {}
-    except Exception as exc:  # TOMLDecodeError or yaml.YAMLError
-        raise ConfigError("config_file", str(path), f"is not valid: {exc}") from None
+    data, problem = _parse(path, text)
+    if problem is not None:
+        # Raised outside the parser's except block: the parser's error quotes the file's
+        # lines (PyYAML shows the offending one), and the file may hold an api_key.
+        raise ConfigError("config_file", str(path), f"is not valid: {problem}")
     if not isinstance(data, dict):
         raise ConfigError("config_file", str(path), "must hold tables such as [providers]")
     return data
+
+
+def _parse(path: Path, text: str) -> tuple[object, str | None]:
+    """The parsed ``text``, or None and where and why it is not valid, quoting none of it."""
+    if path.suffix == ".toml":
+        import tomllib  # imported here: parsing config is off the import path
+
+        try:
+            return tomllib.loads(text), None
+        except tomllib.TOMLDecodeError as exc:
+            return None, str(exc)  # "Invalid value (at line 2, column 11)": no text quoted
+    import yaml  # imported here: only YAML users pay for it
+
+    try:
+        return yaml.safe_load(text) or {}, None
+    except yaml.MarkedYAMLError as exc:
+        # Its context and problem are PyYAML's own phrases; its str() adds the lines.
+        said = [f"{what}{_at(mark)}" for what, mark in ((exc.context, exc.context_mark),
+                                                        (exc.problem, exc.problem_mark))
+                if what]
+        return None, ", ".join(said) or "malformed YAML"
+    except yaml.YAMLError:
+        return None, "malformed YAML"
+
+
+def _at(mark: object) -> str:
+    line, column = getattr(mark, "line", None), getattr(mark, "column", None)
+    return "" if line is None or column is None else f" (at line {line + 1}, column {column + 1})"
 
 
 # The file's top-level tables: providers, logging, and the RAG service's own.

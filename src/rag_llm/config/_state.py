@@ -13,7 +13,14 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from rag_llm.errors import ConfigError
-from rag_llm.validation import check_number, check_text, redact_url, refuse_unknown
+from rag_llm.validation import (
+    bad_port_reason,
+    check_number,
+    check_text,
+    redact_bad_url,
+    redact_url,
+    refuse_unknown,
+)
 
 __all__ = [
     "DEFAULT_STATE_PREFIX",
@@ -38,11 +45,11 @@ _SCHEMES: Final = ("redis", "rediss")
 def _check_state_url(value: object) -> str:
     url = check_text("state.url", value)
     parts = urlsplit(url)
-    shown = redact_url(url)
+    shown = redact_bad_url(url)
     try:
         parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError:
-        raise ConfigError("state.url", shown, "has an invalid port") from None
+        raise ConfigError("state.url", shown, bad_port_reason(url)) from None
     if parts.scheme not in _SCHEMES or not parts.hostname:
         raise ConfigError("state.url", shown,
                           "must be a redis:// or rediss:// (TLS) URL with a host")
