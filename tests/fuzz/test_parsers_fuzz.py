@@ -80,7 +80,7 @@ def test_any_error_response_maps_to_a_typed_error_without_the_key(
     if echo:  # an upstream that repeats the key it was sent
         content = json.dumps({"error": {"message": f"bad key {CANARY} ({content!r})"}}).encode()
     error = upstream_error(provider="fuzzed", endpoint="http://127.0.0.1:9/v1/embeddings",
-                           status=status, headers=headers, content=content, secret=CANARY)
+                           status=status, headers=headers, content=content, secrets=[CANARY])
     assert isinstance(error, errors.UpstreamError)
     assert error.status == status
     assert error.provider == "fuzzed"
