@@ -12,8 +12,9 @@ provider's real pool and an UpstreamServer, each scenario held to a criterion in
 | Bandwidth 500 B/s, stream_idle 0.15 s  | StreamInterruptedError 0.15-0.3 s after the last     |
 |                                        | delta, received == the deltas; one request           |
 | Bandwidth 500 B/s, first_token 0.3 s   | ReadTimeoutError after 2 attempts, in [0.6, 0.85] s  |
-| SlowClose 1 s, no keep-alive           | no call over 0.1 s; aclose() under 0.1 s leaves no   |
-|                                        | socket to the proxy; every connection closes         |
+| SlowClose 1 s, no keep-alive           | median call < 50 ms, none held (< 0.8 s); aclose()   |
+|                                        | under 0.1 s leaves no socket to the proxy; every     |
+|                                        | connection closes                                    |
 | SlowClose 2 s, max_connections 1       | a freed slot waits LINGER (1 s) + 0.25 s at most     |
 | idle close's FIN held 1 s on the wire  | the call on the dead connection waits for the late   |
 |                                        | FIN or read_timeout (+0.15 s), is sent once, anew    |
@@ -298,7 +299,10 @@ async def test_a_slow_close_holds_up_no_call_and_leaks_no_connection(
     started = time.monotonic()
     await _close(provider)
     closing = time.monotonic() - started
-    assert max(took) < 0.1, took
+    # A call held up by a close would wait for its FIN or for LINGER, 1 s either way; below
+    # that bound, only a stall of a loaded host (0.7 s seen once in a full run).
+    assert max(took) < 0.8 * min(delay, LINGER), took
+    assert sorted(took)[len(took) // 2] < 0.05, took
     assert lingering >= 1  # closed connections were still waiting for the late FIN
     assert closing < 0.1, closing
     assert _sockets_to(proxied.port) == 0  # closed at once, without waiting for the FIN

@@ -104,7 +104,8 @@ def test_health_checks_run_in_one_process_at_a_time_and_all_see_the_verdict(
     # Every process sees ep0 unhealthy, the two that never probed it included.
     assert [r["healthy"] for r in results] == [{"ep0": False, "ep1": True}] * 3, results
     sent = [r["probes"]["ep0"] for r in results]
-    assert sum(sent) == len(probes)
+    # A process counts a probe once it is answered: each may report with one in flight.
+    assert 0 <= len(probes) - sum(sent) <= len(results), (sent, len(probes))
     assert max(sent) >= 0.8 * len(probes), sent  # one process ran (nearly) all of them
     # At the upstream, one connection probes at a time: their spans never overlap.
     spans: dict[int, list[float]] = {}
