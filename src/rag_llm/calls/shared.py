@@ -61,7 +61,7 @@ class SharedRateLimiter:
         self.limits = rate_limits
         self._shared = limits
         self._fail = fail
-        self._in_flight = in_flight if in_flight is not None and in_flight.shared else None
+        self._in_flight = in_flight if in_flight is not None and in_flight.backend else None
         self.local = RateLimiter(rate_limits.divided(instances))
 
     def _too_big(self, cost: float) -> bool:
@@ -138,7 +138,6 @@ class InFlightLimit:
         self.cap = cap
         self.settings = settings
         self.backend = backend if limits is not None else None
-        self.shared = self.backend is not None
         self.local_cap = cap if self.backend is None else max(cap // instances, 1)
         self._limits = limits
         self._key = "" if limits is None else limits.leases
