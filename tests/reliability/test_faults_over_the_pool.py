@@ -17,36 +17,20 @@ import json
 import re
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from wirekit import ANSWER, FAST_RETRY, QUESTION, settings
 
 from rag_llm import create_provider, errors
 from rag_llm.testing import Blackhole, FaultProxy, LimitData, ResetPeer, Slicer, UpstreamServer
 
 pytestmark = pytest.mark.reliability
 
-KEY = "sk-reliability-0123456789"
-FAST_RETRY = {"max_attempts": 3, "base_delay": 0.001, "max_delay": 0.005}
-QUESTION = [{"role": "user", "content": "one two three four five six seven"}]
-ANSWER = "echo: one two three four five six seven"
-
-
-@pytest.fixture
-def proxied(upstream: UpstreamServer) -> Iterator[FaultProxy]:
-    with FaultProxy(upstream.port, seed=20261203) as proxy:
-        yield proxy
-
 
 def _settings(base_url: str, **overrides: Any) -> dict[str, Any]:
     # No idle connection is kept, so every call opens a connection and draws its faults.
-    settings: dict[str, Any] = {
-        "type": "openai", "model": "m", "api_key": KEY, "base_url": base_url,
-        "max_keepalive_connections": 0, "retry": FAST_RETRY,
-    }
-    settings.update(overrides)
-    return settings
+    return settings(base_url, **{"max_keepalive_connections": 0, **overrides})
 
 
 def _raw_stream(port: int, messages: list[dict[str, str]], sliced: bool = False) -> bytes:

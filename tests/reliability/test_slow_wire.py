@@ -32,38 +32,18 @@ import os
 import socket
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from wirekit import ANSWER, FAST_RETRY, QUESTION, settings
 
 from rag_llm import create_provider, errors
 from rag_llm.testing import Bandwidth, FaultProxy, Latency, SlowClose, Timeout, UpstreamServer
 from rag_llm.transport._linger import LINGER
 
 pytestmark = pytest.mark.reliability
-
-KEY = "sk-reliability-0123456789"
-FAST_RETRY = {"max_attempts": 3, "base_delay": 0.001, "max_delay": 0.005}
-QUESTION = [{"role": "user", "content": "one two three four five six seven"}]
-ANSWER = "echo: one two three four five six seven"
-
-
-@pytest.fixture
-def proxied(upstream: UpstreamServer) -> Iterator[FaultProxy]:
-    with FaultProxy(upstream.port, seed=20261203) as proxy:
-        yield proxy
-
-
-def _settings(base_url: str, **overrides: Any) -> dict[str, Any]:
-    settings: dict[str, Any] = {
-        "type": "openai", "model": "m", "api_key": KEY, "base_url": base_url,
-        "retry": FAST_RETRY,
-    }
-    settings.update(overrides)
-    return settings
-
 
 async def _embed(provider: Any, call: str, texts: list[str]) -> list[list[float]]:
     if call == "embed":
@@ -113,7 +93,7 @@ async def test_latency_adds_its_delay_and_a_bounded_overhead(
     upstream: UpstreamServer, proxied: FaultProxy, call: str,
 ) -> None:
     latency, jitter = 0.05, 0.01
-    provider: Any = create_provider("embedding", _settings(proxied.base_url))
+    provider: Any = create_provider("embedding", settings(proxied.base_url))
     # Connected before the toxic, so the calls below wait for the latency alone.
     await _embed(provider, call, ["warm"])
     proxied.add(Latency(latency, jitter=jitter))
@@ -135,7 +115,7 @@ async def test_a_read_timeout_below_the_latency_fails_each_attempt_and_retries(
     upstream: UpstreamServer, proxied: FaultProxy, call: str,
 ) -> None:
     read_timeout = 0.05
-    provider: Any = create_provider("embedding", _settings(
+    provider: Any = create_provider("embedding", settings(
         proxied.base_url, read_timeout=read_timeout))
     await _embed(provider, call, ["warm"])  # the client's set-up is not what is timed
     upstream.reset()
@@ -169,13 +149,13 @@ async def test_a_large_answer_over_a_slow_link_arrives_intact(
     texts = ["a first longer text", "a second longer text"]
     size = len(_raw_post(upstream.port, "/v1/embeddings", {"model": "m", "input": texts}))
     # read_timeout bounds each wait for data, not the whole answer: far below the transfer.
-    settings = {"transport": transport, "read_timeout": 0.25}
-    direct: Any = create_provider("embedding", _settings(upstream.base_url, **settings))
+    transport_settings = {"transport": transport, "read_timeout": 0.25}
+    direct: Any = create_provider("embedding", settings(upstream.base_url, **transport_settings))
     expected = await _embed(direct, call, texts)
     await _close(direct)
     rate = 16_000
     proxied.add(Bandwidth(rate))
-    provider: Any = create_provider("embedding", _settings(proxied.base_url, **settings))
+    provider: Any = create_provider("embedding", settings(proxied.base_url, **transport_settings))
     started = time.monotonic()
     vectors = await _embed(provider, call, texts)
     took = time.monotonic() - started
@@ -195,12 +175,12 @@ async def test_a_stream_over_a_slow_link_yields_the_same_deltas(
     # Each event takes about 0.08 s over this link, the whole stream about 0.8 s: well
     # within the stream timeouts, which must not fire.
     timeouts = {"first_token_timeout": 0.6, "stream_idle_timeout": 0.3}
-    async with create_provider("llm", _settings(upstream.base_url, **timeouts)) as llm:
+    async with create_provider("llm", settings(upstream.base_url, **timeouts)) as llm:
         direct = [delta async for delta in llm.astream(QUESTION)]
     upstream.reset()
     rate = 2_000
     proxied.add(Bandwidth(rate))
-    async with create_provider("llm", _settings(proxied.base_url, **timeouts)) as llm:
+    async with create_provider("llm", settings(proxied.base_url, **timeouts)) as llm:
         started = time.monotonic()
         deltas = [delta async for delta in llm.astream(QUESTION)]
         took = time.monotonic() - started
@@ -219,7 +199,7 @@ async def test_stream_idle_timeout_interrupts_a_stream_slower_than_it(
     proxied.add(Bandwidth(500))
     deltas: list[str] = []
     arrived: list[float] = []
-    async with create_provider("llm", _settings(
+    async with create_provider("llm", settings(
             proxied.base_url, stream_idle_timeout=idle)) as llm:
         with pytest.raises(errors.StreamInterruptedError) as caught:  # noqa: PT012
             async for delta in llm.astream(QUESTION):
@@ -239,7 +219,7 @@ async def test_first_token_timeout_fails_and_retries_a_stream_slower_than_it(
     first_token = 0.3
     proxied.add(Bandwidth(500))
     retry = {**FAST_RETRY, "max_attempts": 2}
-    async with create_provider("llm", _settings(
+    async with create_provider("llm", settings(
             proxied.base_url, first_token_timeout=first_token, retry=retry)) as llm:
         started = time.monotonic()
         with pytest.raises(errors.ReadTimeoutError) as caught:
@@ -283,7 +263,7 @@ async def test_a_slow_close_holds_up_no_call_and_leaks_no_connection(
     upstream: UpstreamServer, proxied: FaultProxy, call: str,
 ) -> None:
     delay, calls = 1.0, 10
-    provider: Any = create_provider("embedding", _settings(
+    provider: Any = create_provider("embedding", settings(
         proxied.base_url, max_keepalive_connections=0))
     await _embed(provider, call, ["warm"])  # the client's set-up is not what is timed
     assert await _until(lambda: proxied.connections_open == 0)  # closed before the toxic
@@ -321,7 +301,7 @@ async def test_a_slow_close_holds_a_freed_slot_for_linger_at_most(
     delay = 2.0
     assert delay > LINGER + 0.5
     proxied.add(SlowClose(delay))
-    provider = create_provider("embedding", _settings(
+    provider = create_provider("embedding", settings(
         proxied.base_url, max_keepalive_connections=0, max_connections=1))
     took = []
     for i in range(3):
@@ -347,7 +327,7 @@ async def test_a_late_fin_of_an_idle_close_holds_one_call_then_it_goes_elsewhere
     delay, idle_wait = 1.0, 0.5
     proxied.add(SlowClose(delay))
     extra = {} if read_timeout is None else {"read_timeout": read_timeout}
-    async with create_provider("embedding", _settings(proxied.base_url, **extra)) as provider:
+    async with create_provider("embedding", settings(proxied.base_url, **extra)) as provider:
         await provider.aembed(["first"])
         answered = time.monotonic()
         await asyncio.sleep(idle_wait)
@@ -369,7 +349,7 @@ async def test_a_keep_alive_hint_spares_the_call_a_late_fin(
     upstream.idle_timeout = 1.0
     upstream.keep_alive_header = 1
     proxied.add(SlowClose(1.0))
-    async with create_provider("embedding", _settings(proxied.base_url)) as provider:
+    async with create_provider("embedding", settings(proxied.base_url)) as provider:
         await provider.aembed(["first"])
         await asyncio.sleep(0.9)  # the client closes ahead of the server's advertised timeout
         started = time.monotonic()
@@ -408,7 +388,7 @@ async def test_timeouts_on_ten_percent_of_connections_are_retried_within_the_dea
     # breaker (5 failures in a row); the breaker is not what this scenario measures.
     retry = {**FAST_RETRY, "max_attempts": 6}
     breaker = {"consecutive_failures": 20}
-    async with create_provider("embedding", _settings(
+    async with create_provider("embedding", settings(
             proxied.base_url, max_keepalive_connections=0, retry=retry,
             circuit_breaker=breaker, deadline=deadline)) as provider:
         await asyncio.gather(*(call(i) for i in range(calls)))
