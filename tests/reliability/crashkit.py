@@ -156,7 +156,7 @@ def census(data_dir: Path, expected: dict[str, dict[str, Version]]) -> dict[str,
     """Reopen the store and check each expected document is absent or exactly one of its
     versions (metadata, every chunk, each chunk's vector); count them by version."""
     counts: dict[str, int] = {"absent": 0}
-    _check_files(data_dir)
+    check_files(data_dir)
     with SQLiteStore(data_dir) as store:
         stored = {doc.source: doc for doc in store.documents()}
         assert set(stored) <= set(expected), set(stored) - set(expected)
@@ -178,7 +178,7 @@ def census(data_dir: Path, expected: dict[str, dict[str, Version]]) -> dict[str,
     return counts
 
 
-def _check_files(data_dir: Path) -> None:
+def check_files(data_dir: Path, dims: int = DIMS) -> None:
     """SQLite's own check, and the slot map: no live slot free, none past the vectors."""
     with sqlite3.connect(f"file:{data_dir / DATABASE_FILE}?mode=ro", uri=True) as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -189,4 +189,4 @@ def _check_files(data_dir: Path) -> None:
         top = db.execute("SELECT max(slot) FROM chunks").fetchone()[0]
         assert top is None or top < next_slot
     db.close()
-    assert (data_dir / VECTORS_FILE).stat().st_size >= next_slot * DIMS * 4
+    assert (data_dir / VECTORS_FILE).stat().st_size >= next_slot * dims * 4
