@@ -126,7 +126,11 @@ def test_kills_mid_ingest_leave_each_document_whole_or_absent(
     reingest = time.perf_counter() - reingest
 
     crashkit.write_corpus(corpus, "B")
-    _, clean_b = _ingest_in_child(forkserver, tmp_path / "ref-b", corpus, progress, None)
+    _ingest_in_child(forkserver, tmp_path / "ref-b", corpus, progress, None)
+    shutil.copytree(tmp_path / "ref-a", tmp_path / "replace-clean")  # the span of a replace
+    _, clean_b = _ingest_in_child(forkserver, tmp_path / "replace-clean", corpus, progress,
+                                  None)
+    crashkit.same_documents(tmp_path / "replace-clean", tmp_path / "ref-b")
     versions_b = crashkit.versions_in(tmp_path / "ref-b", "B")
     for source, version in versions_b.items():
         expected[source].update(version)
