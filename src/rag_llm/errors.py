@@ -10,6 +10,7 @@
     +-- LocalRateLimitError         the client-side rate limit allows no call before the deadline
     +-- RequestExceedsBurstError    a call costs more than its rate limit's burst: never admitted
     +-- StateUnavailableError       the shared state (Redis) failed and on_state_error is fail
+    +-- StoreError                  the document store could not write: out of space, locked
     +-- TransportError              no usable HTTP response arrived
     |   +-- ConnectError            the TCP or TLS connection could not be opened
     |   +-- ConnectionLostError     the connection dropped before a full response
@@ -53,6 +54,7 @@ __all__ = [
     "RequestTimeoutError",
     "ServerError",
     "StateUnavailableError",
+    "StoreError",
     "StreamInterruptedError",
     "TransportError",
     "UpstreamError",
@@ -159,6 +161,19 @@ class StateUnavailableError(RagLLMError):
         self.detail = detail
         who = f"{provider}: " if provider else ""
         super().__init__(f"{who}shared state backend {url} unavailable: {detail}")
+
+
+class StoreError(RagLLMError):
+    """The document store could not write its data; ``location`` says where it lives.
+
+    ``full`` is True when the disk (or a file size limit) ran out of space. The write it
+    interrupted was rolled back: what was stored before is intact.
+    """
+
+    def __init__(self, location: str, message: str, *, full: bool = False) -> None:
+        self.location = location
+        self.full = full
+        super().__init__(message)
 
 
 class TransportError(RagLLMError):

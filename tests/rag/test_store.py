@@ -198,3 +198,15 @@ def test_use_after_close_is_a_clear_error(open_store: Opener) -> None:
     store.close()
     with pytest.raises(RuntimeError, match="is closed"):
         store.documents()
+
+
+def test_a_file_that_is_no_sqlite_database_is_a_config_error_naming_the_directory(
+    tmp_path: Path,
+) -> None:
+    from rag_llm.rag.sqlite_store import DATABASE_FILE
+
+    (tmp_path / DATABASE_FILE).write_bytes(b"not a database, " * 512)
+    with pytest.raises(ConfigError, match="cannot hold the store: file is not a database"
+                       ) as caught:
+        SQLiteStore(tmp_path)
+    assert (caught.value.field, caught.value.value) == ("data_dir", str(tmp_path))

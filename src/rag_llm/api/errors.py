@@ -1,9 +1,10 @@
 """Exception handlers: clear JSON errors with the right status, and never a stack trace.
 
 Validation errors are 422s listing each invalid field; a misconfigured provider or store is
-a 503, and so is a request that arrives once the providers are being closed; a failing
-upstream model API is a 502; anything unexpected is a 500 that says only that, while the
-traceback goes to the server's log.
+a 503, and so is a request that arrives once the providers are being closed; a store that
+cannot write is a 507 when out of space, else a 503; a failing upstream model API is a 502;
+anything unexpected is a 500 that says only that, while the traceback goes to the server's
+log.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from rag_llm.errors import (
     ProviderClosedError,
     RagLLMError,
     RequestTimeoutError,
+    StoreError,
     TransportError,
     UpstreamError,
 )
@@ -48,6 +50,9 @@ async def _rag_error(request: Request, exc: Exception) -> JSONResponse:
     message = scrub_text(str(exc))
     if isinstance(exc, ConfigError):
         status, detail = 503, f"the service is not configured correctly: {message}"
+    elif isinstance(exc, StoreError):
+        status = 507 if exc.full else 503
+        detail = f"the document store failed: {message}"
     elif isinstance(exc, ProviderClosedError):  # a closed locator's LocatorClosedError too
         status, detail = 503, f"the service is shutting down: {message}"
     elif isinstance(exc, RequestTimeoutError):

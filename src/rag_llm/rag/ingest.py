@@ -5,7 +5,10 @@ whose content hash and recipe (loaders, chunk size and overlap, token counter) m
 stored version is skipped, and one that cannot be read or parsed is reported and left out.
 Then the chunks are embedded in batches, several batches in flight at once (bounded by
 ``concurrency``), and each document is stored, replacing its earlier version, as soon as its
-group of batches is done, so memory stays bounded however many files a run takes.
+group of batches is done, so memory stays bounded however many files a run takes. Each
+document is stored in one transaction: a run that is killed, or whose store fails (a
+:class:`~rag_llm.errors.StoreError`, which ends the run), leaves every document whole or
+absent, and the next run stores the rest.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
-from rag_llm.errors import RagLLMError
+from rag_llm.errors import RagLLMError, StoreError
 from rag_llm.providers import Embedder
 from rag_llm.rag.chunking import Chunk, Chunker
 from rag_llm.rag.loaders import LOADERS_VERSION, DocumentError, discover, load_bytes, read_file
@@ -208,6 +211,8 @@ class Ingestor:
                 self.store.replace_document, prepared.document,
                 [c.text for c in prepared.chunks], [c.tokens for c in prepared.chunks],
                 prepared.vectors, self.embedding_model)
+        except StoreError:
+            raise  # the store, not this document, failed: the documents after it would too
         except RagLLMError as exc:
             return IngestFailure(source, str(exc))
         status: Status = "updated" if prepared.replaces else "added"

@@ -12,14 +12,22 @@ began, writes their vectors and syncs the file, then commits the rows that point
 crash at any point leaves no committed chunk without its vector. Slots of deleted chunks go
 to a free list (by trigger) and are reused. Other processes' commits are noticed through
 ``PRAGMA data_version`` before each search.
+
+Several processes may write to one directory at once (the server and the command line): in
+WAL mode readers never wait, and a write waits up to ``BUSY_TIMEOUT`` for another's to
+commit. A write that fails (a full disk, a lock held too long) is rolled back and raised as
+a :class:`~rag_llm.errors.StoreError` naming the directory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import resource
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -27,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from rag_llm.errors import ConfigError
+from rag_llm.errors import ConfigError, StoreError
 from rag_llm.rag.store import ChunkRecord, DocumentRecord, NewDocument, SearchHit
 
 if TYPE_CHECKING:
@@ -38,6 +46,10 @@ __all__ = ["SQLiteStore"]
 DATABASE_FILE: Final = "rag.sqlite"
 VECTORS_FILE: Final = "vectors.f32"
 _ROW_BYTES: Final = 4  # float32
+BUSY_TIMEOUT: Final = 30.0  # seconds a write waits for another process's write to finish
+# What a write that ran out of space fails with: SQLite's code, or the OS's errno.
+_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_LIMIT_SLACK: Final = 1 << 16  # above any one write that hits the limit: a WAL frame, a row
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -69,19 +81,25 @@ class SQLiteStore:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
+        db: sqlite3.Connection | None = None
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.directory / DATABASE_FILE, isolation_level=None,
-                                       check_same_thread=False, timeout=30.0)
+            # Another process (the server and the command line) may hold the write lock
+            # for one document's write: wait for it rather than fail.
+            db = sqlite3.connect(self.directory / DATABASE_FILE, isolation_level=None,
+                                 check_same_thread=False, timeout=BUSY_TIMEOUT)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            self._db = db
+            self._add_recipe_column()
+            self._fd = os.open(self.directory / VECTORS_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         except (OSError, sqlite3.Error) as exc:
+            if db is not None:
+                db.close()
             raise ConfigError("data_dir", str(self.directory),
                               f"cannot hold the store: {exc}") from None
         self._lock = threading.RLock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._add_recipe_column()
-        self._fd = os.open(self.directory / VECTORS_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         self._closed = False
         self._data_version = -1
         self._stale = True
@@ -176,8 +194,7 @@ class SQLiteStore:
         ingested_at = datetime.now(UTC).isoformat(timespec="seconds")
         with self._lock:
             self._check_open()
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction(f"cannot store {document.source!r}"):
                 self._claim_model(embedding_model, int(matrix.shape[1]))
                 slots = self._allocate(len(texts))  # free before this write: see module doc
                 self._write_vectors(slots, matrix)
@@ -196,11 +213,6 @@ class SQLiteStore:
                                                                  strict=True))])
                 added = self._db.execute("SELECT slot, id FROM chunks WHERE document_id = ?",
                                          (document.id,)).fetchall()
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                self._stale = True
-                raise
             self._apply(freed, added)
         return DocumentRecord(document.id, document.source, document.title,
                               document.media_type, document.sha256, document.size,
@@ -251,17 +263,58 @@ class SQLiteStore:
     def delete_document(self, document_id: str) -> bool:
         with self._lock:
             self._check_open()
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction(f"cannot delete document {document_id!r}"):
                 freed = self._slots_of(document_id)
                 deleted = self._delete(document_id)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                self._stale = True
-                raise
             self._apply(freed, [])
         return deleted
+
+    @contextlib.contextmanager
+    def _transaction(self, action: str) -> Iterator[None]:
+        """One write, committed whole or rolled back; SQLite's and the OS's failures come out
+        as a :class:`~rag_llm.errors.StoreError` that says ``action`` and why."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._stale = True
+                # A failed COMMIT (a full disk) may have rolled back already.
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            raise self._store_error(action, exc) from exc
+
+    def _store_error(self, action: str, exc: sqlite3.Error | OSError) -> StoreError:
+        where = f"the store in {self.directory}"
+        code = str(getattr(exc, "sqlite_errorname", ""))
+        full = code == "SQLITE_FULL" or getattr(exc, "errno", None) in _FULL_ERRNOS
+        limit = self._size_limit_reached() if full or code.startswith("SQLITE_IOERR") else None
+        if full or limit is not None:
+            why = f"{exc}" if limit is None else f"{exc}: a file reached the process's size " \
+                                                 f"limit, RLIMIT_FSIZE={limit} bytes"
+            return StoreError(str(self.directory), f"{action}: {where} is out of space ({why}); "
+                              "what was stored before is kept: free some space or move "
+                              "data_dir (RAG_LLM_DATA_DIR), then ingest again", full=True)
+        if code == "SQLITE_BUSY":
+            return StoreError(str(self.directory), f"{action}: {where} stayed locked by "
+                              f"another process's write for {BUSY_TIMEOUT:g} s ({exc})")
+        return StoreError(str(self.directory), f"{action}: {where} failed to write: {exc}")
+
+    def _size_limit_reached(self) -> int | None:
+        """The file size limit (``ulimit -f``) if one of the store's files is within a page
+        of it: SQLite reports that as an I/O error, not as a full disk."""
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if soft == resource.RLIM_INFINITY:
+            return None
+        for name in (DATABASE_FILE, f"{DATABASE_FILE}-wal", VECTORS_FILE):
+            with contextlib.suppress(OSError):
+                if (self.directory / name).stat().st_size + _LIMIT_SLACK >= soft:
+                    return soft
+        return None
 
     def _apply(self, freed: list[int], added: list[tuple[int, int]]) -> None:
         """Update the slot map after this connection's own commit (which ``data_version``
