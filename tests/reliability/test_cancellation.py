@@ -1,18 +1,19 @@
-"""Reliability under a cancellation storm: a thousand calls through one provider's real
-pool, each cancelled at a seeded random moment, then the pool, the server and the process
-held to their baseline.
+"""Reliability under a cancellation storm: a thousand calls through two providers' real
+pools, most cancelled at a seeded random moment, then the pools, the server and the
+process held to their baseline.
 
-| scenario                                  | criterion                                       |
-|-------------------------------------------|-------------------------------------------------|
-| 1,000 aembed / achat / astream calls, 32  | every call not cancelled returns its answer;     |
-| at once, max_connections 4, Latency 2 ms  | cancellations land at every stage (slot, connect,|
-| each way; 85 % cancelled at 0-30 ms,      | head, body, first token, mid-stream); then no    |
-| aiohttp and httpx2                        | slot or connection held, the server's open       |
-|                                           | connections == the pool's idle ones, tasks ==    |
-|                                           | baseline + the reaper, no unretrieved exception; |
-|                                           | 8 calls run 4 at a time; after aclose() the      |
-|                                           | process's fds and tasks equal the baseline and   |
-|                                           | no connection is open at the server              |
+| scenario                                | criterion                                        |
+|-----------------------------------------|--------------------------------------------------|
+| 1,000 aembed / achat / astream calls,   | every call not cancelled returns its answer;     |
+| 16 at once, max_connections 4,          | cancellations land at every stage (slot, budget, |
+| Latency 2 ms each way; 85 % cancelled   | connect, send (httpx2), head, mid-stream), >= 5  |
+| 0-50 ms in, a fifth of the streams 0-10 | each; then no slot or connection held, the       |
+| ms after their first delta, a fifth     | server's and the proxy's open connections == the |
+| left unclosed; aiohttp and httpx2       | pools' idle ones, the only new task the reaper;  |
+|                                         | 8 calls of 0.3 s reach the server 4 at a time;   |
+|                                         | after aclose(), the process's fds and tasks are  |
+|                                         | the baseline's, no connection open at the server |
+|                                         | or the proxy, no unretrieved task exception      |
 """
 
 from __future__ import annotations
@@ -252,9 +253,11 @@ async def _storm_then_full_concurrency(
     assert fds_now <= fds_before + 4 * idle_now  # the client's, two of the proxy, the server's
     assert extra_tasks <= {"rag_llm-pool-reaper-openai"}, extra_tasks
 
-    # No slot lost and none gained: 8 calls of 0.2 s run 4 at a time, in two rounds.
+    # No slot lost and none gained: 8 calls of 0.3 s reach the server 4 at a time, in two
+    # rounds (a third would take 0.9 s).
+    delay = 0.3
     upstream.reset()
-    upstream.delay = 0.2
+    upstream.delay = delay
     began = time.monotonic()
     answers = await asyncio.gather(*(llm.achat([{"role": "user", "content": f"c{i}"}])
                                      for i in range(8)))
@@ -263,4 +266,4 @@ async def _storm_then_full_concurrency(
     print(f"{transport}: 8 calls, {upstream.max_in_flight} at once, in {rounds:.3f} s")
     assert answers == [f"echo: c{i}" for i in range(8)]
     assert upstream.max_in_flight == MAX_CONNECTIONS
-    assert 2 * 0.2 <= rounds < 3 * 0.2, rounds
+    assert 2 * delay <= rounds < 3 * delay, rounds
