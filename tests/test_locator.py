@@ -199,3 +199,17 @@ async def test_the_process_wide_locator_is_fresh_after_cleanup(
     second.register("sync", SyncClosing())  # a fresh locator takes providers again
     await cleanup_service_locator()
     await cleanup_service_locator()  # nothing left: harmless
+
+
+def test_drain_timeout_is_the_longest_of_the_providers_built(upstream: UpstreamServer) -> None:
+    locator = ServiceLocator(Settings(providers={
+        "embedding": provider_config(upstream, drain_timeout=2.5),
+        "llm": provider_config(upstream, model="gpt-4o-mini", drain_timeout=0.5),
+    }))
+    assert locator.drain_timeout == 10.0  # nothing built yet: the default
+    locator.get("llm")
+    assert locator.drain_timeout == 0.5
+    locator.build_all()
+    locator.register("reranker", SyncClosing())  # no config: not counted
+    assert locator.drain_timeout == 2.5
+    asyncio.run(locator.cleanup())

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -299,8 +300,20 @@ def _run_serve(args: argparse.Namespace) -> int:
           file=sys.stderr)
     with announced(rag.data_dir, args.host, args.port):
         uvicorn.run(create_app(locator, rag_settings=rag), host=args.host, port=args.port,
-                    log_level=settings.log_level)
+                    log_level=settings.log_level,
+                    timeout_graceful_shutdown=_graceful_shutdown(locator))
     return 0
+
+
+def _graceful_shutdown(locator: ServiceLocator) -> int:
+    """How long uvicorn lets requests in flight run after SIGTERM before it cancels them.
+
+    Without a bound uvicorn waits for every open stream to end before the lifespan closes
+    the pools; with one, the service shuts down in about twice the providers'
+    ``drain_timeout`` at most (requests, then the providers' own drain), in whole seconds
+    as uvicorn takes them.
+    """
+    return math.ceil(locator.drain_timeout)
 
 
 def _shared_state(locator: ServiceLocator) -> bool:
@@ -330,6 +343,7 @@ def _serve_workers(args: argparse.Namespace, locator: ServiceLocator,
                     f"{', '.join(limits)}; configure [state] url for shared limits")
     # The workers build their own; the parent's were for checking and ingesting.
     log_level = locator.settings.log_level
+    grace = _graceful_shutdown(locator)
     asyncio.run(locator.cleanup())
     passed = {f"{ENV_PREFIX}CONFIG": args.config and str(Path(args.config).resolve()),
               f"{ENV_PREFIX}DATA_DIR": args.data_dir and str(args.data_dir.resolve())}
@@ -343,7 +357,7 @@ def _serve_workers(args: argparse.Namespace, locator: ServiceLocator,
         with worker_dir(), announced(data_dir, args.host, args.port):
             uvicorn.run("rag_llm.api:create_app_from_environment", factory=True,
                         workers=args.workers, host=args.host, port=args.port,
-                        log_level=log_level)
+                        log_level=log_level, timeout_graceful_shutdown=grace)
     finally:
         for name, value in before.items():
             if value is None:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from rag_llm.config import Settings
+from rag_llm.config import DEFAULT_DRAIN_TIMEOUT, Settings
 from rag_llm.errors import ConfigError, LocatorClosedError
 from rag_llm.observability.events import get_logger
 
@@ -141,6 +141,19 @@ class ServiceLocator:
                 warm = getattr(self.get(provider_type), "awarmup", None)
                 if warm is not None:
                     await warm()
+
+    @property
+    def drain_timeout(self) -> float:
+        """How long ``cleanup()`` lets calls in flight finish: the longest ``drain_timeout``
+        of the providers built so far, ``DEFAULT_DRAIN_TIMEOUT`` (10 s) if none has one.
+
+        What a server should give its own requests in flight at shutdown, before the
+        lifespan calls ``cleanup()`` (``rag-llm serve`` passes it to uvicorn).
+        """
+        timeouts = [getattr(getattr(provider, "config", None), "drain_timeout", None)
+                    for provider in self._providers.values()]
+        return max((t for t in timeouts if isinstance(t, int | float)),
+                   default=DEFAULT_DRAIN_TIMEOUT)
 
     async def cleanup(self) -> None:
         """Close every provider concurrently; one failure does not stop the others.

@@ -26,9 +26,7 @@ provider's real pool and an UpstreamServer, each scenario held to a criterion in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import socket
 import statistics
 import time
@@ -37,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from wirekit import ANSWER, FAST_RETRY, QUESTION, settings
+from wirekit import ANSWER, FAST_RETRY, QUESTION, settings, sockets_to
 
 from rag_llm import create_provider, errors
 from rag_llm.testing import Bandwidth, FaultProxy, Latency, SlowClose, Timeout, UpstreamServer
@@ -237,22 +235,6 @@ async def test_first_token_timeout_fails_and_retries_a_stream_slower_than_it(
 # -- slow close ------------------------------------------------------------------------
 
 
-def _sockets_to(port: int) -> int:
-    """This process's descriptors on a TCP connection to 127.0.0.1:``port``."""
-    inodes = set()
-    with Path("/proc/net/tcp").open() as table:
-        next(table)
-        for line in table:
-            fields = line.split()
-            if int(fields[2].rsplit(":", 1)[1], 16) == port:
-                inodes.add(f"socket:[{fields[9]}]")
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            count += os.readlink(f"/proc/self/fd/{fd}") in inodes
-    return count
-
-
 needs_proc = pytest.mark.skipif(not Path("/proc/net/tcp").exists(),
                                 reason="counts sockets through /proc (Linux)")
 
@@ -275,7 +257,7 @@ async def test_a_slow_close_holds_up_no_call_and_leaks_no_connection(
         started = time.monotonic()
         assert await _embed(provider, call, [f"t{i}"]) == [upstream.expected_embedding(f"t{i}")]
         took.append(time.monotonic() - started)
-    lingering = _sockets_to(proxied.port)
+    lingering = sockets_to(proxied.port)
     started = time.monotonic()
     await _close(provider)
     closing = time.monotonic() - started
@@ -285,7 +267,7 @@ async def test_a_slow_close_holds_up_no_call_and_leaks_no_connection(
     assert sorted(took)[len(took) // 2] < 0.05, took
     assert lingering >= 1  # closed connections were still waiting for the late FIN
     assert closing < 0.1, closing
-    assert _sockets_to(proxied.port) == 0  # closed at once, without waiting for the FIN
+    assert sockets_to(proxied.port) == 0  # closed at once, without waiting for the FIN
     assert upstream.connections_open == 0
     assert await _until(lambda: proxied.connections_open == 0, delay + 0.5)
     assert proxied.connections_accepted == upstream.connections_accepted == calls

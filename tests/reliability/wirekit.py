@@ -1,8 +1,11 @@
 """What the reliability scenarios share: the key, a fast retry, a question and its echo,
-and the provider settings they start from."""
+the provider settings they start from, and a count of the process's sockets to a port."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+from pathlib import Path
 from typing import Any
 
 KEY = "sk-reliability-0123456789"
@@ -15,3 +18,19 @@ def settings(base_url: str, **overrides: Any) -> dict[str, Any]:
     """An OpenAI provider on ``base_url`` with a fast retry, then ``overrides``."""
     return {"type": "openai", "model": "m", "api_key": KEY, "base_url": base_url,
             "retry": FAST_RETRY, **overrides}
+
+
+def sockets_to(port: int) -> int:
+    """This process's descriptors on a TCP connection to 127.0.0.1:``port`` (Linux)."""
+    inodes = set()
+    with Path("/proc/net/tcp").open() as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            if int(fields[2].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}") in inodes
+    return count

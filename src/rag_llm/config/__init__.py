@@ -17,6 +17,7 @@ from rag_llm.config._limits import (
 )
 from rag_llm.config._provider import (
     DEFAULT_DEADLINE,
+    DEFAULT_DRAIN_TIMEOUT,
     ENDPOINT_KEYS,
     FIELD_TYPES,
     TRANSPORTS,
@@ -37,6 +38,7 @@ from rag_llm.validation import check_number
 
 __all__ = [
     "DEFAULT_DEADLINE",
+    "DEFAULT_DRAIN_TIMEOUT",
     "DEFAULT_KEEPALIVE_EXPIRY",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_KEEPALIVE_CONNECTIONS",
