@@ -141,12 +141,14 @@ STREAM_GARBAGE: list[tuple[str, dict[str, str], tuple[bytes, ...], type[Exceptio
     ("an error event", SSE, (b'data: {"error": {"message": "model overloaded"}}\n\n',),
      errors.UpstreamError, "model overloaded"),
     ("an HTML page with 200", HTML, (b"<html>\n", b"<body>Welcome</body>\n", b"</html>\n"),
-     errors.MalformedResponseError, "text/html"),
+     errors.MalformedResponseError, "got content-type 'text/html; charset=utf-8'"),
     ("a JSON completion where a stream was asked", JSON,
      (b'{"choices": [{"message": {"content": "hi"}}]}',), errors.MalformedResponseError,
      "application/json"),
     ("comments only", SSE, (b": keep-alive\n\n", b"event: ping\n\n"),
-     errors.MalformedResponseError, "no data event"),
+     errors.ConnectionLostError, "the stream ended before its first token"),
+    ("an empty event stream", SSE, (), errors.ConnectionLostError,
+     "the stream ended before its first token"),
 ]
 
 

@@ -303,7 +303,8 @@ class _Stream:
     async def aiter_lines(self) -> AsyncIterator[str]:
         with self._translate.around(self._request):
             async for raw in self._response.content:
-                yield raw.decode("utf-8").rstrip("\r\n")
+                # As the SSE standard and httpx decode: an invalid byte becomes U+FFFD.
+                yield raw.decode("utf-8", "replace").rstrip("\r\n")
 
     async def aread(self) -> bytes:
         with self._translate.around(self._request):
