@@ -248,3 +248,59 @@ async def test_garbled_streams_raise_a_typed_error_naming_provider_and_endpoint(
     for call, error, took in await _run(server, transport, "llm", calls, fault):
         _check(error, kind, words, "chat/completions")
         assert took < BOUND, f"{call} took {took:.2f} s"
+
+
+HUGE = 50 * 1024 * 1024
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_a_body_past_max_response_bytes_is_refused_not_buffered(
+        server: UpstreamServer, transport: str, framing: str) -> None:
+    # 50 MB of a valid answer's shape: refused by its content-length before a byte is
+    # read, or counted while it streams in chunks and abandoned once past the limit.
+    body = b'{"data": "' + b"x" * HUGE + b'"}'
+    fault = (Fault(status=200, headers=JSON, content=body, path="/embeddings")
+             if framing == "content-length" else
+             Fault(status=200, headers=JSON, path="/embeddings",
+                   events=tuple(body[i:i + (1 << 20)] for i in range(0, len(body), 1 << 20))))
+    failures = await _run(server, transport, "embedding", ("aembed", "embed"), fault,
+                          max_response_bytes=1 << 20)
+    how = (f"content-length {len(body)} is over" if framing == "content-length"
+           else "grew past")
+    for call, error, took in failures:
+        _check(error, errors.MalformedResponseError, f"{how} max_response_bytes=1048576",
+               "embeddings")
+        assert took < BOUND, f"{call} took {took:.2f} s"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_huge_error_page_is_refused_and_a_body_within_the_limit_is_read(
+        server: UpstreamServer, transport: str) -> None:
+    page = b"<html>" + b"x" * (2 << 20) + b"</html>"
+    fault = Fault(status=502, headers=HTML, content=page, path="/chat/completions")
+    calls = ("achat", "astream", "chat", "stream")
+    for _, error, _ in await _run(server, transport, "llm", calls, fault,
+                                  max_response_bytes=1 << 20):
+        _check(error, errors.MalformedResponseError, "max_response_bytes=1048576",
+               "chat/completions")
+    provider = create_provider("embedding", _settings(server.base_url, transport,
+                                                      max_response_bytes=1 << 20))
+    try:  # the limit refuses no ordinary answer, and the pool still works after a refusal
+        assert await provider.aembed(["one"]) == [server.expected_embedding("one")]
+        assert provider.embed(["two"]) == [server.expected_embedding("two")]
+    finally:
+        await provider.aclose()
+        provider.close()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_stream_line_past_the_limit_is_a_typed_error(
+        server: UpstreamServer, transport: str) -> None:
+    # aiohttp refuses a line over 512 KiB; httpx reads it whole and the parser refuses it.
+    line = b'data: {"choices": [{"delta": {"content": "' + b"x" * (4 << 20) + b'"'
+    fault = Fault(status=200, headers=SSE, events=(line, b"\n\n"), path="/chat/completions")
+    for call, error, took in await _run(server, transport, "llm", ("astream", "stream"),
+                                        fault):
+        _check(error, errors.MalformedResponseError, "", "chat/completions")
+        assert took < BOUND, f"{call} took {took:.2f} s"
