@@ -290,6 +290,24 @@ def test_fault_responds_with_status_and_headers(server: UpstreamServer) -> None:
     assert server.pending_faults == 0
 
 
+def test_fault_sends_raw_content_and_raw_events_byte_for_byte(server: UpstreamServer) -> None:
+    garbage = b'{"data": [\xff\xfe'
+    server.add_fault(Fault(status=200, content=garbage, headers={"content-type": "text/html"}))
+    server.add_fault(Fault(status=200, events=(b"data: {no\n", b"\xff\n\n")))
+    with connect(server) as conn:
+        conn.request("POST", "/v1/embeddings", b"{}", JSON)
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (200, garbage)
+        assert response.headers["content-type"] == "text/html"
+        assert response.headers["content-length"] == str(len(garbage))
+        conn.request("POST", "/v1/chat/completions", b"{}", JSON)
+        response = conn.getresponse()
+        assert response.read() == b"data: {no\n\xff\n\n"
+        assert response.headers["transfer-encoding"] == "chunked"
+        assert "content-type" not in response.headers
+    assert server.pending_faults == 0
+
+
 def test_fault_close_drops_connection_without_response(server: UpstreamServer) -> None:
     server.add_fault(Fault(action="close"))
     with connect(server) as conn, pytest.raises(http.client.RemoteDisconnected):
@@ -448,3 +466,5 @@ def test_fault_validation() -> None:
         Fault(action="explode")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="times"):
         Fault(times=0)
+    with pytest.raises(ValueError, match="content or events"):
+        Fault(content=b"", events=())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["router"]
 
 _MAX_NAME: Final = 512
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 _NOT_FOUND: Final[dict[int | str, dict[str, Any]]] = {
     404: {"model": ErrorOut, "description": "no such document"}}
 DocumentId = Annotated[str, Path(min_length=1, max_length=128,
@@ -36,6 +38,9 @@ def _name(upload: UploadFile, position: int) -> str:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             f"files[{position}] needs a file name of 1 to {_MAX_NAME} "
                             "characters; its suffix picks the format")
+    if _CONTROL.search(name):  # a NUL or line break in a label breaks logs and terminals
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            f"files[{position}] needs a file name without control characters")
     return name
 
 

@@ -249,6 +249,35 @@ def too_large_body(path: str, message: str) -> dict[str, Any]:
     return {"detail": message}
 
 
+# The bodies the gateway reads (it parses them itself, to answer in OpenAI's error shape):
+# documented so that clients and schema-driven tests know them.
+_EMBEDDINGS_BODY: Final[dict[str, Any]] = {
+    "type": "object", "required": ["model", "input"],
+    "properties": {
+        "model": {"type": "string"},
+        "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+        "encoding_format": {"enum": ["float", "base64"]},
+        "dimensions": {"type": "integer", "minimum": 1},
+        "user": {"type": "string"},
+    },
+}
+_CHAT_BODY: Final[dict[str, Any]] = {
+    "type": "object", "required": ["model", "messages"],
+    "properties": {
+        "model": {"type": "string"},
+        "messages": {"type": "array", "items": {
+            "type": "object", "required": ["role", "content"],
+            "properties": {"role": {"type": "string"}, "content": {"type": "string"}}}},
+        "stream": {"type": "boolean"},
+    },
+}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True,
+                            "content": {_JSON: {"schema": schema}}}}
+
+
 def gateway_router(locator: Callable[[], ServiceLocator], api_key: Secret | None) -> APIRouter:
     """The gateway's routes over the providers of ``locator()``, guarded by ``api_key``."""
     catalogue = _Catalogue(locator)
@@ -275,7 +304,8 @@ def gateway_router(locator: Callable[[], ServiceLocator], api_key: Secret | None
         raise GatewayError(404, f"the model {name!r} does not exist; available: {available}",
                            param="model", code="model_not_found")
 
-    @router.post("/embeddings", summary="Create embeddings (OpenAI API)")
+    @router.post("/embeddings", summary="Create embeddings (OpenAI API)",
+                 openapi_extra=_body(_EMBEDDINGS_BODY))
     @guarded
     async def embeddings(request: Request) -> Response:
         """Vectors of ``input`` (a string or an array of strings) from the named model;
@@ -285,7 +315,8 @@ def gateway_router(locator: Callable[[], ServiceLocator], api_key: Secret | None
         vectors = await model.provider.aembed(body.texts)
         return Response(embeddings_body(body, model.id, vectors), media_type=_JSON)
 
-    @router.post("/chat/completions", summary="Create a chat completion (OpenAI API)")
+    @router.post("/chat/completions", summary="Create a chat completion (OpenAI API)",
+                 openapi_extra=_body(_CHAT_BODY))
     @guarded
     async def chat_completions(request: Request) -> Response:
         """A completion from the named chat model, whole or (``stream``) as server-sent

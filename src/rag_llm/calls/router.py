@@ -67,7 +67,8 @@ class Router:
         settings = TransportSettings(
             provider=config.name, limits=config.limits, timeouts=config.timeouts,
             http2=config.http2, verify=config.verify,
-            slow_request_s=config.slow_request_seconds)
+            slow_request_s=config.slow_request_seconds,
+            max_response_bytes=config.max_response_bytes)
         # With a Redis, the limits every process shares (else None: all in this process).
         self.state = None if config.state is None else StateBackend(
             config.state, provider=config.name, lease_ttl=config.lease_ttl)

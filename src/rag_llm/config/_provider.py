@@ -53,6 +53,10 @@ DEFAULT_DEADLINE: Final = 300.0
 DEFAULT_DRAIN_TIMEOUT: Final = 10.0
 # A call that takes longer is logged as slow_request.
 DEFAULT_SLOW_REQUEST_SECONDS: Final = 10.0
+# The most bytes of one answer read into memory: past it the call fails instead of
+# buffering without bound. Twice the largest real answer, 2,048 vectors of 3,072 floats
+# (about 126 MB as JSON).
+DEFAULT_MAX_RESPONSE_BYTES: Final = 256 * 1024 * 1024
 # Inputs per embeddings request: OpenAI's limit (TEI's default is 32).
 DEFAULT_MAX_BATCH_SIZE: Final = 2048
 # A lease on a slot of global_max_in_flight lapses this long after its holder last renewed it.
@@ -91,6 +95,7 @@ FIELD_TYPES: Final[Mapping[str, type]] = {
     "transport": str,
     "headers": dict,
     "slow_request_seconds": float,
+    "max_response_bytes": int,
     "max_batch_size": int,
     "max_batch_tokens": int,
     "coalesce_window": float,
@@ -264,6 +269,7 @@ class ProviderConfig:
     transport: str = TRANSPORTS[0]
     headers: Mapping[str, str] = field(default_factory=dict)
     slow_request_seconds: float = DEFAULT_SLOW_REQUEST_SECONDS
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     # None: batches are bounded by max_batch_size alone.
     max_batch_tokens: int | None = None
@@ -308,6 +314,7 @@ class ProviderConfig:
                               f"must be one of {', '.join(TRANSPORTS)}")
         _set(self, "headers", _headers(self.headers))
         check_number("slow_request_seconds", self.slow_request_seconds, minimum=0)
+        check_number("max_response_bytes", self.max_response_bytes, integer=True, minimum=1)
         check_number("max_batch_size", self.max_batch_size, integer=True, minimum=1)
         _optional_int("max_batch_tokens", self.max_batch_tokens, minimum=1)
         if self.coalesce_window is not None:
@@ -384,9 +391,10 @@ class ProviderConfig:
                                if key in config})
         plain = {key: config[key] for key in (
             "dimensions", "http2", "verify", "transport", "headers", "slow_request_seconds",
-            "max_batch_size", "max_batch_tokens", "coalesce_window", "adaptive_concurrency",
-            "warmup", "drain_timeout", "deadline", "global_max_in_flight", "lease_ttl",
-            "on_state_error", "expected_instances", "state_sync_interval") if key in config}
+            "max_response_bytes", "max_batch_size", "max_batch_tokens", "coalesce_window",
+            "adaptive_concurrency", "warmup", "drain_timeout", "deadline", "global_max_in_flight",
+            "lease_ttl", "on_state_error", "expected_instances",
+            "state_sync_interval") if key in config}
         if "state" in config:
             plain["state"] = state_config(config["state"])
         return cls(

@@ -46,6 +46,7 @@ def provider_entries(config: ProviderConfig) -> dict[str, object]:
         "http2": config.http2, "verify": config.verify, "transport": config.transport,
         "headers": dict.fromkeys(config.headers, MASK),
         "slow_request_seconds": config.slow_request_seconds,
+        "max_response_bytes": config.max_response_bytes,
         "max_batch_size": config.max_batch_size, "max_batch_tokens": config.max_batch_tokens,
         "coalesce_window": config.coalesce_window,
         "adaptive_concurrency": config.adaptive_concurrency,

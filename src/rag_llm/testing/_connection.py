@@ -291,6 +291,10 @@ def _fault_reply(fault: Fault) -> Reply:
     headers = list(fault.headers.items())
     if fault.status in (204, 304):
         return Reply(fault.status, tuple(headers))
+    if fault.content is not None:
+        return Reply(fault.status, tuple(headers), fault.content)
+    if fault.events is not None:
+        return Reply(fault.status, tuple(headers), events=fault.events)
     body = fault.body or error_body(fault.status, f"Injected fault: HTTP {fault.status}")
     return json_reply(fault.status, body, headers)
 

@@ -9,7 +9,8 @@ from typing import Any, Literal, get_args
 FaultAction = Literal["respond", "close", "reset", "blackhole", "truncate_stream"]
 """What the server does with a request a fault matched.
 
-- ``respond``: answer with the fault's status, body and headers.
+- ``respond``: answer with the fault's status, body and headers: ``content`` as given, or
+  ``events`` streamed one by one, or else ``body`` as JSON.
 - ``close``: close the connection without sending a response byte.
 - ``reset``: abort the connection with a TCP RST (``SO_LINGER`` 0), no response.
 - ``blackhole``: never answer; the connection stays open until the client
@@ -29,6 +30,11 @@ class Fault:
     any path). With ``only_reused`` the fault skips the first request on each
     connection, which models a server closing a keep-alive connection just as
     the client reuses it. ``delay`` is added to the server-wide delay.
+
+    For an upstream that answers garbage, ``content`` is sent as the body byte for byte
+    (with a ``content-length``), and ``events`` are sent one by one in a chunked body, each
+    as given (SSE framing included, or not); neither gets a content type unless
+    ``headers`` names one. ``body`` is ignored when either is set.
     """
 
     status: int = 500
@@ -39,6 +45,8 @@ class Fault:
     delay: float = 0.0
     action: FaultAction = "respond"
     only_reused: bool = False
+    content: bytes | None = field(default=None, repr=False)
+    events: tuple[bytes, ...] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.action not in _ACTIONS:
@@ -48,6 +56,8 @@ class Fault:
             raise ValueError("Fault.times must be at least 1")
         if self.delay < 0:
             raise ValueError("Fault.delay must not be negative")
+        if self.content is not None and self.events is not None:
+            raise ValueError("Fault takes content or events, not both")
         if not 200 <= self.status <= 599:
             raise ValueError("Fault.status must be a final HTTP status code (200-599)")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from rag_llm.config import PoolLimits, Timeouts
-from rag_llm.errors import PoolTimeoutError
+from rag_llm.errors import MalformedResponseError, PoolTimeoutError
 from rag_llm.observability.stats import ClientStats
 from rag_llm.transport._shared import EndpointLimits
 
@@ -29,8 +29,10 @@ __all__ = [
     "SyncStreamResponse",
     "SyncTransport",
     "TransportSettings",
+    "declared_length",
     "get_backend",
     "pool_timeout_error",
+    "response_too_large",
 ]
 
 
@@ -76,6 +78,8 @@ class TransportSettings:
     http2: bool
     verify: bool | str
     slow_request_s: float = 10.0
+    # The most bytes of a whole body a transport reads; see ``response_too_large``.
+    max_response_bytes: int = 256 * 1024 * 1024
 
 
 class AsyncStreamResponse(Protocol):
@@ -153,6 +157,28 @@ def pool_timeout_error(settings: TransportSettings, request: Request) -> PoolTim
         "or pool_timeout, or lower the caller's concurrency",
         provider=settings.provider, endpoint=request.endpoint,
     )
+
+
+def response_too_large(settings: TransportSettings, request: Request,
+                       declared: int | None = None) -> MalformedResponseError:
+    """The error for a body over ``max_response_bytes``: refused by its ``content-length``
+    before a byte of it is read, or once it grows past the limit (the rest is not read)."""
+    limit = settings.max_response_bytes
+    how = (f"'s content-length {declared} is over" if declared is not None
+           else " grew past")
+    return MalformedResponseError(
+        provider=settings.provider, endpoint=request.endpoint,
+        detail=f"the body{how} max_response_bytes={limit}; raise max_response_bytes if "
+               "answers this large are expected")
+
+
+def declared_length(headers: Mapping[str, str]) -> int | None:
+    """The ``content-length`` a response declares, or None (chunked, or not a number)."""
+    raw = headers.get("content-length")
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None
 
 
 def get_backend(name: str, *, http2: bool = False) -> Backend:

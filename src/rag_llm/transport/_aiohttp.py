@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 from aiohttp import hdrs
 from aiohttp.client_proto import ResponseHandler
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from rag_llm import errors
 from rag_llm.observability.stats import ClientStats
@@ -32,7 +33,9 @@ from rag_llm.transport import (
     Response,
     SyncTransport,
     TransportSettings,
+    declared_length,
     pool_timeout_error,
+    response_too_large,
 )
 from rag_llm.transport._counting import IdleExpiry
 from rag_llm.transport._linger import close_then, hold_socket
@@ -291,6 +294,29 @@ def _trace_config() -> aiohttp.TraceConfig:
     return config
 
 
+async def _read_capped(response: aiohttp.ClientResponse, request: Request,
+                       settings: TransportSettings) -> bytes:
+    """The whole body, refused past ``max_response_bytes``.
+
+    With a ``content-length`` within it aiohttp reads no further than that, so the fast
+    ``read()`` is safe; a chunked or close-delimited body is counted as it arrives.
+    """
+    limit = settings.max_response_bytes
+    declared = declared_length(response.headers)
+    if declared is not None:
+        if declared > limit:
+            raise response_too_large(settings, request, declared)
+        return await response.read()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise response_too_large(settings, request)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class _Stream:
     def __init__(self, response: aiohttp.ClientResponse, request: Request,
                  translate: _Translator) -> None:
@@ -303,18 +329,20 @@ class _Stream:
     async def aiter_lines(self) -> AsyncIterator[str]:
         with self._translate.around(self._request):
             async for raw in self._response.content:
-                yield raw.decode("utf-8").rstrip("\r\n")
+                # As the SSE standard and httpx decode: an invalid byte becomes U+FFFD.
+                yield raw.decode("utf-8", "replace").rstrip("\r\n")
 
     async def aread(self) -> bytes:
         with self._translate.around(self._request):
-            return await self._response.read()
+            return await _read_capped(self._response, self._request, self._translate.settings)
 
 
 class _Translator(ErrorTranslator):
     """Maps aiohttp exceptions to rag-llm's, naming provider and endpoint."""
 
-    # aiohttp's socket read timeouts are TimeoutErrors.
-    catches = (aiohttp.ClientError, TimeoutError)
+    # aiohttp's socket read timeouts are TimeoutErrors; a body it cannot parse (a stream
+    # line over its 512 KiB limit among them) raises its HttpProcessingError.
+    catches = (aiohttp.ClientError, TimeoutError, HttpProcessingError)
 
     def __init__(self, settings: TransportSettings) -> None:
         self.settings = settings
@@ -335,6 +363,12 @@ class _Translator(ErrorTranslator):
         if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError
                       | aiohttp.ClientOSError):
             return errors.ConnectionLostError(f"connection lost: {exc!r}", **where)
+        if isinstance(exc, LineTooLong):  # its message holds the line: not shown
+            return errors.MalformedResponseError(
+                detail="a line of the body is longer than aiohttp reads (512 KiB)", **where)
+        if isinstance(exc, HttpProcessingError):
+            return errors.MalformedResponseError(
+                detail=f"the body cannot be read ({type(exc).__name__})", **where)
         return errors.TransportError(f"{type(exc).__name__}: {exc}", **where)
 
 
@@ -449,7 +483,10 @@ class AiohttpTransport:
             response = await self._open(request, deadline)
             try:
                 with self._translate.around(request):
-                    content = await response.read()
+                    content = await _read_capped(response, request, self._settings)
+            except BaseException:
+                response.close()  # what is left unread must not reach the next request
+                raise
             finally:
                 response.release()
             return Response(response.status, response.headers, content)

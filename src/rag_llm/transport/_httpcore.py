@@ -14,13 +14,20 @@ from typing import Any
 
 from rag_llm import errors
 from rag_llm.observability.stats import ClientStats
-from rag_llm.transport import ConnectionCounts, Request, TransportSettings, pool_timeout_error
+from rag_llm.transport import (
+    ConnectionCounts,
+    Request,
+    TransportSettings,
+    declared_length,
+    pool_timeout_error,
+    response_too_large,
+)
 from rag_llm.transport._shared import EndpointLimits
 from rag_llm.transport._translate import ErrorTranslator
 
 __all__ = ["AsyncStream", "ConnectionTrace", "SyncStream", "Translator", "apply_expiry",
-           "connection_counts", "keep_alive_header", "own_limits", "take_expired", "take_idle",
-           "to_httpx_request"]
+           "connection_counts", "keep_alive_header", "own_limits", "read_capped",
+           "read_capped_sync", "take_expired", "take_idle", "to_httpx_request"]
 
 
 class ConnectionTrace:
@@ -192,6 +199,43 @@ def take_expired(pool: Any) -> list[Any]:
     return expired
 
 
+async def read_capped(response: Any, request: Request, settings: TransportSettings) -> bytes:
+    """The whole body, refused past ``max_response_bytes``: by its ``content-length``
+    before reading (httpcore reads no further than that), else counted as it arrives."""
+    limit = settings.max_response_bytes
+    declared = declared_length(response.headers)
+    if declared is not None:
+        if declared > limit:
+            raise response_too_large(settings, request, declared)
+        return bytes(await response.aread())
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise response_too_large(settings, request)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def read_capped_sync(response: Any, request: Request, settings: TransportSettings) -> bytes:
+    """Sync twin of :func:`read_capped`."""
+    limit = settings.max_response_bytes
+    declared = declared_length(response.headers)
+    if declared is not None:
+        if declared > limit:
+            raise response_too_large(settings, request, declared)
+        return bytes(response.read())
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise response_too_large(settings, request)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class AsyncStream:
     def __init__(self, response: Any, request: Request, translate: Translator) -> None:
         self._response = response
@@ -207,7 +251,7 @@ class AsyncStream:
 
     async def aread(self) -> bytes:
         with self._translate.around(self._request):
-            return bytes(await self._response.aread())
+            return await read_capped(self._response, self._request, self._translate.settings)
 
 
 class SyncStream:
@@ -224,4 +268,4 @@ class SyncStream:
 
     def read(self) -> bytes:
         with self._translate.around(self._request):
-            return bytes(self._response.read())
+            return read_capped_sync(self._response, self._request, self._translate.settings)

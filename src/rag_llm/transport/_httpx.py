@@ -40,6 +40,8 @@ from rag_llm.transport._httpcore import (
     connection_counts,
     keep_alive_header,
     own_limits,
+    read_capped,
+    read_capped_sync,
     take_expired,
     take_idle,
     to_httpx_request,
@@ -148,7 +150,7 @@ class _AsyncHttpxTransport:
         response = await self._open(request)
         try:
             with self._translate.around(request):
-                content = await response.aread()
+                content = await read_capped(response, request, self._settings)
         finally:
             try:
                 await response.aclose()
@@ -331,7 +333,7 @@ class _SyncHttpxTransport:
         response = self._open(request)
         try:
             with self._translate.around(request):
-                content = response.read()
+                content = read_capped_sync(response, request, self._settings)
         finally:
             try:
                 response.close()

@@ -129,7 +129,8 @@ async def _open(attempt: Attempt, build: Callable[[APIAdapter], Request],
                     call.response = Response(response.status, response.headers, content)
                     raise api.error(request, response.status, response.headers, content)
                 call.response = Response(response.status, response.headers, b"")
-                opened = OpenStream(api, request, response.aiter_lines(), parser(api, request))
+                opened = OpenStream(api, request, response.aiter_lines(), parser(api, request),
+                                    response.headers.get("content-type", ""))
                 async for line in opened.lines:
                     opened.first = opened.parser.feed(line)
                     if opened.first is not None or opened.parser.done:
