@@ -353,7 +353,7 @@ def checks(figures: Figures) -> list[Check]:
 
 
 def _count(n: float) -> str:
-    return f"{n:,.0f}" if float(n).is_integer() else f"{n:,.2f}"
+    return f"{n:,}" if isinstance(n, int) else f"{n:,.2f}"
 
 
 def report(figures: Figures, made: list[Check]) -> str:
