@@ -169,3 +169,23 @@ def test_the_model_expires_idle_connections_and_counts_failures() -> None:
     snapshot = stats.snapshot()
     assert snapshot.connections_opened == 2
     assert snapshot.connections_closed == {"error": 1, "expired": 1}
+
+
+def test_the_exporter_names_estimated_connection_figures_apart(upstream: UpstreamServer) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from rag_llm.metrics import PoolCollector
+
+    with create_provider("embedding", provider_config(upstream, transport="pyreqwest")) as p:
+        p.embed(["x"])
+        registry = CollectorRegistry()
+        registry.register(PoolCollector(pools=lambda: [p.pool_stats()],
+                                        counters=lambda: [c.stats for c in
+                                                          p.pool_stats().clients]))
+        text = generate_latest(registry).decode()
+    assert 'rag_llm_connections_opened_estimated_total{client="sync",provider="openai"} 1.0' in text
+    assert 'rag_llm_pool_connections_estimated{client="sync",provider="openai",state="idle"} 1.0' \
+        in text
+    # The sync client's figures are only under the estimated names.
+    assert 'rag_llm_connections_opened_total{client="sync"' not in text
+    assert 'rag_llm_pool_connections{client="sync"' not in text
