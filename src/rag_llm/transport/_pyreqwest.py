@@ -252,7 +252,12 @@ def _build(client: Any, request: Request, streamed: bool) -> Any:
         builder = builder.body_bytes(request.content)
     if request.timeout is not None:
         builder = builder.timeout(timedelta(seconds=max(request.timeout, 0.001)))
-    return builder.build_streamed() if streamed else builder.build()
+    if not streamed:
+        return builder.build()
+    # pyreqwest reads a streamed body ahead, up to 64 KiB by default, before the response
+    # is handed over: a stream's first events would wait for that, and a stream cut
+    # within it would lose the text before the cut. Unbuffered, each chunk passes at once.
+    return builder.streamed_read_buffer_limit(0).build_streamed()
 
 
 def _headers(response: Any) -> dict[str, str]:
