@@ -189,3 +189,29 @@ def test_the_exporter_names_estimated_connection_figures_apart(upstream: Upstrea
     # The sync client's figures are only under the estimated names.
     assert 'rag_llm_connections_opened_total{client="sync"' not in text
     assert 'rag_llm_pool_connections{client="sync"' not in text
+
+
+def test_http2_is_refused_with_the_transport_that_has_it() -> None:
+    http2 = TransportSettings("openai", settings().limits, settings().timeouts, True, True)
+    with pytest.raises(errors.ConfigError, match="httpx2"):
+        get_backend("pyreqwest").open_sync(http2, ClientStats("openai", "sync", "pyreqwest"))
+
+
+async def test_opening_and_closing_clients_leaves_no_thread_behind(
+    upstream: UpstreamServer,
+) -> None:
+    def threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    async def one_round() -> None:
+        config = provider_config(upstream, transport="pyreqwest")
+        async with create_provider("embedding", config) as p:
+            await p.aembed(["x"])
+            p.embed(["y"])  # the sync client, from this thread
+
+    await one_round()  # pyreqwest's runtime starts once per process
+    before = threads()
+    for _ in range(10):
+        await one_round()
+    assert threads() == before
+    assert upstream.connections_accepted == 22  # an async and a sync client per round

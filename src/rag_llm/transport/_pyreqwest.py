@@ -243,7 +243,7 @@ def _configure(builder: Any, settings: TransportSettings) -> Any:
         builder = builder.danger_accept_invalid_certs(True)
     elif isinstance(settings.verify, str):
         builder = builder.add_root_certificate_pem(_ca_pem(settings.verify))
-    return builder.http2(True) if settings.http2 else builder.http1_only()
+    return builder.http1_only()
 
 
 def _build(client: Any, request: Request, streamed: bool) -> Any:
@@ -537,6 +537,13 @@ def _import() -> tuple[ModuleType, ModuleType]:
         ) from None
 
 
+def _check_http2(settings: TransportSettings) -> None:
+    # The pool model replays HTTP/1.1's rules: one call per connection at a time.
+    if settings.http2:
+        raise errors.ConfigError("http2", True, "is not supported by transport='pyreqwest'; "
+                                 "use 'httpx2' (or 'auto', which does) for HTTP/2")
+
+
 class PyreqwestBackend:
     """Backend for ``transport = "pyreqwest"``, async and sync."""
 
@@ -547,10 +554,12 @@ class PyreqwestBackend:
 
     def open_async(self, settings: TransportSettings, stats: ClientStats,
                    limits: EndpointLimits | None = None) -> PyreqwestAsyncTransport:
+        _check_http2(settings)
         return PyreqwestAsyncTransport(self._client.ClientBuilder(),
                                        _Translator(self._exceptions, settings), stats, limits)
 
     def open_sync(self, settings: TransportSettings, stats: ClientStats,
                   limits: EndpointLimits | None = None) -> PyreqwestSyncTransport:
+        _check_http2(settings)
         return PyreqwestSyncTransport(self._client.SyncClientBuilder(),
                                       _Translator(self._exceptions, settings), stats, limits)
