@@ -215,3 +215,16 @@ async def test_opening_and_closing_clients_leaves_no_thread_behind(
         await one_round()
     assert threads() == before
     assert upstream.connections_accepted == 22  # an async and a sync client per round
+
+
+def test_a_request_repr_masks_the_key(upstream: UpstreamServer) -> None:
+    from pyreqwest.client import SyncClientBuilder
+
+    from rag_llm.transport._pyreqwest import _build
+
+    with SyncClientBuilder().build() as client:
+        built = _build(client, Request("POST", f"{upstream.base_url}/embeddings",
+                                       {"Authorization": f"Bearer {KEY}", "api-key": KEY}),
+                       streamed=False)
+        assert KEY not in repr(built)
+        assert KEY not in repr(built.headers)

@@ -48,6 +48,8 @@ __all__ = ["PoolModel", "PyreqwestBackend", "client_closed", "split_lines"]
 # seen in 1 run of 3 when the close came last, none with 5 ms between). So exit waits
 # this long after the last close.
 _EXIT_GRACE = 0.05
+# Headers that carry a credential (OpenAI, Azure, and their proxies).
+_SECRET_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "proxy-authorization"})
 _last_close: list[float] = []
 
 
@@ -247,7 +249,10 @@ def _configure(builder: Any, settings: TransportSettings) -> Any:
 
 
 def _build(client: Any, request: Request, streamed: bool) -> Any:
-    builder = client.request(request.method, request.url).headers(dict(request.headers))
+    builder = client.request(request.method, request.url)
+    for name, value in request.headers.items():
+        # Marked sensitive, pyreqwest masks a credential in any repr of the request.
+        builder = builder.header(name, value, is_sensitive=name.lower() in _SECRET_HEADERS)
     if request.content is not None:
         builder = builder.body_bytes(request.content)
     if request.timeout is not None:
