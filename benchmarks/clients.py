@@ -90,6 +90,13 @@ def _context(ca_path: str) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=ca_path)
 
 
+@functools.cache
+def _pem(ca_path: str) -> bytes:
+    """The run's CA as PEM bytes, read once, before any request is timed."""
+    with open(ca_path, "rb") as file:
+        return file.read()
+
+
 def _fresh_default_context(ca_path: str) -> ssl.SSLContext:
     """What ``httpx.AsyncClient()`` builds on every construction: the full CA bundle, plus ours."""
     import certifi
@@ -255,6 +262,29 @@ class _Aiohttp:
         await self._session.close()
 
 
+class _Pyreqwest:
+    """A pooled pyreqwest ``Client`` (Rust reqwest, hyper, rustls) trusting the run's CA."""
+
+    def __init__(self, target: Target) -> None:
+        self._target = target
+        self._url = f"{target.base_url}/embeddings"
+        self._client: Any = None
+
+    async def open(self) -> None:
+        from pyreqwest.client import ClientBuilder
+
+        self._client = (ClientBuilder().add_root_certificate_pem(_pem(self._target.ca_path))
+                        .no_proxy().build())
+
+    async def embed(self) -> Vectors:
+        response = await (self._client.post(self._url).headers(REQUEST_HEADERS)
+                          .body_bytes(REQUEST_BODY).build().send())
+        return _ok(response.status, bytes(await response.bytes()))
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
 class _Urllib3:
     """``PoolManager(maxsize=concurrency)``: its default of 1 would discard pooled connections."""
 
@@ -406,6 +436,10 @@ _HTTP2: Final = "http2"
 _HTTP2_PEERS: Final = frozenset({"ragllm-auto", "ragllm-httpx2", "httpx2"})
 
 
+# Transports on an optional package: without it their clients are "not measured".
+_TRANSPORT_REQUIRES: Final = {"pyreqwest": ("pyreqwest",)}
+
+
 def rag_llm_transports() -> tuple[str, ...]:
     """Every value the ``transport`` setting accepts, read from rag-llm itself."""
     from rag_llm.config import TRANSPORTS
@@ -422,11 +456,13 @@ def client_specs() -> dict[str, ClientSpec]:
             name, "async", f"rag-llm aembed(), transport={transport}",
             "rag-llm", "rag_llm", functools.partial(_rag_async, transport=transport),
             _POOLED_ASYNC | ({_HTTP2} if name in _HTTP2_PEERS else set()), rag_llm=True,
+            requires=_TRANSPORT_REQUIRES.get(transport, ()),
         ))
         specs.append(ClientSpec(
             f"ragllm-{transport}-sync", "sync", f"rag-llm embed() in threads, transport="
             f"{transport}", "rag-llm", "rag_llm",
             functools.partial(_rag_sync, transport=transport), _SYNC, rag_llm=True,
+            requires=_TRANSPORT_REQUIRES.get(transport, ()),
         ))
     specs += [
         ClientSpec("ragllm-auto-redis", "async", "rag-llm aembed(), transport=auto, limits "
@@ -443,6 +479,8 @@ def client_specs() -> dict[str, ClientSpec]:
                    frozenset({"latency", "proxy"})),
         ClientSpec("aiohttp", "async", "aiohttp ClientSession, reused", "aiohttp", "aiohttp",
                    lambda t, c: _Aiohttp(t), _POOLED_ASYNC | {"proxy"}),
+        ClientSpec("pyreqwest", "async", "pyreqwest Client, reused", "pyreqwest", "pyreqwest",
+                   lambda t, c: _Pyreqwest(t), _POOLED_ASYNC),
         ClientSpec("httpx", "async", "httpx AsyncClient, reused", "httpx", "httpx",
                    lambda t, c: _HttpxAsync(t, "httpx"), _POOLED_ASYNC),
         ClientSpec("httpx-new", "async", "httpx AsyncClient() new per request (the 'before')",

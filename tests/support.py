@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import socket
 import time
 from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 from rag_llm import errors
 from rag_llm.testing import UpstreamServer
@@ -16,6 +19,10 @@ KEY = "sk-test-SECRET-0123456789abcdef"
 # An Azure-style key: no "sk-" prefix, so only exact-value redaction can hide it.
 AZURE_KEY = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 DROP = object()  # an override that removes the key from the base config
+# The native transport is an optional extra: its runs of a parametrised suite skip without it.
+PYREQWEST = pytest.param("pyreqwest", marks=pytest.mark.skipif(
+    importlib.util.find_spec("pyreqwest") is None,
+    reason="pyreqwest is not installed: pip install 'rag-llm[native]'"))
 
 
 def config(**overrides: Any) -> dict[str, Any]:

@@ -92,6 +92,17 @@ class PoolCollector:
                                      "Connections closed, by reason", labels=[*pc, "reason"])
         held = GaugeMetricFamily("rag_llm_pool_connections",
                                  "Connections held now, by state", labels=[*pc, "state"])
+        # A transport that cannot see its connections (pyreqwest) reports a model's
+        # estimate, under names of its own: never mixed into the counted figures.
+        opened_est = CounterMetricFamily(
+            "rag_llm_connections_opened_estimated",
+            "Connections the pool is estimated to have opened (not counted)", labels=pc)
+        closed_est = CounterMetricFamily(
+            "rag_llm_connections_closed_estimated",
+            "Connections estimated closed, by reason (not counted)", labels=[*pc, "reason"])
+        held_est = GaugeMetricFamily(
+            "rag_llm_pool_connections_estimated",
+            "Connections estimated held now, by state (not counted)", labels=[*pc, "state"])
         waiting = GaugeMetricFamily("rag_llm_pool_requests_waiting",
                                     "Requests waiting for a pooled connection", labels=pc)
         limit = GaugeMetricFamily("rag_llm_concurrency_limit",
@@ -118,9 +129,10 @@ class PoolCollector:
             labels=[*pc, "operation"])
         for s in sorted(stats, key=lambda s: (s.provider, s.client)):
             labels = [s.provider, s.client]
-            opened.add_metric(labels, s.connections_opened)
+            estimated = s.connections_estimated
+            (opened_est if estimated else opened).add_metric(labels, s.connections_opened)
             for reason, count in sorted(s.connections_closed.items()):
-                closed.add_metric([*labels, reason], count)
+                (closed_est if estimated else closed).add_metric([*labels, reason], count)
             resent.add_metric(labels, s.resent)
             for (operation, outcome), count in sorted(s.requests.items()):
                 requests.add_metric([*labels, operation, outcome], count)
@@ -142,13 +154,15 @@ class PoolCollector:
             max_keepalive.add_metric([pool.provider], pool.max_keepalive_connections)
             for client in sorted(pool.clients, key=lambda c: c.client):
                 labels = [pool.provider, client.client]
-                held.add_metric([*labels, "active"], client.active)
-                held.add_metric([*labels, "idle"], client.idle)
+                gauge = held_est if client.stats.connections_estimated else held
+                gauge.add_metric([*labels, "active"], client.active)
+                gauge.add_metric([*labels, "idle"], client.idle)
                 waiting.add_metric(labels, client.stats.requests_waiting)
                 if client.stats.concurrency_limit is not None:
                     limit.add_metric(labels, client.stats.concurrency_limit)
-        yield from (opened, closed, held, waiting, limit, resent, requests, errors,
-                    pool_wait, connect, tls, ttft, latency, max_connections, max_keepalive)
+        yield from (opened, closed, held, opened_est, closed_est, held_est, waiting, limit,
+                    resent, requests, errors, pool_wait, connect, tls, ttft, latency,
+                    max_connections, max_keepalive)
 
 
 _ROUTING: Final = "rag_llm.calls.router"

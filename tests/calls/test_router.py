@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from support import KEY, eventually
+from support import KEY, PYREQWEST, eventually
 
 from rag_llm import create_provider, errors
 from rag_llm.testing import Fault, UpstreamServer
@@ -277,7 +277,7 @@ async def test_no_call_outlives_its_deadline(upstream: UpstreamServer) -> None:
             assert time.monotonic() - began < 0.5 + 0.1
 
 
-@pytest.mark.parametrize("transport", ["auto", "aiohttp", "httpx2"])
+@pytest.mark.parametrize("transport", ["auto", "aiohttp", "httpx2", PYREQWEST])
 def test_no_sync_call_outlives_its_deadline(upstream: UpstreamServer, transport: str) -> None:
     upstream.add_fault(Fault(action="blackhole", times=FOREVER))
     config = single_config(upstream, deadline=0.5, transport=transport)

@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
-from support import embed_concurrently, eventually, provider_config
+from support import PYREQWEST, embed_concurrently, eventually, provider_config
 
 from rag_llm.errors import ServerError
 from rag_llm.observability.stats import ClientStatsSnapshot
 from rag_llm.providers import EmbeddingProvider, create_provider
 from rag_llm.testing import Fault, UpstreamServer
 
-TRANSPORTS = ["httpx2", "aiohttp"]
+TRANSPORTS = ["httpx2", "aiohttp", PYREQWEST]
 
 
 @pytest.fixture(params=TRANSPORTS)
@@ -82,6 +82,8 @@ async def test_pool_wait_is_near_zero_when_connections_are_free(
 async def test_connection_the_server_closes_while_idle_counts_as_server_closed(
     upstream: UpstreamServer, transport: str,
 ) -> None:
+    if transport == "pyreqwest":
+        pytest.skip("hyper's connections are not seen: a server's close is not known")
     upstream.idle_timeout = 0.1
     async with embedder(upstream, transport) as provider:
         await provider.aembed(["x"])

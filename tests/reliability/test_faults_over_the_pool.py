@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 import pytest
+from support import PYREQWEST
 from wirekit import ANSWER, FAST_RETRY, QUESTION, settings
 
 from rag_llm import create_provider, errors
@@ -130,7 +131,7 @@ async def test_streams_reset_after_their_first_bytes_are_not_sent_again(
     assert {(exc.received, seen) for exc, seen in interrupted} == {("echo: one ", "echo: one ")}
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx2"])
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx2", PYREQWEST])
 async def test_tiny_segments_leave_the_stream_byte_identical(
     upstream: UpstreamServer, proxied: FaultProxy, transport: str,
 ) -> None:
@@ -186,7 +187,7 @@ async def _call(provider: Any, call: str) -> None:
             pass
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx2"])
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx2", PYREQWEST])
 async def test_a_cut_mid_stream_raises_with_the_text_before_it(
     upstream: UpstreamServer, proxied: FaultProxy, transport: str,
 ) -> None:

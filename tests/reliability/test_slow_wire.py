@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import PYREQWEST
 from wirekit import ANSWER, FAST_RETRY, QUESTION, settings, sockets_to
 
 from rag_llm import create_provider, errors
@@ -139,7 +140,9 @@ async def test_a_read_timeout_below_the_latency_fails_each_attempt_and_retries(
 
 
 @pytest.mark.parametrize(("call", "transport"),
-                         [("aembed", "aiohttp"), ("aembed", "httpx2"), ("embed", "httpx2")])
+                         [("aembed", "aiohttp"), ("aembed", "httpx2"), ("embed", "httpx2"),
+                          pytest.param("aembed", "pyreqwest", marks=PYREQWEST.marks),
+                          pytest.param("embed", "pyreqwest", marks=PYREQWEST.marks)])
 async def test_a_large_answer_over_a_slow_link_arrives_intact(
     upstream: UpstreamServer, proxied: FaultProxy, call: str, transport: str,
 ) -> None:

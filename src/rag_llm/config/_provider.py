@@ -7,6 +7,7 @@ only turns the flat keys of the README into constructor arguments.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -66,7 +67,9 @@ DEFAULT_LEASE_TTL: Final = 30.0
 DEFAULT_STATE_SYNC_INTERVAL: Final = 1.0
 # The first is the default: aiohttp for async and httpx2 for sync measured fastest
 # (benchmarks/: python -m benchmarks --scenarios throughput,sync).
-TRANSPORTS: Final = ("auto", "aiohttp", "httpx2", "httpx")
+TRANSPORTS: Final = ("auto", "aiohttp", "httpx2", "httpx", "pyreqwest")
+# Transports on an optional package: the extra that installs it.
+_TRANSPORT_EXTRAS: Final = {"pyreqwest": ("pyreqwest", "native")}
 
 _TIMEOUT_KEYS: Final = {
     "connect_timeout": "connect",
@@ -312,6 +315,7 @@ class ProviderConfig:
         if self.transport not in TRANSPORTS:
             raise ConfigError("transport", self.transport,
                               f"must be one of {', '.join(TRANSPORTS)}")
+        _installed("transport", self.transport)
         _set(self, "headers", _headers(self.headers))
         check_number("slow_request_seconds", self.slow_request_seconds, minimum=0)
         check_number("max_response_bytes", self.max_response_bytes, integer=True, minimum=1)
@@ -531,3 +535,10 @@ def _headers(value: object) -> Mapping[str, str]:
                               "may hold only printable ASCII characters, no line breaks")
     return dict(value)
 
+
+def _installed(field: str, transport: str) -> None:
+    """A transport on an optional package needs it installed: say which extra brings it."""
+    package, extra = _TRANSPORT_EXTRAS.get(transport, (None, None))
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise ConfigError(field, transport, f"needs the '{package}' package: "
+                          f"pip install 'rag-llm[{extra}]'")

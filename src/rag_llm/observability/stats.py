@@ -1,9 +1,11 @@
-"""Exact pool and request statistics, fed by the transports' own connection events.
+"""Pool and request statistics, fed by the transports' own connection events.
 
 A :class:`ClientStats` belongs to one client (sync or async) of one provider. Transports
 call its ``connection_*`` and ``wait_*`` methods from their connection hooks; providers
-call ``request_done``. Everything is counted, nothing estimated, and a snapshot is a
-plain value that the Prometheus exporter, the health endpoint and the dashboard read.
+call ``request_done``. Everything is counted, except connections on a transport that has
+no connection hooks (pyreqwest): those are estimated and flagged
+``connections_estimated``. A snapshot is a plain value that the Prometheus exporter,
+the health endpoint and the dashboard read.
 """
 
 from __future__ import annotations
@@ -140,6 +142,9 @@ class ClientStatsSnapshot:
     last_error_at: float | None = None
     last_success_at: float | None = None
     concurrency_limit: int | None = None  # set when adaptive_concurrency is on
+    # True when the transport cannot see its connections (pyreqwest): connection figures
+    # are then a model's estimate, never a count.
+    connections_estimated: bool = False
 
     @property
     def requests_total(self) -> int:
@@ -182,6 +187,8 @@ class ClientStats:
         self._last_error_at: float | None = None
         self._last_success_at: float | None = None
         self.concurrency_limit: int | None = None
+        # Set by a transport whose connection figures are estimated, not counted.
+        self.connections_estimated = False
 
     # -- connection events (transports) ---------------------------------------------
 
@@ -279,6 +286,7 @@ class ClientStats:
                 last_error_at=self._last_error_at,
                 last_success_at=self._last_success_at,
                 concurrency_limit=self.concurrency_limit,
+                connections_estimated=self.connections_estimated,
             )
 
 
@@ -311,6 +319,7 @@ def _add_client_stats(a: ClientStatsSnapshot, b: ClientStatsSnapshot) -> ClientS
         last_error_at=latest.last_error_at,
         last_success_at=max(successes) if successes else None,
         concurrency_limit=sum(limits) if limits else None,
+        connections_estimated=a.connections_estimated or b.connections_estimated,
     )
 
 

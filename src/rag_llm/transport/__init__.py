@@ -185,8 +185,13 @@ def get_backend(name: str, *, http2: bool = False) -> Backend:
     """The backend a ``transport`` setting names; libraries are imported only when chosen.
 
     ``auto`` is aiohttp for async (httpx2 when HTTP/2 is asked for, which aiohttp lacks)
-    and httpx2 for sync; ``aiohttp`` is aiohttp for async and httpx2 for sync.
+    and httpx2 for sync; ``aiohttp`` is aiohttp for async and httpx2 for sync;
+    ``pyreqwest`` is pyreqwest for both.
     """
+    if name == "pyreqwest":
+        from rag_llm.transport._pyreqwest import PyreqwestBackend
+
+        return PyreqwestBackend()
     from rag_llm.transport._httpx import HttpxBackend
 
     if name == "auto" and http2:

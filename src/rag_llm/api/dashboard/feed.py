@@ -58,6 +58,8 @@ def _client_frame(snapshot: ClientSnapshot) -> dict[str, Any]:
         "idle": snapshot.idle,
         "waiting": s.requests_waiting,
         "connections_opened": s.connections_opened,
+        # Connection figures are a model's estimate, not a count (pyreqwest).
+        "connections_estimated": s.connections_estimated,
         "connections_closed": sum(s.connections_closed.values()),
         "closed_by_reason": dict(sorted(s.connections_closed.items())),
         "requests": requests,

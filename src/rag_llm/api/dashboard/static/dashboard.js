@@ -39,6 +39,11 @@
     return v.toLocaleString(undefined, {minimumFractionDigits: digits, maximumFractionDigits: digits});
   }
 
+  // A transport that cannot see its connections reports a model's estimate: say so.
+  function est(c) {
+    return c.connections_estimated ? " (estimated)" : "";
+  }
+
   function ms(seconds) {
     return seconds === null || seconds === undefined ? null : seconds * 1000;
   }
@@ -62,9 +67,9 @@
       values: function (p) { return [p.active, p.idle]; },
       show: function (p, c, prov) {
         return {
-          value: [String(p.active), " active · " + p.idle + " idle"],
+          value: [String(p.active), " active · " + p.idle + " idle" + est(c)],
           sub: "max " + prov.max_connections + " · " + c.connections_opened + " opened · " +
-               c.connections_closed + " closed"
+               c.connections_closed + " closed" + est(c)
         };
       }
     },
@@ -98,7 +103,7 @@
         return {
           value: [num(c.reuse_ratio, 1), " calls / connection"],
           sub: c.requests.toLocaleString() + " calls over " +
-               c.connections_opened.toLocaleString() + " connections"
+               c.connections_opened.toLocaleString() + " connections" + est(c)
         };
       }
     },
