@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from support import PYREQWEST
 
 from rag_llm import create_provider, errors
 from rag_llm.testing import Fault, UpstreamServer
@@ -27,7 +28,7 @@ JSON = {"content-type": "application/json"}
 HTML = {"content-type": "text/html; charset=utf-8"}
 SSE = {"content-type": "text/event-stream"}
 QUESTION = [{"role": "user", "content": "hello"}]
-TRANSPORTS = ("aiohttp", "httpx2")
+TRANSPORTS = ("aiohttp", "httpx2", PYREQWEST)
 
 
 def _settings(base_url: str, transport: str, **overrides: Any) -> dict[str, Any]:

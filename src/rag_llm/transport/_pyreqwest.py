@@ -36,7 +36,9 @@ from rag_llm.transport import (
     Request,
     Response,
     TransportSettings,
+    declared_length,
     pool_timeout_error,
+    response_too_large,
 )
 from rag_llm.transport._shared import EndpointLimits
 from rag_llm.transport._translate import ErrorTranslator
@@ -143,14 +145,15 @@ class PoolModel:
 
 
 def split_lines(buffer: bytearray, chunk: bytes) -> list[str]:
-    """Append ``chunk`` to ``buffer``; the complete lines now in it, without line endings."""
+    """Append ``chunk`` to ``buffer``; the complete lines now in it, without line endings.
+    Invalid UTF-8 becomes U+FFFD, as the SSE standard says and the other transports do."""
     buffer += chunk
     end = buffer.rfind(b"\n")
     if end < 0:
         return []
     lines = bytes(buffer[:end]).split(b"\n")
     del buffer[:end + 1]
-    return [line.rstrip(b"\r").decode("utf-8") for line in lines]
+    return [line.rstrip(b"\r").decode("utf-8", "replace") for line in lines]
 
 
 class _Translator(ErrorTranslator):
@@ -269,6 +272,45 @@ def _headers(response: Any) -> dict[str, str]:
     return {name: value for name, value in response.headers.items()}
 
 
+async def _read_capped(response: Any, request: Request, settings: TransportSettings) -> bytes:
+    """The whole body, refused past ``max_response_bytes``: by its ``content-length``
+    before reading, else counted chunk by chunk as it arrives."""
+    limit = settings.max_response_bytes
+    declared = declared_length(_headers(response))
+    if declared is not None:
+        if declared > limit:
+            raise response_too_large(settings, request, declared)
+        return bytes(await response.bytes())
+    reader = response.body_reader
+    chunks: list[bytes] = []
+    size = 0
+    while (chunk := await reader.read_chunk()) is not None:
+        size += len(chunk)
+        if size > limit:
+            raise response_too_large(settings, request)
+        chunks.append(bytes(chunk))
+    return b"".join(chunks)
+
+
+def _read_capped_sync(response: Any, request: Request, settings: TransportSettings) -> bytes:
+    """Sync twin of :func:`_read_capped`."""
+    limit = settings.max_response_bytes
+    declared = declared_length(_headers(response))
+    if declared is not None:
+        if declared > limit:
+            raise response_too_large(settings, request, declared)
+        return bytes(response.bytes())
+    reader = response.body_reader
+    chunks: list[bytes] = []
+    size = 0
+    while (chunk := reader.read_chunk()) is not None:
+        size += len(chunk)
+        if size > limit:
+            raise response_too_large(settings, request)
+        chunks.append(bytes(chunk))
+    return b"".join(chunks)
+
+
 class _Admission:
     """What the async and sync transports share: admission, the pool model, errors."""
 
@@ -328,10 +370,12 @@ class _Admission:
 
 
 class _AsyncStream:
-    def __init__(self, response: Any, request: Request, translate: _Translator) -> None:
+    def __init__(self, response: Any, request: Request, translate: _Translator,
+                 settings: TransportSettings) -> None:
         self._response = response
         self._request = request
         self._translate = translate
+        self._settings = settings
         self.status: int = response.status
         self.headers: Mapping[str, str] = _headers(response)
         # The body was read to its end: only then can hyper reuse the connection.
@@ -346,20 +390,22 @@ class _AsyncStream:
                     yield line
         self.done = True
         if buffer:
-            yield buffer.rstrip(b"\r").decode("utf-8")
+            yield buffer.rstrip(b"\r").decode("utf-8", "replace")
 
     async def aread(self) -> bytes:
         with self._translate.around(self._request):
-            content = bytes(await self._response.bytes())
+            content = await _read_capped(self._response, self._request, self._settings)
         self.done = True
         return content
 
 
 class _SyncStream:
-    def __init__(self, response: Any, request: Request, translate: _Translator) -> None:
+    def __init__(self, response: Any, request: Request, translate: _Translator,
+                 settings: TransportSettings) -> None:
         self._response = response
         self._request = request
         self._translate = translate
+        self._settings = settings
         self.status: int = response.status
         self.headers: Mapping[str, str] = _headers(response)
         # The body was read to its end: only then can hyper reuse the connection.
@@ -373,11 +419,11 @@ class _SyncStream:
                 yield from split_lines(buffer, bytes(chunk))
         self.done = True
         if buffer:
-            yield buffer.rstrip(b"\r").decode("utf-8")
+            yield buffer.rstrip(b"\r").decode("utf-8", "replace")
 
     def read(self) -> bytes:
         with self._translate.around(self._request):
-            content = bytes(self._response.bytes())
+            content = _read_capped_sync(self._response, self._request, self._settings)
         self.done = True
         return content
 
@@ -407,7 +453,7 @@ class PyreqwestAsyncTransport(_Admission):
             for attempt in (1, 2):
                 try:
                     response = await _build(self._client, request, False).send()
-                    content = bytes(await response.bytes())
+                    content = await _read_capped(response, request, self._settings)
                 except self._translate.catches as exc:
                     if self._stale(exc, attempt, reused):
                         continue
@@ -431,7 +477,7 @@ class PyreqwestAsyncTransport(_Admission):
                 except self._translate.catches as exc:
                     if not self._stale(exc, attempt, reused):
                         raise self._translate(exc, request) from exc
-            body = _AsyncStream(response, request, self._translate)
+            body = _AsyncStream(response, request, self._translate, self._settings)
             try:
                 yield body
             finally:
@@ -481,7 +527,7 @@ class PyreqwestSyncTransport(_Admission):
             for attempt in (1, 2):
                 try:
                     response = _build(self._client, request, False).send()
-                    content = bytes(response.bytes())
+                    content = _read_capped_sync(response, request, self._settings)
                 except self._translate.catches as exc:
                     if self._stale(exc, attempt, reused):
                         continue
@@ -505,7 +551,7 @@ class PyreqwestSyncTransport(_Admission):
                 except self._translate.catches as exc:
                     if not self._stale(exc, attempt, reused):
                         raise self._translate(exc, request) from exc
-            body = _SyncStream(response, request, self._translate)
+            body = _SyncStream(response, request, self._translate, self._settings)
             try:
                 yield body
             finally:
