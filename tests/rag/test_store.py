@@ -210,3 +210,28 @@ def test_a_file_that_is_no_sqlite_database_is_a_config_error_naming_the_director
                        ) as caught:
         SQLiteStore(tmp_path)
     assert (caught.value.field, caught.value.value) == ("data_dir", str(tmp_path))
+
+
+def test_a_failed_write_that_switches_dimensions_leaves_the_empty_store_usable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rag_llm.errors import StoreError
+
+    with SQLiteStore(tmp_path) as store:
+        store.replace_document(document("a"), ["a0", "a1", "a2"], [1, 1, 1],
+                               [axis(0), axis(1), axis(2)], MODEL)
+        store.delete_document("id-a")
+
+        def no_space(*_: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(store, "_write_vectors", no_space)
+            with pytest.raises(StoreError):
+                store.replace_document(document("b"), ["b0"], [1], [axis(0, 8)], "other/model")
+        # Rolled back to the 4-dimension store it was, whose vectors file still fits it.
+        assert (store.dimensions, store.search(axis(0), k=1)) == (4, [])
+        store.replace_document(document("b"), ["b0"], [1], [axis(0, 8)], "other/model")
+        assert [hit.chunk.text for hit in store.search(axis(0, 8), k=1)] == ["b0"]
+    with SQLiteStore(tmp_path) as reopened:
+        assert reopened.vectors("id-b") == [axis(0, 8)]

@@ -229,7 +229,9 @@ class SQLiteStore:
                 f"{self.directory} was built with; use another data_dir (RAG_LLM_DATA_DIR) "
                 "or delete that directory and ingest again")
         if empty and stored_dims not in (None, str(dims)):
-            os.ftruncate(self._fd, 0)
+            # Rows of the new size are written from slot 0 over the old ones. The file is
+            # not truncated: a rollback then leaves it as long as the old rows need, and a
+            # reader in another process never has its mapped pages cut from under it.
             self._db.execute("DELETE FROM free_slots")
             self._set_meta("next_slot", 0)
             self._stale = True
