@@ -25,11 +25,10 @@ import os
 import random
 import time
 import types
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from wirekit import settings
+from wirekit import settings, until
 
 from rag_llm import create_provider
 from rag_llm.testing import FaultProxy, Latency, UpstreamServer
@@ -96,14 +95,6 @@ def _stage(task: asyncio.Task[Any]) -> str:
 def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
-
-async def _until(predicate: Callable[[], bool], within: float = 3.0) -> bool:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 class _Storm:
@@ -203,8 +194,8 @@ async def test_a_cancellation_storm_leaks_no_slot_connection_task_or_fd(
     finally:
         await llm.aclose()
         await embedder.aclose()
-    closed = await _until(lambda: _fds() == fds_before and upstream.connections_open == 0
-                          and proxied.connections_open == 0)
+    closed = await until(lambda: _fds() == fds_before and upstream.connections_open == 0
+                         and proxied.connections_open == 0, within=3.0)
     gc.collect()
     await asyncio.sleep(0.05)  # callbacks of the finalizers run
     fds_after = _fds()
@@ -228,9 +219,10 @@ async def _storm_then_full_concurrency(
     pools = [llm.pool, embedder.pool]
     idle = lambda: sum(c.idle for p in (llm, embedder)  # noqa: E731
                        for c in p.pool_stats().clients if c.client == "async")
-    settled = await _until(lambda: upstream.connections_open == idle()
-                           and proxied.connections_open == idle()
-                           and sum(p.limits.connections.open for p in pools) == idle())
+    settled = await until(lambda: upstream.connections_open == idle()
+                          and proxied.connections_open == idle()
+                          and sum(p.limits.connections.open for p in pools) == idle(),
+                          within=3.0)
     idle_now, fds_now = idle(), _fds()
     extra_tasks = {t.get_name() for t in asyncio.all_tasks() - tasks_before}
     print(f"\n{transport}: {CALLS} calls in {took:.2f} s, {dict(storm.outcomes)}; "

@@ -26,12 +26,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 from support import closed_port
-from wirekit import KEY, sockets_to
+from wirekit import KEY, sockets_to, until
 
 from rag_llm import ServiceLocator
 from rag_llm.config import Settings
@@ -54,14 +53,6 @@ def _answer(i: int) -> str:
     return "echo: " + _question(i)[0]["content"]
 
 
-async def _until(predicate: Any, within: float = 2.0) -> bool:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.005)
-    return True
-
 
 async def test_cleanup_drains_the_streams_that_end_in_time_and_cancels_the_rest(
     upstream: UpstreamServer,
@@ -82,7 +73,7 @@ async def test_cleanup_drains_the_streams_that_end_in_time_and_cancels_the_rest(
             ended[i] = time.monotonic()
 
     tasks = [asyncio.create_task(consume(i)) for i in range(STREAMS)]
-    assert await _until(lambda: all(received))  # every stream has its first delta
+    assert await until(lambda: all(received))  # every stream has its first delta
     assert upstream.connections_open == STREAMS
     started = time.monotonic()
     with capture_logs() as logs:
@@ -90,7 +81,7 @@ async def test_cleanup_drains_the_streams_that_end_in_time_and_cancels_the_rest(
     took = time.monotonic() - started
     sockets_after = sockets_to(upstream.port)
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-    closed = await _until(lambda: upstream.connections_open == 0)
+    closed = await until(lambda: upstream.connections_open == 0)
 
     finished = [i for i, o in enumerate(outcomes) if o is None]
     cancelled = [i for i, o in enumerate(outcomes) if isinstance(o, asyncio.CancelledError)]
@@ -181,7 +172,7 @@ async def test_sigterm_drains_the_service_streams_then_cuts_the_rest_and_exits(
         exit_code = await asyncio.to_thread(process.wait, DRAIN + 10)
         exited = time.monotonic() - started
         ends = await asyncio.gather(*rests)
-        closed = await _until(lambda: upstream.connections_open == 0)
+        closed = await until(lambda: upstream.connections_open == 0)
     finally:
         if process.poll() is None:
             process.kill()

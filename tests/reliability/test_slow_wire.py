@@ -30,13 +30,12 @@ import json
 import socket
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support import PYREQWEST
-from wirekit import ANSWER, FAST_RETRY, QUESTION, settings, sockets_to
+from wirekit import ANSWER, FAST_RETRY, QUESTION, settings, sockets_to, until
 
 from rag_llm import create_provider, errors
 from rag_llm.testing import Bandwidth, FaultProxy, Latency, SlowClose, Timeout, UpstreamServer
@@ -69,14 +68,6 @@ def _raw_post(port: int, path: str, payload: dict[str, Any]) -> bytes:
             received.append(chunk)
     return b"".join(received)
 
-
-async def _until(predicate: Callable[[], bool], within: float = 2.0) -> bool:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.005)
-    return True
 
 
 def _attempts(provider: Any) -> dict[str, int]:
@@ -251,7 +242,7 @@ async def test_a_slow_close_holds_up_no_call_and_leaks_no_connection(
     provider: Any = create_provider("embedding", settings(
         proxied.base_url, max_keepalive_connections=0))
     await _embed(provider, call, ["warm"])  # the client's set-up is not what is timed
-    assert await _until(lambda: proxied.connections_open == 0)  # closed before the toxic
+    assert await until(lambda: proxied.connections_open == 0)  # closed before the toxic
     upstream.reset()
     proxied.reset_counters()
     proxied.add(SlowClose(delay))
@@ -272,7 +263,7 @@ async def test_a_slow_close_holds_up_no_call_and_leaks_no_connection(
     assert closing < 0.1, closing
     assert sockets_to(proxied.port) == 0  # closed at once, without waiting for the FIN
     assert upstream.connections_open == 0
-    assert await _until(lambda: proxied.connections_open == 0, delay + 0.5)
+    assert await until(lambda: proxied.connections_open == 0, delay + 0.5)
     assert proxied.connections_accepted == upstream.connections_accepted == calls
     assert proxied.faults_applied == {"slow_close": calls}
 

@@ -3,8 +3,11 @@ the provider settings they start from, and a count of the process's sockets to a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,3 +37,13 @@ def sockets_to(port: int) -> int:
         with contextlib.suppress(OSError):
             count += os.readlink(f"/proc/self/fd/{fd}") in inodes
     return count
+
+
+async def until(predicate: Callable[[], bool], within: float = 2.0) -> bool:
+    """Whether ``predicate`` came true within ``within`` seconds, polled every 5 ms."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
