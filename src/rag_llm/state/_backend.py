@@ -360,9 +360,10 @@ class StateBackend:
 
     def _flush_loop(self) -> None:
         """Send the releases no admission carried within ``_FLUSH_DELAY``, on the flusher's
-        own client. While Redis is unavailable they wait, and go again one cool-down later
-        (or with the next admission to their endpoint), so that no slot stays held by a
-        lease already given back; those of a process that dies lapse within ``lease_ttl``."""
+        own client. While Redis is unavailable they wait: they go with the next admission
+        to their endpoint, or from here, tried again every cool-down, once a call has found
+        Redis back; so no slot stays held by a lease already given back. Those of a process
+        that dies lapse within ``lease_ttl``."""
         again: float | None = None
         while True:
             self._flush_due.wait(again)
@@ -382,7 +383,7 @@ class StateBackend:
             self._releases.clear()
         if not work:
             return True
-        if not self.usable():
+        if self._down:  # calls probe Redis; this thread only waits for it to be back
             for key, members in work.items():
                 self._keep_releases(key, members)
             return False
