@@ -127,13 +127,12 @@ class Calls:
                 self._record(started, "ok", "sync")
             time.sleep(0.001)
 
-    def slowest(self, since: float, until: float, how: str = "", share: float = 1.0) -> float:
-        """The longest of the calls that ended between ``since`` and ``until`` (``how``:
-        "sync" or "async" only), leaving out the slowest ``1 - share`` of them."""
+    def slowest(self, since: float, until: float, how: str = "") -> float:
+        """The longest call that ended between ``since`` and ``until`` (``how``: "sync" or
+        "async" calls only)."""
         with self._lock:
-            found = sorted(d for at, d, kind in self.durations
-                           if since <= at <= until and how in kind)
-        return found[min(int(share * len(found)), len(found) - 1)] if found else 0.0
+            return max((d for at, d, kind in self.durations
+                        if since <= at <= until and how in kind), default=0.0)
 
 
 @pytest.mark.timeout(60)
