@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import structlog
 from fastapi.testclient import TestClient
-from state.statekit import BINARY, RedisServer, free_port
+from statekit import BINARY, RedisServer, free_port
 from support import closed_port
 
 from rag_llm.api import create_app

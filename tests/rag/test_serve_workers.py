@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from ragkit import SAMPLES
+from statekit import RedisServer
 from support import closed_port
 
 from rag_llm.testing import UpstreamServer
@@ -25,16 +27,22 @@ WORKERS = 4
 QUERIES = 40
 
 
-@pytest.fixture
-def config(upstream: UpstreamServer, tmp_path: Path) -> Path:
+def _write_config(tmp_path: Path, embeddings: UpstreamServer, chat: UpstreamServer,
+                  embedding_extra: str = "", extra: str = "") -> Path:
     path = tmp_path / "rag-llm.toml"
     path.write_text(
-        f'[providers.embedding]\ntype = "openai"\nmodel = "m"\nbase_url = "{upstream.base_url}"\n'
-        f'name = "emb"\nmax_connections = 7\n'
-        f'[providers.llm]\ntype = "openai"\nmodel = "c"\nbase_url = "{upstream.base_url}"\n'
+        f'[providers.embedding]\ntype = "openai"\nmodel = "m"\n'
+        f'base_url = "{embeddings.base_url}"\nname = "emb"\nmax_connections = 7\n'
+        f'{embedding_extra}'
+        f'[providers.llm]\ntype = "openai"\nmodel = "c"\nbase_url = "{chat.base_url}"\n'
         f'name = "chat"\n'
-        f'[rag]\ndata_dir = "{tmp_path / "data"}"\n')
+        f'[rag]\ndata_dir = "{tmp_path / "data"}"\n{extra}')
     return path
+
+
+@pytest.fixture
+def config(upstream: UpstreamServer, tmp_path: Path) -> Path:
+    return _write_config(tmp_path, upstream, upstream)
 
 
 def _get(url: str) -> bytes:
@@ -73,6 +81,13 @@ def _gauge(text: str, name: str) -> float:
 def service(config: Path, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str], Path]]:
     """``serve --workers 4 --ingest samples/corpus``, up and answering; its base URL, the
     process, and the temporary folder its workers' snapshots go under."""
+    with _serving(config, tmp_path) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def _serving(config: Path,
+             tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str], Path]]:
     port = closed_port()
     temp = tmp_path / "tmp"
     temp.mkdir()
@@ -157,3 +172,45 @@ def test_metrics_add_up_every_worker_to_what_the_upstream_received(
            "max_connections=100 (llm); configure [state] url for shared limits" in stderr
     assert f"with {WORKERS} workers" in stderr
     assert not directory.exists()  # the parent removes the workers' snapshots at exit
+
+
+@pytest.mark.timeout(120)
+def test_with_redis_the_workers_share_one_in_flight_cap_and_count_every_request(
+    upstream: UpstreamServer, redis_server: RedisServer, prefix: str, tmp_path: Path,
+) -> None:
+    cap = 3
+    with UpstreamServer() as chat:
+        # A generous Redis timeout: on a loaded host the local fallback (each worker's own
+        # cap) would stand in, and the shared cap is what is under test.
+        config = _write_config(
+            tmp_path, upstream, chat, embedding_extra=f"global_max_in_flight = {cap}\n",
+            extra=f'[state]\nurl = "{redis_server.url}"\nprefix = "{prefix}"\ntimeout = 1.0\n')
+        with _serving(config, tmp_path) as (base, process, _):
+            upstream.delay = 0.05  # the workers' embedding calls overlap
+            upstream.reset()  # what the parent's ingest sent is left out
+            before = upstream.requests_served
+            with ThreadPoolExecutor(12) as pool:
+                answers = list(pool.map(lambda i: _query(base, f"espresso {i}"),
+                                        range(QUERIES)))
+            assert all(a["mode"] == "generated" for a in answers)
+            sent = upstream.requests_served - before
+            assert (sent, chat.requests_served) == (QUERIES, QUERIES)
+            # Twelve queries at once over four workers, and never more than the cap in
+            # flight at the embedding upstream: the workers shared it through Redis.
+            assert upstream.max_in_flight == cap
+
+            deadline = time.monotonic() + 10
+            while sum(_requests_total(_get(f"{base}/metrics").decode()).values()) != 2 * sent:
+                assert time.monotonic() < deadline, _get(f"{base}/metrics").decode()
+                time.sleep(0.2)
+            text = _get(f"{base}/metrics").decode()
+            assert _requests_total(text) == {("emb", "embeddings", "200"): QUERIES,
+                                             ("chat", "chat", "200"): QUERIES}
+            assert _gauge(text, "rag_llm_workers") == WORKERS
+            assert _gauge(text, "rag_llm_state_errors_total") == 0
+            assert _gauge(text, "rag_llm_state_fallbacks_total") == 0
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=30)
+    assert process.returncode in (0, -signal.SIGTERM)
+    assert f"with {WORKERS} workers" in stderr
+    assert "limits hold per worker" not in stderr

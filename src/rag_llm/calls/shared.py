@@ -73,7 +73,8 @@ class SharedRateLimiter:
             return math.inf, None
         if self.backend.usable():
             in_flight = self._in_flight
-            member = "" if in_flight is None or in_flight.sync_waiter().busy() else unique_id()
+            member = "" if in_flight is None or in_flight.local_held or (
+                in_flight.sync_waiter().busy()) else unique_id()
             try:
                 answer = self.backend.admit(self._shared, Ask(ticket, cost, True, member))
             except StateUnavailableError:
@@ -90,7 +91,8 @@ class SharedRateLimiter:
             return math.inf, None
         if self.backend.usable():
             in_flight = self._in_flight
-            member = "" if in_flight is None or in_flight.async_waiter().busy() else unique_id()
+            member = "" if in_flight is None or in_flight.local_held or (
+                in_flight.async_waiter().busy()) else unique_id()
             try:
                 answer = await self.backend.aadmit(self._shared, Ask(ticket, cost, True, member))
             except StateUnavailableError:
@@ -129,7 +131,9 @@ class InFlightLimit:
     """``global_max_in_flight`` of one endpoint: leases in Redis, or a count in the process.
 
     ``held`` counts this process's leases of either kind, so that the local fallback
-    (``cap // expected_instances``) counts calls that went out under Redis leases too.
+    (``cap // expected_instances``) counts calls that went out under Redis leases too. The
+    other way round, Redis knows nothing of local leases: once it is back, leases stay local
+    until the calls that went out under local ones have ended.
     """
 
     def __init__(self, cap: int, settings: TransportSettings, *,
@@ -144,6 +148,7 @@ class InFlightLimit:
         self._fail = fail
         self._lock = threading.Lock()
         self.held = 0
+        self.local_held = 0  # the part of ``held`` that Redis does not see
         self._threads = SyncWaiter()
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncWaiter] = (
             weakref.WeakKeyDictionary())
@@ -183,13 +188,21 @@ class InFlightLimit:
             if self.held >= self.local_cap:
                 return None
             self.held += 1
+            self.local_held += 1
             return Lease(None)
 
-    def taken(self, member: str) -> Lease:
-        """A lease Redis granted as ``member``, now held by this process."""
+    def taken(self, member: str) -> Lease | None:
+        """A lease Redis granted as ``member``, now held by this process; None, and given
+        back, when calls under local leases (which Redis does not count, and which may have
+        been taken while this grant was on its way) already fill the local cap."""
         assert self.backend is not None
         with self._lock:
-            self.held += 1
+            refused = self.local_held > 0 and self.held >= self.local_cap
+            if not refused:
+                self.held += 1
+        if refused:
+            self.backend.release(self._key, member)
+            return None
         self.backend.hold(self._key, member)
         return Lease(member)
 
@@ -198,7 +211,7 @@ class InFlightLimit:
         backend = self.backend
         if backend is None or self._limits is None:
             return self._local()
-        if backend.usable():
+        if not self.local_held and backend.usable():
             member = unique_id()
             try:
                 answer = backend.admit(self._limits, Ask("", 0.0, False, member))
@@ -215,7 +228,7 @@ class InFlightLimit:
         backend = self.backend
         if backend is None or self._limits is None:
             return self._local()
-        if backend.usable():
+        if not self.local_held and backend.usable():
             member = unique_id()
             try:
                 answer = await backend.aadmit(self._limits, Ask("", 0.0, False, member))
@@ -235,6 +248,8 @@ class InFlightLimit:
             self.backend.release(self._key, lease.member)
         with self._lock:
             self.held -= 1
+            if lease.member is None:
+                self.local_held -= 1
         self._threads.wake()
         for waiter in self._waiters:
             waiter.wake()

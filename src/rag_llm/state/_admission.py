@@ -7,7 +7,8 @@ goes through the ``ADMIT`` script. Async calls of one event loop share a
 for the next, which carries all of them in one EVALSHA. A trip also carries the releases of
 leases this process has finished with, so a call's lease costs no round trip of its own.
 The trip runs in its own task: a caller that gives up (its deadline, a cancel) never cancels
-a command half-way through redis-py, and a lease the trip took for it is given back.
+a command half-way through redis-py, and a lease the trip took for it is given back. A trip
+that fails fails the calls queued behind it too, so that no call waits out two timeouts.
 """
 
 from __future__ import annotations
@@ -113,6 +114,10 @@ class AdmitBatcher:
                 try:
                     answers = await self._trip([ask for ask, _ in batch])
                 except Exception as exc:
+                    # The calls that queued behind the failed trip would wait out another
+                    # timeout: they fail with it, at once, and their policy decides.
+                    batch += self._waiting
+                    self._waiting = []
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(_own(exc))

@@ -12,7 +12,6 @@ transition is logged once: ``state_backend_unavailable``, ``state_backend_recove
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 import weakref
@@ -276,7 +275,13 @@ class StateBackend:
 
     def admit(self, limits: EndpointLimits, ask: Ask) -> Answer:
         """One call's admission, with the releases waiting for ``limits``' endpoint."""
-        return self._run(lambda _c, s: self._admit_step(s, limits, [ask]))[0]  # type: ignore[no-any-return]
+        released = self._take_releases(limits.leases)
+        try:
+            answers = self._run(lambda _c, s: self._admit_step(s, limits, [ask], released))
+        except BaseException:
+            self._keep_releases(limits.leases, _undone(released, [ask]))
+            raise
+        return answers[0]  # type: ignore[no-any-return]
 
     async def aadmit(self, limits: EndpointLimits, ask: Ask) -> Answer:
         """:meth:`admit` for async calls, batched with this loop's other calls to the
@@ -288,28 +293,33 @@ class StateBackend:
         batcher = batchers.get(limits.leases)
         if batcher is None:
             async def trip(asks: list[Ask]) -> list[Answer]:
-                return await self._arun(  # type: ignore[no-any-return]
-                    lambda _c, s: self._aadmit_step(s, limits, asks))
+                released = self._take_releases(limits.leases)
+                try:
+                    return await self._arun(  # type: ignore[no-any-return]
+                        lambda _c, s: self._aadmit_step(s, limits, asks, released))
+                except BaseException:
+                    self._keep_releases(limits.leases, _undone(released, asks))
+                    raise
 
             batcher = batchers[limits.leases] = AdmitBatcher(
                 trip, lambda member: self.release(limits.leases, member))
         return await batcher.ask(ask)
 
-    def _admit_args(self, limits: EndpointLimits, asks: list[Ask]) -> list[str]:
-        released = self._take_releases(limits.leases)  # lost with a failed trip: they lapse
+    @staticmethod
+    def _admit_args(limits: EndpointLimits, asks: list[Ask], released: list[str]) -> list[str]:
         args = [*limits.args, str(len(released)), *released]
         for ask in asks:
             args += [ask.ticket, _num(ask.cost), "1" if ask.rated else "0", ask.member]
         return args
 
-    def _admit_step(self, scripts: _Scripts, limits: EndpointLimits,
-                    asks: list[Ask]) -> list[Answer]:
-        args = self._admit_args(limits, asks)
+    def _admit_step(self, scripts: _Scripts, limits: EndpointLimits, asks: list[Ask],
+                    released: list[str]) -> list[Answer]:
+        args = self._admit_args(limits, asks, released)
         return answers_of(scripts.admit(keys=list(limits.keys), args=args))
 
-    async def _aadmit_step(self, scripts: _Scripts, limits: EndpointLimits,
-                           asks: list[Ask]) -> list[Answer]:
-        args = self._admit_args(limits, asks)
+    async def _aadmit_step(self, scripts: _Scripts, limits: EndpointLimits, asks: list[Ask],
+                           released: list[str]) -> list[Answer]:
+        args = self._admit_args(limits, asks, released)
         return answers_of(await scripts.admit(keys=list(limits.keys), args=args))
 
     # -- leases ----------------------------------------------------------------------
@@ -341,27 +351,42 @@ class StateBackend:
                 del self._releases[key]
             return taken
 
+    def _keep_releases(self, key: str, members: list[str]) -> None:
+        """Queue again releases that a failed trip may not have carried: removing a member
+        twice is harmless, while a release lost would hold its slot for ``lease_ttl``."""
+        if members:
+            with self._lock:
+                self._releases[key][:0] = members
+
     def _flush_loop(self) -> None:
         """Send the releases no admission carried within ``_FLUSH_DELAY``, on the flusher's
-        own client. While Redis is unavailable they are dropped: the leases lapse within
-        ``lease_ttl``, as a crashed process's do."""
+        own client. While Redis is unavailable they wait: they go with the next admission
+        to their endpoint, or from here, tried again every cool-down, once a call has found
+        Redis back; so no slot stays held by a lease already given back. Those of a process
+        that dies lapse within ``lease_ttl``."""
+        again: float | None = None
         while True:
-            self._flush_due.wait()
+            self._flush_due.wait(again)
             self._flush_due.clear()
             if self._closed:
                 break
             time.sleep(_FLUSH_DELAY)
             with self._lock:
                 self._flush_armed = False
-            self._flush()
+            again = None if self._flush() else self._cooldown
         self._flush()
 
-    def _flush(self) -> None:
+    def _flush(self) -> bool:
+        """Send every queued release; False when some wait for Redis to come back."""
         with self._lock:
-            work = dict(self._releases)
+            work = {key: list(members) for key, members in self._releases.items()}
             self._releases.clear()
-        if not work or self._down:
-            return
+        if not work:
+            return True
+        if self._down:  # calls probe Redis; this thread only waits for it to be back
+            for key, members in work.items():
+                self._keep_releases(key, members)
+            return False
 
         def step(client: Any, _s: _Scripts) -> None:
             pipe = client.pipeline(transaction=False)
@@ -369,8 +394,13 @@ class StateBackend:
                 pipe.zrem(key, *members)
             pipe.execute()
 
-        with contextlib.suppress(StateUnavailableError):  # counted and logged; they lapse
+        try:
             self._run(step, self._flusher_client)
+        except StateUnavailableError:  # counted and logged
+            for key, members in work.items():
+                self._keep_releases(key, members)
+            return False
+        return True
 
     def hold(self, key: str, member: str) -> None:
         """Renew ``member`` every ``lease_ttl / 3`` until :meth:`drop`."""
@@ -490,6 +520,13 @@ _LIVE: Final[weakref.WeakSet[StateBackend]] = weakref.WeakSet()
 def live_backends() -> list[StateBackend]:
     """Every backend still referenced and not closed, for metrics."""
     return [b for b in list(_LIVE) if not b._closed]
+
+
+def _undone(released: list[str], asks: list[Ask]) -> list[str]:
+    """What to remove after a trip that failed: its releases, and the leases it asked for,
+    which the script may have taken before the answer was lost (members are never reused,
+    so removing one that was never taken does nothing)."""
+    return released + [ask.member for ask in asks if ask.member]
 
 
 def _num(value: float) -> str:
