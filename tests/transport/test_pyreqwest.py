@@ -22,7 +22,8 @@ from rag_llm.testing import Fault, UpstreamServer
 pytest.importorskip("pyreqwest", reason="pyreqwest is not installed: rag-llm[native]")
 
 from rag_llm.transport import Request, TransportSettings, get_backend
-from rag_llm.transport._pyreqwest import PoolModel, split_lines
+from rag_llm.transport._pool_model import PoolModel
+from rag_llm.transport._pyreqwest import split_lines
 
 # Each run closes an async client just before the interpreter exits: with pyreqwest 0.15 and
 # nothing waiting out the runtime's wind-down, ~1 run of 3 aborted here ("PyGILState_Release").
