@@ -1,4 +1,4 @@
-"""The local embedder's backends side by side: onnxruntime (int8) against sentence-transformers.
+"""The local embedder's backends side by side: onnxruntime against sentence-transformers.
 
 ``python -m benchmarks.embedder_quality --torch-python PY --onnx-python PY`` from the
 repository root. Passages come from the sample corpus (sliding word windows of 16 to 300
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--onnx-model", help="a directory with model.onnx and tokenizer.json "
-                        "(default: the packaged int8 all-MiniLM-L6-v2)")
+                        "(default: the packaged all-MiniLM-L6-v2)")
     parser.add_argument("--worker", nargs=4, metavar=("BACKEND", "TEXTS", "OUT", "MODEL"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

