@@ -17,7 +17,7 @@ Variants (``--variant``, repeatable; default: all):
 - ``int8-block32``: weight-only int8 with one float32 scale per 32 consecutive weights
   (1.125 bytes a weight), MatMul weights and embedding tables alike.
 - ``int8emb-fp16``: the embedding tables as int8 per row, the encoder's MatMul weights as
-  float16, both cast to fp32 in the graph.
+  float16, both cast to fp32 in the graph (the tables row by row, as they are looked up).
 - ``int8-matmul``: dynamic int8 quantization of the MatMul weights, per output channel;
   the embedding tables stay fp32.
 - ``int8-matmul-emb16``: as ``int8-matmul``, with the embedding tables stored as float16
@@ -137,8 +137,10 @@ def quantize(fp32: Path, target: Path, variant: str) -> None:
 def int8_weights(fp32: Path, target: Path, *, block: int | None,
                  encoder_fp16: bool = False) -> None:
     """Weight-only int8, dequantized in the graph: activations and arithmetic stay fp32, so
-    the only error is the weights' rounding (onnxruntime folds the dequantization into fp32
-    weights when it loads the file).
+    the only error is the weights' rounding. onnxruntime folds a MatMul weight's
+    dequantization into fp32 weights when it loads the file; an embedding table is gathered
+    as int8 and only the rows looked up are dequantized, so the table stays int8 in memory
+    (a fp32 copy of the word embeddings would be 47 MB).
 
     Symmetric int8 with one scale per ``block`` consecutive weights along the reduction
     axis (a MatMul weight's rows, an embedding table's width), or per output channel (per
@@ -152,12 +154,17 @@ def int8_weights(fp32: Path, target: Path, *, block: int | None,
     model = onnx.load(str(fp32))
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
+    shapes = onnx.shape_inference.infer_shapes(model).graph
+    ranks = {value.name: len(value.type.tensor_type.shape.dim)
+             for value in [*shapes.input, *shapes.value_info]}
     tables: dict[str, bool] = {}  # name: whether it is a MatMul weight (else a Gather table)
+    lookups: dict[str, onnx.NodeProto] = {}  # table name: the Gather reading it
     for node in graph.node:
         if node.op_type == "MatMul" and node.input[1] in inits:
             tables[node.input[1]] = True
         elif node.op_type == "Gather" and node.input[0] in inits:
             tables[node.input[0]] = False
+            lookups[node.input[0]] = node
     nodes = []
     for name, matmul in tables.items():
         weights = numpy_helper.to_array(inits[name]).astype(np.float32)
@@ -179,14 +186,34 @@ def int8_weights(fp32: Path, target: Path, *, block: int | None,
         quantized = np.clip(np.rint(blocks / scale), -127, 127).astype(np.int8)
         if not matmul:  # (table rows, blocks, block): each row's weights stay together
             quantized, scale = quantized.transpose(2, 0, 1), scale.transpose(2, 0, 1)
-        graph.initializer.extend([
-            numpy_helper.from_array(quantized, name + "_int8"),
-            numpy_helper.from_array(scale, name + "_scale"),
-            numpy_helper.from_array(np.array(weights.shape, np.int64), name + "_shape")])
-        nodes += [helper.make_node("Cast", [name + "_int8"], [name + "_float"],
-                                   to=onnx.TensorProto.FLOAT),
-                  helper.make_node("Mul", [name + "_float", name + "_scale"], [name + "_scaled"]),
-                  helper.make_node("Reshape", [name + "_scaled", name + "_shape"], [name])]
+        graph.initializer.extend([numpy_helper.from_array(quantized, name + "_int8"),
+                                  numpy_helper.from_array(scale, name + "_scale")])
+        if matmul:
+            graph.initializer.append(
+                numpy_helper.from_array(np.array(weights.shape, np.int64), name + "_shape"))
+            nodes += [helper.make_node("Cast", [name + "_int8"], [name + "_float"],
+                                       to=onnx.TensorProto.FLOAT),
+                      helper.make_node("Mul", [name + "_float", name + "_scale"],
+                                       [name + "_scaled"]),
+                      helper.make_node("Reshape", [name + "_scaled", name + "_shape"], [name])]
+            continue
+        # (indices..., blocks, block) rows, scaled, then (indices..., width): 0 keeps a size.
+        lookup = lookups[name]
+        indices, rows_out = lookup.input[1], lookup.output[0]
+        graph.initializer.append(numpy_helper.from_array(
+            np.array([0] * ranks[indices] + [-1], np.int64), name + "_rows_shape"))
+        at = list(graph.node).index(lookup)
+        graph.node.remove(lookup)
+        for node in reversed([
+                helper.make_node("Gather", [name + "_int8", indices], [name + "_rows_int8"]),
+                helper.make_node("Gather", [name + "_scale", indices], [name + "_rows_scale"]),
+                helper.make_node("Cast", [name + "_rows_int8"], [name + "_rows_float"],
+                                 to=onnx.TensorProto.FLOAT),
+                helper.make_node("Mul", [name + "_rows_float", name + "_rows_scale"],
+                                 [name + "_rows_scaled"]),
+                helper.make_node("Reshape", [name + "_rows_scaled", name + "_rows_shape"],
+                                 [rows_out])]):
+            graph.node.insert(at, node)  # where the lookup was: its indices come before
     for node in reversed(nodes):
         graph.node.insert(0, node)
     onnx.checker.check_model(model)

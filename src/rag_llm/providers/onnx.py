@@ -35,7 +35,7 @@ __all__ = ["DEFAULT_ONNX_MODEL", "MAX_SEQ_LENGTH", "OnnxEmbedder", "onnx_availab
 DEFAULT_ONNX_MODEL: Final = "all-MiniLM-L6-v2"
 MAX_SEQ_LENGTH: Final = 256  # all-MiniLM-L6-v2's sentence_bert_config.json
 _MODEL_DIR: Final = Path(__file__).resolve().parent / "minilm"
-_MODEL_SHA256: Final = "d57321991080d7bc22413dac61d7013d0870f292902484746181279e39ca9ef8"
+_MODEL_SHA256: Final = "e6c3cb624305bb5d70812d0ae38d6866fdbb7f25f80ff3eaa8351e3c3cc590f9"
 _EXTRA_HINT: Final = "install the local extra: pip install 'rag-llm[local]'"
 
 
