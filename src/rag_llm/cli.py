@@ -277,8 +277,10 @@ def _run_serve(args: argparse.Namespace) -> int:
         from rag_llm.api import create_app
     except ImportError:
         raise _MissingExtraError("needs the server extra: pip install 'rag-llm[server]'") from None
+    from rag_llm import _malloc
     from rag_llm.locator import ServiceLocator
 
+    _malloc.one_arena()  # before any thread: what the model's batches free goes back whole
     settings, rag = _settings(args)
     locator = ServiceLocator(settings)
     try:

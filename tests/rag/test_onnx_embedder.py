@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from rag_llm import _malloc
 from rag_llm.errors import ConfigError
-from rag_llm.providers import inprocess, onnx
+from rag_llm.providers import onnx
 from rag_llm.providers.inprocess import InProcessEmbedder
 from rag_llm.providers.local import create_local_provider
 
@@ -94,20 +95,20 @@ def test_a_changed_model_file_is_refused(monkeypatch: pytest.MonkeyPatch) -> Non
 _MEMORY_PROBE = """
 import asyncio, json, sys
 import numpy, onnxruntime, tokenizers
-from rag_llm.providers import inprocess
+from rag_llm import _malloc
 from rag_llm.providers.onnx import OnnxEmbedder
 
 def rss():
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
 
-trim = inprocess._malloc_trim()
+trim = _malloc.trim
 if sys.argv[1] == "keep":
-    inprocess._malloc_trim = lambda: None
+    _malloc.trim = lambda: None
 embedder = OnnxEmbedder(batch_size=64)
 before = rss()
 embedder.embed("warm up")
-trim(0)
+trim()
 loaded = rss()
 asyncio.run(embedder.aembed([" ".join(f"w{i}x{j}" for j in range(120)) for i in range(128)]))
 print(json.dumps({"model": loaded - before, "batch": rss() - loaded}))
@@ -124,8 +125,8 @@ def _memory(mode: str) -> dict[str, float]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_memory_a_batch_freed_goes_back_and_the_tables_stay_int8() -> None:
     pytest.importorskip("onnxruntime")
-    if inprocess._malloc_trim() is None:
-        pytest.skip("the C library has no malloc_trim")
+    if _malloc._glibc() is None:
+        pytest.skip("the C library is not glibc")
     trimmed, kept = _memory("trim"), _memory("keep")
     # Seen: the model 87 MiB (121 with fp32 copies of the embedding tables); the batch
     # leaves 4-28 MiB, and 165-262 MiB when the freed memory stays with the thread's arena.

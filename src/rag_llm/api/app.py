@@ -125,10 +125,12 @@ def create_app_from_environment() -> FastAPI:
     environment (``$RAG_LLM_DATA_DIR`` and the rest), which the parent set from its
     command line, and the locator is this worker's own.
     """
+    from rag_llm import _malloc
     from rag_llm.config import Settings
     from rag_llm.observability import configure_logging
     from rag_llm.rag import RagSettings, resolve_settings
 
+    _malloc.one_arena()  # as rag-llm serve does, in each worker
     settings = resolve_settings(Settings.load())
     configure_logging(settings.log_format, settings.log_level)
     locator = ServiceLocator(settings)

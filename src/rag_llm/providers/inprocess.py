@@ -5,21 +5,19 @@ Subclasses implement ``_load`` (build the model; called under the lock on first 
 ``_count_tokens``. The model loads in a worker thread for ``aembed``, like every encode.
 
 After an encode of several texts, the memory it freed goes back to the system
-(``malloc_trim`` where the C library is glibc): each worker thread's malloc arena would
-otherwise keep a large batch's activations, and a service that ingested once would keep
-hundreds of MiB it no longer uses.
+(:func:`rag_llm._malloc.trim`): glibc would otherwise keep a large batch's activations, and
+a service that ingested once would hold hundreds of MiB it no longer uses.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
+from rag_llm import _malloc
 from rag_llm.errors import ProviderClosedError
 from rag_llm.observability.events import get_logger
 from rag_llm.providers.base import as_texts
@@ -27,17 +25,6 @@ from rag_llm.providers.base import as_texts
 __all__ = ["InProcessEmbedder"]
 
 _log = get_logger()
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS, Windows)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    trim: Callable[[int], int] | None = getattr(ctypes.CDLL(None), "malloc_trim", None)
-    return trim
 
 
 class InProcessEmbedder:
@@ -103,8 +90,8 @@ class InProcessEmbedder:
             return []
         with self._lock:
             vectors = self._encode(self._loaded(), items)
-            if len(items) > 1 and (trim := _malloc_trim()) is not None:
-                trim(0)  # 0.3 ms when nothing is free; a single query's text frees little
+            if len(items) > 1:  # a single query's text frees little
+                _malloc.trim()
             return vectors
 
     async def aembed(self, texts: Sequence[str] | str) -> list[list[float]]:
