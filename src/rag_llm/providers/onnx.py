@@ -74,8 +74,8 @@ def _check_digest(path: Path) -> None:
 @dataclass(frozen=True, slots=True)
 class _Model:
     session: Any  # onnxruntime.InferenceSession
-    tokenizer: Any  # tokenizers.Tokenizer, truncating at MAX_SEQ_LENGTH
-    counter: Any  # the same tokenizer without truncation, for count_tokens
+    tokenizer: Any  # tokenizers.Tokenizer, neither padding nor truncating
+    specials: int  # tokens its post-processor adds to one text ([CLS] and [SEP])
     inputs: frozenset[str]
     output: str
     dimensions: int
@@ -126,13 +126,11 @@ class OnnxEmbedder(InProcessEmbedder):
         session = ort.InferenceSession(str(self._onnx_file), options, providers=providers)
         tokenizer = Tokenizer.from_file(str(self._tokenizer_file))
         tokenizer.no_padding()  # padded here, per batch, to the batch's longest text
-        tokenizer.enable_truncation(MAX_SEQ_LENGTH)
-        counter = Tokenizer.from_file(str(self._tokenizer_file))
-        counter.no_padding()
-        counter.no_truncation()
+        tokenizer.no_truncation()  # truncated in _encode: count_tokens counts every token
         output = session.get_outputs()[0]
         width = output.shape[-1]
-        return _Model(session=session, tokenizer=tokenizer, counter=counter,
+        return _Model(session=session, tokenizer=tokenizer,
+                      specials=tokenizer.num_special_tokens_to_add(False),
                       inputs=frozenset(i.name for i in session.get_inputs()),
                       output=output.name,
                       dimensions=width if isinstance(width, int) else -1)
@@ -143,7 +141,7 @@ class OnnxEmbedder(InProcessEmbedder):
         return len(self._encode(model, [""])[0])
 
     def _count_tokens(self, model: _Model, text: str) -> int:
-        return len(model.counter.encode(text, add_special_tokens=False).ids)
+        return len(model.tokenizer.encode(text, add_special_tokens=False).ids)
 
     def _run(self, model: _Model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Mean-pooled, unit-length embeddings of one padded batch."""
@@ -162,7 +160,12 @@ class OnnxEmbedder(InProcessEmbedder):
     def _encode(self, model: _Model, texts: list[str]) -> list[list[float]]:
         import numpy as np
 
-        encodings = model.tokenizer.encode_batch(texts)
+        # What the tokenizer's own truncation does, on the one tokenizer count_tokens uses:
+        # the wordpieces cut to leave room for the special tokens, then those added.
+        encodings = model.tokenizer.encode_batch(texts, add_special_tokens=False)
+        for encoding in encodings:
+            encoding.truncate(MAX_SEQ_LENGTH - model.specials)
+        encodings = [model.tokenizer.post_process(encoding) for encoding in encodings]
         lengths = [len(encoding.ids) for encoding in encodings]
         # Longest first, as sentence-transformers does: batches of similar lengths pad least.
         order = sorted(range(len(texts)), key=lambda i: -lengths[i])
