@@ -1,7 +1,7 @@
 """``python -m benchmarks.service_rss`` works: one start of the service on the onnx backend
 answers a question, and the figures it prints and writes are the process's own.
 
-It asserts no speed, and a bound on memory only far above what is measured (193 MiB), so
+It asserts no speed, and a bound on memory only far above what is measured (187 MiB), so
 that a service holding a batch's freed memory, or torch, would show.
 """
 
