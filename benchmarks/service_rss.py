@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,17 +28,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from benchmarks.processes import stop_process
+from benchmarks.upstream import free_port
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CORPUS = REPO_ROOT / "samples" / "corpus"
 _READY_TIMEOUT_S = 180.0
 _QUESTION = b'{"question": "How much pressure does an espresso machine use?"}'
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _status_kib(pid: int, field: str) -> int:
@@ -60,7 +54,7 @@ def _get(url: str, body: bytes | None = None) -> bytes:
 
 def measure(python: str, backend: str) -> dict[str, float]:
     """Start the service on ``backend`` once; its RSS after start, peak and time to ready."""
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
     with tempfile.TemporaryDirectory() as data_dir:
@@ -93,12 +87,7 @@ def measure(python: str, backend: str) -> dict[str, float]:
             return {"rss_mib": _status_kib(process.pid, "VmRSS") / 1024,
                     "peak_mib": _status_kib(process.pid, "VmHWM") / 1024, "ready_s": ready}
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, grace=0)  # SIGTERM now, SIGKILL if it lingers
 
 
 def run(pythons: dict[str, str], repeats: int) -> dict[str, dict[str, list[float]]]:
@@ -119,11 +108,13 @@ def run(pythons: dict[str, str], repeats: int) -> dict[str, dict[str, list[float
 def report(runs: dict[str, dict[str, list[float]]]) -> None:
     print("| backend | RSS after start (MiB) | peak (MiB) | ready (s) |")
     print("|---|---|---|---|")
+    def cell(key: str, values: list[float]) -> str:
+        digits = 2 if key == "ready_s" else 0
+        return (f"{statistics.median(values):.{digits}f}"
+                f" ({min(values):.{digits}f}-{max(values):.{digits}f})")
+
     for backend, series in runs.items():
-        cells = [f"{statistics.median(values):.{2 if key == 'ready_s' else 0}f}"
-                 f" ({min(values):.{2 if key == 'ready_s' else 0}f}-"
-                 f"{max(values):.{2 if key == 'ready_s' else 0}f})"
-                 for key, values in series.items()]
+        cells = [cell(key, values) for key, values in series.items()]
         print(f"| {backend} | " + " | ".join(cells) + " |")
     if {"onnx", "torch"} <= runs.keys():
         ratios = ", ".join(
