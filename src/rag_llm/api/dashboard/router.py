@@ -9,6 +9,7 @@ that wait, whatever the server; a client that disconnects ends its stream at onc
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
@@ -18,7 +19,7 @@ from prometheus_client.core import Metric
 
 from rag_llm.api.dashboard.feed import dashboard_frame, encode_event, work_frame
 from rag_llm.api.dashboard.page import asset, page_html
-from rag_llm.metrics import collect_metrics
+from rag_llm.metrics import collect_work_metrics
 from rag_llm.pool import PoolSnapshot, all_snapshots
 
 __all__ = ["DEFAULT_INTERVAL", "DEFAULT_STREAM_LIFETIME", "dashboard_router"]
@@ -38,21 +39,23 @@ async def _events(frame: Callable[[], dict[str, Any]], interval: float,
                   lifetime: float) -> AsyncIterator[str]:
     # Ends by returning after ``lifetime``, or by cancellation when the client goes away
     # (the response then stops iterating and closes this generator).
+    # Frames go out on a fixed beat, so the time a frame takes to build does not stretch it.
     loop = asyncio.get_running_loop()
-    ends = loop.time() + lifetime
+    started = loop.time()
     yield f"retry: {_RETRY_MS}\n\n"
-    while True:
+    for beat in itertools.count(1):
         yield encode_event(frame())
-        if loop.time() + interval > ends:
+        due = started + beat * interval
+        if due > started + lifetime:
             return
-        await asyncio.sleep(interval)
+        await asyncio.sleep(max(due - loop.time(), 0.0))
 
 
 def dashboard_router(source: Callable[[], list[PoolSnapshot]] = all_snapshots, *,
                      interval: float = DEFAULT_INTERVAL,
                      stream_lifetime: float = DEFAULT_STREAM_LIFETIME,
                      workers: Callable[[], dict[str, Any]] | None = None,
-                     families: Callable[[], list[Metric]] = collect_metrics) -> APIRouter:
+                     families: Callable[[], list[Metric]] = collect_work_metrics) -> APIRouter:
     """Routes ``/dashboard`` (page), ``/dashboard/events`` (SSE) and ``/dashboard/data`` (JSON).
 
     ``source`` gives the pools to show (default: every live pool of the process; with
