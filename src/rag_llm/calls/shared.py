@@ -132,8 +132,9 @@ class InFlightLimit:
 
     ``held`` counts this process's leases of either kind, so that the local fallback
     (``cap // expected_instances``) counts calls that went out under Redis leases too. The
-    other way round, Redis knows nothing of local leases: once it is back, leases stay local
-    until the calls that went out under local ones have ended.
+    other way round, Redis knows nothing of local leases: once it is back, calls ask it
+    again at once, and a lease it grants is taken only while the process holds fewer than
+    the local cap, until the calls that went out under local leases have ended.
     """
 
     def __init__(self, cap: int, settings: TransportSettings, *,
@@ -211,7 +212,7 @@ class InFlightLimit:
         backend = self.backend
         if backend is None or self._limits is None:
             return self._local()
-        if not self.local_held and backend.usable():
+        if backend.usable():
             member = unique_id()
             try:
                 answer = backend.admit(self._limits, Ask("", 0.0, False, member))
@@ -228,7 +229,7 @@ class InFlightLimit:
         backend = self.backend
         if backend is None or self._limits is None:
             return self._local()
-        if not self.local_held and backend.usable():
+        if backend.usable():
             member = unique_id()
             try:
                 answer = await backend.aadmit(self._limits, Ask("", 0.0, False, member))
