@@ -171,8 +171,12 @@ async def test_a_slow_redis_costs_no_call_more_than_the_timeout(
         assert kinds.get("unavailable", 0) > 0, kinds
     assert kinds.get("ok", 0) > 50, kinds
     names = [e["event"] for e in events if e["event"].startswith("state_backend_")]
-    # One line per transition: down once for the whole slow stretch, up once after.
-    assert names == ["state_backend_unavailable", "state_backend_recovered"], names
+    # One line per transition: down once for the whole slow stretch, up once after. A
+    # collection pause of this process's heap may overrun the 50 ms once more after the
+    # stretch (seen in about half the runs after the other policy's; none with the
+    # collector off): one more transition or pair, never one per call.
+    assert names[:2] == ["state_backend_unavailable", "state_backend_recovered"], names
+    assert names[2:] in ([], names[:1], names[:2]), names
     samples = {(s.name, s.labels.get("provider")): s.value
                for family in text_string_to_metric_families(text) for s in family.samples}
     assert samples[("rag_llm_state_errors_total", name)] >= 1

@@ -13,7 +13,8 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any, Final
 
-__all__ = ["REDACTED", "configure_logging", "get_logger", "redact_secrets", "scrub_text"]
+__all__ = ["REDACTED", "configure_logging", "get_logger", "load_logging", "redact_secrets",
+           "scrub_text"]
 
 REDACTED: Final = "**********"
 # Keys whose values are credentials whatever they hold.
@@ -42,6 +43,12 @@ class _LazyLogger:
         import structlog
 
         return getattr(structlog.get_logger(self._name), method)
+
+
+def load_logging() -> None:
+    """Import structlog now: a provider does so when it is built, so that its first event
+    (a pool created, Redis gone) does not stall the caller's event loop for the import."""
+    import structlog  # noqa: F401
 
 
 def get_logger(name: str = "rag_llm") -> Any:

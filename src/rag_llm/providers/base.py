@@ -32,7 +32,7 @@ from rag_llm.calls.record import CallRecord
 from rag_llm.calls.relay import Relayed, RelayRequest, answer_to, relay_parser, relayed_response
 from rag_llm.config import ProviderConfig
 from rag_llm.errors import ProviderClosedError, UpstreamError
-from rag_llm.observability.events import get_logger
+from rag_llm.observability.events import get_logger, load_logging
 from rag_llm.pool import TRAFFIC, ClientPool, PoolSnapshot, merge_pools
 from rag_llm.transport import Request, Response
 from rag_llm.validation import redact_url
@@ -99,6 +99,7 @@ class BaseProvider:
 
         self.router: Router = Router(config, api_class)
         _export_metrics()
+        load_logging()
         # The first endpoint's adapter and pool: all there is with a single base_url.
         self.api = self.router.primary.api
         self.pool = self.router.primary.pool

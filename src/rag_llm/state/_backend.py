@@ -90,7 +90,9 @@ class StateBackend:
     def __init__(self, config: StateConfig, *, provider: str, lease_ttl: float = 30.0,
                  cooldown: float = DEFAULT_COOLDOWN) -> None:
         try:
-            import redis  # noqa: F401 - the optional dependency, checked when configured
+            # The optional dependency, checked when configured; its asyncio part imported
+            # here, not by the first async call (80 ms that would stall its event loop).
+            import redis.asyncio  # noqa: F401
         except ImportError:
             from rag_llm.errors import ConfigError
 
@@ -254,8 +256,17 @@ class StateBackend:
     async def _arun(self, step: Any) -> Any:
         from redis.exceptions import RedisError
 
+        # The timeout bounds the whole step, not each read: a new connection sends four
+        # handshake commands before the step's own, and a Redis answering each just inside
+        # its socket timeout held a call for several. Cancelled, redis-py drops the
+        # connection.
+        timeout = self.config.timeout
         try:
-            result = await step(*self._async_client())
+            async with asyncio.timeout(timeout):
+                result = await step(*self._async_client())
+        except TimeoutError as exc:
+            raise self._failed(exc if str(exc) else TimeoutError(
+                f"no answer within {timeout:g} s")) from None
         except (RedisError, OSError) as exc:
             raise self._failed(exc) from None
         self._succeeded()
