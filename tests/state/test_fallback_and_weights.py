@@ -172,3 +172,56 @@ async def _kill_and_restart(redis: RedisServer, prefix: str, upstream: UpstreamS
     assert names == ["state_backend_unavailable", "state_backend_recovered"] * (len(names) // 2)
     assert len(names) <= 6, names
     assert resumed < 10
+
+
+def _two_endpoints(tight: UpstreamServer, roomy: UpstreamServer, redis: RedisServer,
+                   prefix: str, name: str, **tight_limits: Any) -> dict[str, Any]:
+    return {"type": "openai_compatible", "model": "m", "name": name,
+            "endpoints": [{"base_url": tight.base_url, "name": "ep0", **tight_limits},
+                          {"base_url": roomy.base_url, "name": "ep1",
+                           "requests_per_minute": 600_000, "tokens_per_minute": 60_000_000}],
+            "state": {"url": redis.url, "prefix": prefix, "timeout": 1.0},
+            "load_balancer": "round_robin", "deadline": 2.0, "retry": False,
+            "circuit_breaker": False}
+
+
+@pytest.mark.parametrize("how", ["async", "sync"])
+async def test_a_call_refused_at_one_endpoint_goes_to_another_in_the_same_round(
+        redis_server: RedisServer, prefix: str, how: str) -> None:
+    # ep0 takes one call a minute, ep1 any number. Each call that ep0's shared limit
+    # refuses goes to ep1 at once: held for ep0's minute, past its deadline, it would fail.
+    with UpstreamServer() as tight, UpstreamServer() as roomy:
+        provider = create_provider("embedding", _two_endpoints(
+            tight, roomy, redis_server, prefix, f"hop-{how}", requests_per_minute=1, burst=1))
+        started = time.monotonic()
+        try:
+            for _ in range(10):
+                if how == "async":
+                    await provider.aembed("x")
+                else:
+                    await asyncio.to_thread(provider.embed, "x")
+        finally:
+            await provider.aclose()
+        took = time.monotonic() - started
+        assert (tight.requests_served, roomy.requests_served) == (1, 9)
+    assert took < 1.5, took
+
+
+async def test_a_call_that_goes_elsewhere_leaves_no_hold_on_the_tokens_limit(
+        redis_server: RedisServer, prefix: str) -> None:
+    # ep0 refuses the second large call by its tokens limit; the call goes to ep1. Had it
+    # held ep0's limit, ep0 would keep its allowance for a caller that is not coming back.
+    name = "hop-hold"
+    with UpstreamServer() as tight, UpstreamServer() as roomy:
+        provider = create_provider("embedding", _two_endpoints(
+            tight, roomy, redis_server, prefix, name, tokens_per_minute=600,
+            token_burst=100))
+        try:
+            for _ in range(4):  # round robin: ep0, ep1, then ep0 refuses: ep1 twice
+                await provider.aembed("y" * 320)  # 80 tokens
+        finally:
+            await provider.aclose()
+        assert (tight.requests_served, roomy.requests_served) == (1, 3)
+    key = f"{prefix}:{{{name}/ep0}}:rate:tokens"
+    assert redis_server.command("HGET", key, "hid").strip() == b"$-1", "a hold was left"
+    assert redis_server.command("HEXISTS", key, "tat").strip() == b":1"

@@ -79,28 +79,37 @@ class Attempts:
     def __aiter__(self) -> Attempts:
         return self
 
+    # An endpoint's shared limit refusing the call sends it to the next endpoint in the
+    # same round; only when all have refused does it wait, for the soonest.
     async def __anext__(self) -> Attempt:
+        refused: dict[str, tuple[str, float]] = {}
         while True:
-            chosen = self.router._choose(self)
+            chosen = self.router._choose(self, refused)
             if isinstance(chosen, Attempt):
-                refused = await self.router._aadmit_shared(chosen)
-                if refused is None:
+                shared = await self.router._aadmit_shared(chosen,
+                                                          self.router.last_choice(refused))
+                if shared is None:
                     return chosen
-                chosen = refused
+                refused.update(shared)
+                continue
             await asyncio.sleep(self.router._refusal_wait(self, chosen))
+            refused = {}
 
     def __iter__(self) -> Attempts:
         return self
 
     def __next__(self) -> Attempt:
+        refused: dict[str, tuple[str, float]] = {}
         while True:
-            chosen = self.router._choose(self)
+            chosen = self.router._choose(self, refused)
             if isinstance(chosen, Attempt):
-                refused = self.router._admit_shared(chosen)
-                if refused is None:
+                shared = self.router._admit_shared(chosen, self.router.last_choice(refused))
+                if shared is None:
                     return chosen
-                chosen = refused
+                refused.update(shared)
+                continue
             time.sleep(self.router._refusal_wait(self, chosen))
+            refused = {}
 
     def _failed(self, attempt: Attempt, exc: BaseException) -> RetryDecision | None:
         """Settle a failed attempt; the retry decision, or None when it must not retry."""

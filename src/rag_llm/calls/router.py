@@ -103,12 +103,13 @@ class Router:
             self.budget.deposit()
         return Attempts(self, cost)
 
-    def _choose(self, call: Attempts) -> Attempt | dict[str, tuple[str, float]]:
+    def _choose(self, call: Attempts,
+                refused: dict[str, tuple[str, float]]) -> Attempt | dict[str, tuple[str, float]]:
         """An attempt on the best endpoint that will take it, or why each refused.
 
-        Refusals map an endpoint to its reason (see :meth:`_admit`) and the seconds to wait.
+        ``refused`` holds this round's refusals so far, and gains the ones met here: an
+        endpoint's reason (see :meth:`_admit`) and the seconds to wait.
         """
-        refused: dict[str, tuple[str, float]] = {}
         exclude = set(call.tried)
         for _ in range(2 * len(self.upstreams)):
             if self._single is not None:
@@ -156,26 +157,34 @@ class Router:
                 return "rate_limited", limited
         return permit
 
-    def _admit_shared(self, attempt: Attempt) -> dict[str, tuple[str, float]] | None:
+    def last_choice(self, refused: dict[str, tuple[str, float]]) -> bool:
+        """Whether every other endpoint has refused this round: a call the shared limit
+        refuses here will wait, and may hold its place (see :class:`Ask`)."""
+        return len(refused) >= len(self.upstreams) - 1
+
+    def _admit_shared(self, attempt: Attempt,
+                      hold: bool = True) -> dict[str, tuple[str, float]] | None:
         """The shared rate limit's say on a chosen attempt: None to go, else its refusal.
         A lease taken in the same round trip goes with the attempt."""
         shared = attempt.upstream.shared
         if shared is None:
             return None
         try:
-            wait, attempt.slot = shared.admit(attempt.call.cost, attempt.call.ticket())
+            wait, attempt.slot = shared.admit(attempt.call.cost, attempt.call.ticket(), hold)
         except BaseException:
             self._withdraw(attempt)
             raise
         return self._shared_refusal(attempt, wait)
 
-    async def _aadmit_shared(self, attempt: Attempt) -> dict[str, tuple[str, float]] | None:
+    async def _aadmit_shared(self, attempt: Attempt,
+                             hold: bool = True) -> dict[str, tuple[str, float]] | None:
         """:meth:`_admit_shared` for async calls: Redis is awaited, never blocking the loop."""
         shared = attempt.upstream.shared
         if shared is None:
             return None
         try:
-            wait, attempt.slot = await shared.aadmit(attempt.call.cost, attempt.call.ticket())
+            wait, attempt.slot = await shared.aadmit(attempt.call.cost, attempt.call.ticket(),
+                                                     hold)
         except BaseException:
             self._withdraw(attempt)
             raise

@@ -68,15 +68,16 @@ class SharedRateLimiter:
         burst = self.limits.capacity("tokens")
         return burst is not None and cost > burst
 
-    def admit(self, cost: float, ticket: str) -> tuple[float | None, Lease | None]:
+    def admit(self, cost: float, ticket: str,
+              hold: bool = True) -> tuple[float | None, Lease | None]:
         if self._too_big(cost):
             return math.inf, None
         if self.backend.usable():
             in_flight = self._in_flight
-            member = "" if in_flight is None or in_flight.local_held or (
-                in_flight.sync_waiter().busy()) else unique_id()
+            member = "" if in_flight is None or in_flight.sync_waiter().busy() else unique_id()
             try:
-                answer = self.backend.admit(self._shared, Ask(ticket, cost, True, member))
+                answer = self.backend.admit(self._shared,
+                                            Ask(ticket, cost, True, member, hold))
             except StateUnavailableError:
                 if self._fail:
                     raise
@@ -86,15 +87,16 @@ class SharedRateLimiter:
             raise self.backend.unavailable()
         return self._fallback(cost), None
 
-    async def aadmit(self, cost: float, ticket: str) -> tuple[float | None, Lease | None]:
+    async def aadmit(self, cost: float, ticket: str,
+                     hold: bool = True) -> tuple[float | None, Lease | None]:
         if self._too_big(cost):
             return math.inf, None
         if self.backend.usable():
             in_flight = self._in_flight
-            member = "" if in_flight is None or in_flight.local_held or (
-                in_flight.async_waiter().busy()) else unique_id()
+            member = "" if in_flight is None or in_flight.async_waiter().busy() else unique_id()
             try:
-                answer = await self.backend.aadmit(self._shared, Ask(ticket, cost, True, member))
+                answer = await self.backend.aadmit(self._shared,
+                                                   Ask(ticket, cost, True, member, hold))
             except StateUnavailableError:
                 if self._fail:
                     raise

@@ -64,12 +64,14 @@ class EndpointLimits:
 @dataclass(frozen=True, slots=True)
 class Ask:
     """One call's request: charge the rate limits (``rated``, ``cost`` tokens, as
-    ``ticket``) and take a lease named ``member`` ('' for none)."""
+    ``ticket``) and take a lease named ``member`` ('' for none). Refused by the tokens
+    limit, it holds its place there only with ``hold`` (no other endpoint left to try)."""
 
     ticket: str
     cost: float
     rated: bool
     member: str
+    hold: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -320,7 +320,8 @@ class StateBackend:
     def _admit_args(limits: EndpointLimits, asks: list[Ask], released: list[str]) -> list[str]:
         args = [*limits.args, str(len(released)), *released]
         for ask in asks:
-            args += [ask.ticket, _num(ask.cost), "1" if ask.rated else "0", ask.member]
+            args += [ask.ticket, _num(ask.cost), "1" if ask.rated else "0", ask.member,
+                     "1" if ask.hold else "0"]
         return args
 
     def _admit_step(self, scripts: _Scripts, limits: EndpointLimits, asks: list[Ask],

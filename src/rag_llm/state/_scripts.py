@@ -16,8 +16,9 @@ __all__ = ["ADMIT", "ENDPOINT_PUBLISH", "ENDPOINT_READ", "HOLD", "LEASE_RENEW", 
 # KEYS: [1] the requests bucket, [2] the tokens bucket, [3] the sorted set of leases.
 # ARGV: [1..4] requests' interval (s per request, 0: no limit) and tolerance (burst x
 # interval), tokens' interval and tolerance; [5] hold grace (s); [6] the lease cap;
-# [7] lease ttl (ms); [8] n, the number of releases, then n members; then four per call:
-# ticket, cost (tokens), rated ('1': charge the rate limits), member ('': no lease).
+# [7] lease ttl (ms); [8] n, the number of releases, then n members; then five per call:
+# ticket, cost (tokens), rated ('1': charge the rate limits), member ('': no lease), hold
+# ('1': refused by the tokens limit, take or keep its hold).
 # Returns two per call: {'0', wait} when refused by a rate limit (nothing charged), else
 # {'1', '1'} admitted with its lease taken, or {'1', '0'} admitted without one (none
 # wanted, or all held: the caller waits for one).
@@ -25,7 +26,8 @@ __all__ = ["ADMIT", "ENDPOINT_PUBLISH", "ENDPOINT_READ", "HOLD", "LEASE_RENEW", 
 # A caller refused by the tokens limit holds it (one holder at a time, the largest refused
 # caller taking it over from a smaller one): until it is admitted, or its hold lapses (its
 # wait plus the grace), others are admitted only if the holder's cost is left in the
-# bucket, so small calls cannot starve a large one.
+# bucket, so small calls cannot starve a large one. A caller that may still go to another
+# endpoint asks without a hold, so it leaves none behind where it will not wait.
 ADMIT: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -36,7 +38,7 @@ local ttl = tonumber(ARGV[7])
 local released = tonumber(ARGV[8])
 if released > 0 then redis.call('ZREM', KEYS[3], unpack(ARGV, 9, 8 + released)) end
 
-local function gcra(me, cost)
+local function gcra(me, cost, hold)
   local wait = 0
   local plan = {}
   for i = 1, 2 do
@@ -63,7 +65,7 @@ local function gcra(me, cost)
   end
   if wait > 1e-9 then
     local p = plan[2]
-    if p and p[5] > 1e-9 and ((not p[2]) or p[2] == me or p[3] > p[6]) then
+    if hold and p and p[5] > 1e-9 and ((not p[2]) or p[2] == me or p[3] > p[6]) then
       redis.call('HSET', KEYS[2], 'hid', me, 'hcost', string.format('%.6f', p[3]),
                  'huntil', string.format('%.6f', now + p[5] + grace))
       redis.call('PEXPIRE', KEYS[2],
@@ -86,9 +88,9 @@ end
 local held = nil
 local leased = false
 local out = {}
-for i = 9 + released, #ARGV, 4 do
+for i = 9 + released, #ARGV, 5 do
   local wait = 0
-  if ARGV[i + 2] == '1' then wait = gcra(ARGV[i], tonumber(ARGV[i + 1])) end
+  if ARGV[i + 2] == '1' then wait = gcra(ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 4] == '1') end
   if wait > 0 then
     out[#out + 1] = '0'
     out[#out + 1] = string.format('%.6f', wait)
