@@ -134,3 +134,34 @@ async def test_a_call_cancelled_during_its_admission_gives_its_lease_back(
                 assert len(upstream.requests) == seen  # the cancelled call never went out
     finally:
         proxy.close()
+
+
+async def test_admission_loads_its_script_again_after_a_flush(redis_server: RedisServer,
+                                                              prefix: str) -> None:
+    # Admission keeps connections of its own and sends the script by its hash: a server
+    # that forgot the script (restarted, SCRIPT FLUSH) is handed it again once, in the same
+    # trip, and no call sees an error or falls back to local limits.
+    from rag_llm.state import counted_state
+
+    def troubles() -> tuple[int, int]:  # counted per provider name, over the process
+        (reading,) = [r for r in counted_state() if r.provider == "trips"]
+        return reading.errors, reading.fallbacks
+
+    with UpstreamServer() as upstream:
+        config = _provider(upstream, {"url": redis_server.url, "prefix": prefix},
+                           **NEVER_BINDING)
+        async with create_provider("embedding", config) as provider:
+            await provider.aembed("warm")
+            before = troubles()
+            redis_server.command("SCRIPT", "FLUSH")
+            with Monitor(redis_server.port) as seen:
+                for _ in range(20):
+                    await provider.aembed("x")
+                _wait_for_no_leases(redis_server, prefix)
+            sent = _sent(seen)
+            after = troubles()
+    assert sent.count("SCRIPT") == 1, sent
+    # The first EVALSHA is refused (NOSCRIPT) and sent again after the load.
+    assert sent.count("EVALSHA") == 21, sent
+    assert after == before
+    assert len(upstream.requests) == 21

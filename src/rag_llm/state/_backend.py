@@ -33,6 +33,7 @@ from rag_llm.state._admission import (
 )
 from rag_llm.state._counts import STATE_COUNTS, StateCounts
 from rag_llm.state._scripts import ADMIT, ENDPOINT_PUBLISH, ENDPOINT_READ, HOLD, LEASE_RENEW, UNHOLD
+from rag_llm.state._wire import ScriptWires
 
 if TYPE_CHECKING:
     import redis
@@ -106,8 +107,7 @@ class StateBackend:
         self._lock = threading.Lock()
         self._sync: tuple[redis.Redis, _Scripts] | None = None
         self._flush_client: tuple[redis.Redis, _Scripts] | None = None
-        self._async: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[redis.asyncio.Redis, _Scripts]] = (
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ScriptWires] = (
             weakref.WeakKeyDictionary())
         self._down = False
         self._retry_at = 0.0
@@ -225,21 +225,19 @@ class StateBackend:
         made = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
         return made, _Scripts(made)
 
-    def _async_client(self) -> tuple[redis.asyncio.Redis, _Scripts]:
+    def _async_wires(self) -> ScriptWires:
+        """This loop's connections for ``ADMIT``, all async calls ask of Redis."""
         loop = asyncio.get_running_loop()
-        client = self._async.get(loop)
-        if client is None:
+        wires = self._async.get(loop)
+        if wires is None:
             import redis.asyncio
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
 
             if self._closed:
                 raise self.unavailable("closed")
             pool = redis.asyncio.BlockingConnectionPool.from_url(self.config.url,
                                                                  **self._options())
-            made = redis.asyncio.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
-            client = self._async[loop] = (made, _Scripts(made))
-        return client
+            wires = self._async[loop] = ScriptWires(pool, ADMIT, _MAX_CONNECTIONS)
+        return wires
 
     def _run(self, step: Any, client: Callable[[], tuple[Any, _Scripts]] | None = None) -> Any:
         """``step(client, scripts)`` on the sync client (or ``client()``); failures become
@@ -258,12 +256,12 @@ class StateBackend:
 
         # The timeout bounds the whole step, not each read: a new connection sends four
         # handshake commands before the step's own, and a Redis answering each just inside
-        # its socket timeout held a call for several. Cancelled, redis-py drops the
+        # a socket timeout would hold a call for several. Cancelled, the step drops its
         # connection.
         timeout = self.config.timeout
         try:
             async with asyncio.timeout(timeout):
-                result = await step(*self._async_client())
+                result = await step(self._async_wires())
         except TimeoutError as exc:
             raise self._failed(exc if str(exc) else TimeoutError(
                 f"no answer within {timeout:g} s")) from None
@@ -307,7 +305,7 @@ class StateBackend:
                 released = self._take_releases(limits.leases)
                 try:
                     return await self._arun(  # type: ignore[no-any-return]
-                        lambda _c, s: self._aadmit_step(s, limits, asks, released))
+                        lambda wires: self._aadmit_step(wires, limits, asks, released))
                 except BaseException:
                     self._keep_releases(limits.leases, _undone(released, asks))
                     raise
@@ -329,10 +327,9 @@ class StateBackend:
         args = self._admit_args(limits, asks, released)
         return answers_of(scripts.admit(keys=list(limits.keys), args=args))
 
-    async def _aadmit_step(self, scripts: _Scripts, limits: EndpointLimits, asks: list[Ask],
+    async def _aadmit_step(self, wires: ScriptWires, limits: EndpointLimits, asks: list[Ask],
                            released: list[str]) -> list[Answer]:
-        args = self._admit_args(limits, asks, released)
-        return answers_of(await scripts.admit(keys=list(limits.keys), args=args))
+        return answers_of(await wires.run(limits.keys, self._admit_args(limits, asks, released)))
 
     # -- leases ----------------------------------------------------------------------
 
@@ -518,11 +515,10 @@ class StateBackend:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-        client = self._async.pop(loop) if loop is not None and loop in self._async else None
+        wires = self._async.pop(loop) if loop is not None and loop in self._async else None
         self._closed = True
-        if client is not None:
-            await client[0].aclose()
-            await client[0].connection_pool.disconnect()
+        if wires is not None:
+            await wires.aclose()
         await asyncio.to_thread(self.close)
 
 
