@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +82,32 @@ def test_shared_state_is_a_state_url_in_the_file_or_the_environment(
         assert _shared_state(locator) is shared
     finally:
         asyncio.run(locator.cleanup())
+
+
+def test_a_later_answer_by_another_worker_counts_at_least_what_one_reported(
+        tmp_path: Path) -> None:
+    # Two workers of one service (this process and its parent, both running). Each answers
+    # /metrics with its own figures live and the other's last snapshot; had the first not
+    # written its snapshot before answering, the second's answer would count less, and a
+    # Prometheus scrape answered by it would read a counter reset.
+    from rag_llm import create_provider
+    from rag_llm.testing import UpstreamServer
+    from rag_llm.workers import WorkerSet
+
+    def requests(families: list[Any]) -> float:
+        return sum(s.value for f in families for s in f.samples
+                   if s.name == "rag_llm_requests_total" and s.labels["provider"] == "scrape")
+
+    first = WorkerSet(tmp_path, dict, pid=os.getpid())
+    second = WorkerSet(tmp_path, dict, pid=os.getppid())
+    with UpstreamServer() as upstream, create_provider("embedding", {
+            "type": "openai_compatible", "name": "scrape", "model": "m",
+            "base_url": upstream.base_url}) as provider:
+        first.write()  # a snapshot from before the request
+        provider.embed("x")
+        second.write()
+        # In one process both workers' live figures are the same: one request each.
+        reported = requests(first.families())
+        later = requests(second.families())
+    assert reported == 2  # its own request, live, and the second's snapshot of it
+    assert later >= reported, (reported, later)

@@ -6,7 +6,9 @@ worker writes a snapshot there every :data:`SNAPSHOT_INTERVAL_S` seconds and onc
 exit: its pid, rag-llm's metric families, and its pools (all of them, and per provider
 kind as ``/health`` groups them). Whichever worker answers ``/metrics``, ``/health`` or the
 dashboard reads its own figures live and the other workers' from their latest snapshots,
-so every worker answers with the same service-wide totals.
+so every worker answers with the same service-wide totals. A worker writes its snapshot
+before it answers ``/metrics``, so a later answer by any worker counts at least what it
+reported: a counter never goes back from one scrape to the next, whichever worker answers.
 
 How the totals add up (:func:`merge_families`):
 
@@ -30,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields, is_dataclass
@@ -169,6 +172,8 @@ class WorkerSet:
         self._groups = groups
         self._pools = pools
         self.pid = os.getpid() if pid is None else pid
+        self._writing = threading.Lock()
+        self._final = False
 
     @classmethod
     def from_environment(cls, groups: Callable[[], _Groups]) -> WorkerSet | None:
@@ -180,16 +185,22 @@ class WorkerSet:
     def _path(self) -> Path:
         return self.directory / f"{self.pid}{_SUFFIX}"
 
-    def write(self, *, final: bool = False) -> None:
-        """Write this worker's snapshot; ``final`` at exit, after which its gauges count no more."""
-        data = {"pid": self.pid, "time": time.time(), "final": final,
-                "metrics": [_family(m) for m in collect_metrics()],
-                "pools": [_encode(p) for p in self._pools()],
-                "groups": {kind: [_encode(p) for p in group]
-                           for kind, group in self._groups().items()}}
-        temporary = self._path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(data), encoding="utf-8")
-        os.replace(temporary, self._path)
+    def write(self, *, final: bool = False) -> list[dict[str, Any]]:
+        """Write this worker's snapshot, and return the metric families it holds; ``final``
+        at exit, after which its gauges count no more."""
+        # One writer at a time, each reading the figures under the lock: a snapshot is
+        # never replaced by one read before it, nor torn by a second writer.
+        with self._writing:
+            self._final = final = final or self._final  # a /metrics after exit stays final
+            metrics = [_family(m) for m in collect_metrics()]
+            data = {"pid": self.pid, "time": time.time(), "final": final, "metrics": metrics,
+                    "pools": [_encode(p) for p in self._pools()],
+                    "groups": {kind: [_encode(p) for p in group]
+                               for kind, group in self._groups().items()}}
+            temporary = self._path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(data), encoding="utf-8")
+            os.replace(temporary, self._path)
+        return metrics
 
     def _others(self) -> list[_Reading]:
         found = []
@@ -226,9 +237,9 @@ class WorkerSet:
     def families(self) -> list[Metric]:
         """The service's rag-llm metric families: every worker's added up, as the module
         says, and ``rag_llm_workers``."""
+        own = self.write()  # what this answer counts, written first: see the module
         others = self._others()
-        readings = [(True, [_family(m) for m in collect_metrics()]),
-                    *((r.running, r.families) for r in others)]
+        readings = [(True, own), *((r.running, r.families) for r in others)]
         workers = GaugeMetricFamily("rag_llm_workers",
                                     "Worker processes whose figures these totals add up")
         workers.add_metric([], 1 + sum(r.running for r in others))
