@@ -66,7 +66,9 @@ class StateConfig:
     """A Redis that holds limits shared by every process configured with it.
 
     Keys are ``{prefix}:{<provider>/<endpoint>}:<what>``; the braces make every key of one
-    endpoint hash to the same Redis Cluster slot. ``timeout`` bounds each command.
+    endpoint hash to the same Redis Cluster slot. ``timeout`` bounds each async call's
+    trip to Redis as a whole (a new connection's setup included), and each command of a
+    sync call.
 
     >>> StateConfig("redis://:hunter2@cache:6379/0")
     StateConfig(url='redis://cache:6379/0', prefix='rag-llm', timeout=0.05)
