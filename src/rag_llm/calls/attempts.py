@@ -87,7 +87,7 @@ class Attempts:
             chosen = self.router._choose(self, refused)
             if isinstance(chosen, Attempt):
                 shared = await self.router._aadmit_shared(chosen,
-                                                          self.router.last_choice(refused))
+                                                          self.router._last_choice(refused))
                 if shared is None:
                     return chosen
                 refused.update(shared)
@@ -103,7 +103,7 @@ class Attempts:
         while True:
             chosen = self.router._choose(self, refused)
             if isinstance(chosen, Attempt):
-                shared = self.router._admit_shared(chosen, self.router.last_choice(refused))
+                shared = self.router._admit_shared(chosen, self.router._last_choice(refused))
                 if shared is None:
                     return chosen
                 refused.update(shared)

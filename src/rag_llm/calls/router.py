@@ -157,7 +157,7 @@ class Router:
                 return "rate_limited", limited
         return permit
 
-    def last_choice(self, refused: dict[str, tuple[str, float]]) -> bool:
+    def _last_choice(self, refused: dict[str, tuple[str, float]]) -> bool:
         """Whether every other endpoint has refused this round: a call the shared limit
         refuses here will wait, and may hold its place (see :class:`Ask`)."""
         return len(refused) >= len(self.upstreams) - 1
