@@ -94,8 +94,11 @@ def test_a_later_answer_by_another_worker_counts_at_least_what_one_reported(
     from rag_llm.testing import UpstreamServer
     from rag_llm.workers import WorkerSet
 
-    def requests(families: list[Any]) -> float:
-        return sum(s.value for f in families for s in f.samples
+    def requests(exposition: bytes) -> float:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        return sum(s.value for f in text_string_to_metric_families(exposition.decode())
+                   for s in f.samples
                    if s.name == "rag_llm_requests_total" and s.labels["provider"] == "scrape")
 
     first = WorkerSet(tmp_path, dict, pid=os.getpid())
@@ -107,7 +110,7 @@ def test_a_later_answer_by_another_worker_counts_at_least_what_one_reported(
         provider.embed("x")
         second.write()
         # In one process both workers' live figures are the same: one request each.
-        reported = requests(first.families())
-        later = requests(second.families())
+        reported = requests(first.render_metrics())
+        later = requests(second.render_metrics())
     assert reported == 2  # its own request, live, and the second's snapshot of it
     assert later >= reported, (reported, later)

@@ -7,8 +7,9 @@ exit: its pid, rag-llm's metric families, and its pools (all of them, and per pr
 kind as ``/health`` groups them). Whichever worker answers ``/metrics``, ``/health`` or the
 dashboard reads its own figures live and the other workers' from their latest snapshots,
 so every worker answers with the same service-wide totals. A worker writes its snapshot
-before it answers ``/metrics``, so a later answer by any worker counts at least what it
-reported: a counter never goes back from one scrape to the next, whichever worker answers.
+before it answers ``/metrics`` (:meth:`WorkerSet.render_metrics`), so a later answer by any
+worker counts at least what it reported: a counter never goes back from one scrape to the
+next, whichever worker answers.
 
 How the totals add up (:func:`merge_families`):
 
@@ -234,10 +235,11 @@ class WorkerSet:
                     found.setdefault(kind, []).extend(group)
         return {kind: _per_endpoint(group) for kind, group in found.items()}
 
-    def families(self) -> list[Metric]:
+    def families(self, own: list[dict[str, Any]] | None = None) -> list[Metric]:
         """The service's rag-llm metric families: every worker's added up, as the module
-        says, and ``rag_llm_workers``."""
-        own = self.write()  # what this answer counts, written first: see the module
+        says, and ``rag_llm_workers``; ``own`` is this worker's, read now unless given."""
+        if own is None:
+            own = [_family(m) for m in collect_metrics()]
         others = self._others()
         readings = [(True, own), *((r.running, r.families) for r in others)]
         workers = GaugeMetricFamily("rag_llm_workers",
@@ -246,8 +248,9 @@ class WorkerSet:
         return [*merge_families(readings), workers]
 
     def render_metrics(self) -> bytes:
-        """The exposition of :meth:`families`."""
-        return render_families(self.families())
+        """The exposition of :meth:`families`, this worker's snapshot written first (see
+        the module); the dashboard's frames read the families without writing."""
+        return render_families(self.families(self.write()))
 
     async def run(self, interval: float = SNAPSHOT_INTERVAL_S) -> None:
         """Write a snapshot every ``interval`` seconds until cancelled."""
