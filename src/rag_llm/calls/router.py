@@ -163,7 +163,7 @@ class Router:
         return len(refused) >= len(self.upstreams) - 1
 
     def _admit_shared(self, attempt: Attempt,
-                      hold: bool = True) -> dict[str, tuple[str, float]] | None:
+                      hold: bool) -> dict[str, tuple[str, float]] | None:
         """The shared rate limit's say on a chosen attempt: None to go, else its refusal.
         A lease taken in the same round trip goes with the attempt."""
         shared = attempt.upstream.shared
@@ -177,7 +177,7 @@ class Router:
         return self._shared_refusal(attempt, wait)
 
     async def _aadmit_shared(self, attempt: Attempt,
-                             hold: bool = True) -> dict[str, tuple[str, float]] | None:
+                             hold: bool) -> dict[str, tuple[str, float]] | None:
         """:meth:`_admit_shared` for async calls: Redis is awaited, never blocking the loop."""
         shared = attempt.upstream.shared
         if shared is None:

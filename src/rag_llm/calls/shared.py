@@ -69,7 +69,7 @@ class SharedRateLimiter:
         return burst is not None and cost > burst
 
     def admit(self, cost: float, ticket: str,
-              hold: bool = True) -> tuple[float | None, Lease | None]:
+              hold: bool) -> tuple[float | None, Lease | None]:
         if self._too_big(cost):
             return math.inf, None
         if self.backend.usable():
@@ -88,7 +88,7 @@ class SharedRateLimiter:
         return self._fallback(cost), None
 
     async def aadmit(self, cost: float, ticket: str,
-                     hold: bool = True) -> tuple[float | None, Lease | None]:
+                     hold: bool) -> tuple[float | None, Lease | None]:
         if self._too_big(cost):
             return math.inf, None
         if self.backend.usable():
