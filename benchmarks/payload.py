@@ -57,6 +57,20 @@ CHAT_RESPONSE: Final = json.dumps({
 }, separators=(",", ":"))
 
 
+def _chunk(delta: dict[str, str], finish: str | None) -> str:
+    return "data: " + json.dumps({
+        "id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0,
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }, separators=(",", ":")) + "\n\n"
+
+
+# The same answer as an event stream (``stream: true``), in three chunks.
+CHAT_STREAM_RESPONSE: Final = (
+    _chunk({"role": "assistant", "content": "Hello from"}, None)
+    + _chunk({"content": " the benchmark."}, None) + _chunk({}, "stop") + "data: [DONE]\n\n")
+
+
 def parse_vectors(content: bytes | str) -> list[list[float]]:
     """What every raw client does with the body: JSON into a list of float vectors."""
     return [item["embedding"] for item in json.loads(content)["data"]]

@@ -5,7 +5,8 @@ nginx runs as a child process with a generated config in a temporary directory (
 ``$connection`` and ``$server_protocol`` per request, so a cell's connections and the HTTP
 version it spoke are counted at the server. The HTTPS port offers HTTP/2 by ALPN where nginx
 has the module (``--with-http_v2_module``: Debian 12's nginx, which nginx-light installs); a
-client that does not ask for ``h2`` gets HTTP/1.1 on the same port.
+client that does not ask for ``h2`` gets HTTP/1.1 on the same port. Under ``/stream/v1`` the
+chat answer comes as an event stream, for streamed calls.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from benchmarks.payload import CHAT_RESPONSE, EMBEDDINGS_RESPONSE
+from benchmarks.payload import CHAT_RESPONSE, CHAT_STREAM_RESPONSE, EMBEDDINGS_RESPONSE
 from benchmarks.processes import stop_process
 
 __all__ = [
@@ -142,6 +143,10 @@ http {{
         location = /v1/chat/completions {{
             default_type application/json;
             {_return_directives(CHAT_RESPONSE)}
+        }}
+        location = /stream/v1/chat/completions {{
+            default_type text/event-stream;
+            {_return_directives(CHAT_STREAM_RESPONSE)}
         }}
         location / {{
             default_type application/json;

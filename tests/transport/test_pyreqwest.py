@@ -192,12 +192,6 @@ def test_the_exporter_names_estimated_connection_figures_apart(upstream: Upstrea
     assert 'rag_llm_pool_connections{client="sync"' not in text
 
 
-def test_http2_is_refused_with_the_transport_that_has_it() -> None:
-    http2 = TransportSettings("openai", settings().limits, settings().timeouts, True, True)
-    with pytest.raises(errors.ConfigError, match="httpx2"):
-        get_backend("pyreqwest").open_sync(http2, ClientStats("openai", "sync", "pyreqwest"))
-
-
 async def test_opening_and_closing_clients_leaves_no_thread_behind(
     upstream: UpstreamServer,
 ) -> None:

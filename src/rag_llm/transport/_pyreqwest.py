@@ -10,6 +10,9 @@ for a connection opening or closing and no count of the connections it holds. So
   and are marked estimated (``ClientStats.connections_estimated``) wherever shown;
 * a stale keep-alive connection is resent by hyper itself, unseen (``resent`` stays 0).
 
+``http2 = true`` offers HTTP/2 by ALPN (hyper's h2, one connection for every call); the
+model follows the protocol the responses came over.
+
 TLS is rustls: ``verify=False`` accepts any certificate, a CA path adds that bundle to
 the system's roots. reqwest reads proxy settings from the environment unless told not
 to; like the other transports this one uses none.
@@ -52,6 +55,7 @@ _EXIT_GRACE = 0.05
 # Headers that carry a credential (OpenAI, Azure, and their proxies).
 _SECRET_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "proxy-authorization"})
 _last_close: list[float] = []
+_CONNECTION_ERRORS = (errors.ConnectError, errors.ConnectTimeoutError, errors.ConnectionLostError)
 
 
 def client_closed() -> None:
@@ -172,7 +176,9 @@ def _configure(builder: Any, settings: TransportSettings) -> Any:
         builder = builder.danger_accept_invalid_certs(True)
     elif isinstance(settings.verify, str):
         builder = builder.add_root_certificate_pem(_ca_pem(settings.verify))
-    return builder.http1_only()
+    # HTTP/2 by ALPN over TLS, HTTP/1.1 from servers without it and over plain http://,
+    # as on httpx2.
+    return builder.http2(True) if settings.http2 else builder.http1_only()
 
 
 def _build(client: Any, request: Request, streamed: bool) -> Any:
@@ -246,7 +252,8 @@ class _Admission:
         stats.connections_estimated = True
         self._limits = limits if limits is not None else EndpointLimits(
             settings.limits.max_connections, settings.timeouts.pool)
-        self._model = PoolModel(stats, _max_idle(settings), settings.limits.keepalive_expiry)
+        self._model = PoolModel(stats, _max_idle(settings), settings.limits.keepalive_expiry,
+                                multiplexed=settings.http2)
         self._translate = translate
         self._closed = False
         try:
@@ -278,12 +285,22 @@ class _Admission:
             return True
         return False
 
+    def _failed(self, exc: BaseException, request: Request) -> tuple[errors.RagLLMError, bool]:
+        """rag-llm's error for ``exc``, and whether it lost the connection (connecting
+        failed, or the connection was cut), which an HTTP/2 connection's other calls share."""
+        error = self._translate(exc, request)
+        return error, isinstance(error, _CONNECTION_ERRORS)
+
+    def _spoke(self, response: Any) -> None:
+        if self._model.multiplexed:
+            self._model.spoke(response.version)
+
     def _pool_timeout(self, started: float, request: Request) -> errors.PoolTimeoutError:
         self._stats.wait_ended(time.monotonic() - started)
         return pool_timeout_error(self._settings, request)
 
-    def _release(self, kept: bool) -> None:
-        self._model.end(kept)
+    def _release(self, kept: bool, lost: bool) -> None:
+        self._model.end(kept, lost=lost)
         self._limits.requests.release(self)
 
     def release_idle(self) -> None:
@@ -372,7 +389,7 @@ class PyreqwestAsyncTransport(_Admission):
 
     async def send(self, request: Request) -> Response:
         reused = await self._admit(request)
-        kept = False
+        kept = lost = False
         try:
             for attempt in (1, 2):
                 try:
@@ -381,17 +398,19 @@ class PyreqwestAsyncTransport(_Admission):
                 except self._translate.catches as exc:
                     if self._stale(exc, attempt, reused):
                         continue
-                    raise self._translate(exc, request) from exc
+                    error, lost = self._failed(exc, request)
+                    raise error from exc
+                self._spoke(response)
                 kept = True
                 return Response(response.status, _headers(response), content)
             raise AssertionError("unreachable")  # pragma: no cover
         finally:
-            self._release(kept)
+            self._release(kept, lost)
 
     @asynccontextmanager
     async def stream(self, request: Request) -> AsyncIterator[_AsyncStream]:
         reused = await self._admit(request)
-        kept = False
+        kept = lost = False
         try:
             for attempt in (1, 2):
                 streamed = _build(self._client, request, True)
@@ -400,7 +419,9 @@ class PyreqwestAsyncTransport(_Admission):
                     break
                 except self._translate.catches as exc:
                     if not self._stale(exc, attempt, reused):
-                        raise self._translate(exc, request) from exc
+                        error, lost = self._failed(exc, request)
+                        raise error from exc
+            self._spoke(response)
             body = _AsyncStream(response, request, self._translate, self._settings)
             try:
                 yield body
@@ -409,7 +430,7 @@ class PyreqwestAsyncTransport(_Admission):
                 with self._translate.around(request):
                     await streamed.__aexit__(None, None, None)
         finally:
-            self._release(kept)
+            self._release(kept, lost)
 
     async def prune(self) -> None:
         self._model.prune()
@@ -446,7 +467,7 @@ class PyreqwestSyncTransport(_Admission):
 
     def send(self, request: Request) -> Response:
         reused = self._admit(request)
-        kept = False
+        kept = lost = False
         try:
             for attempt in (1, 2):
                 try:
@@ -455,17 +476,19 @@ class PyreqwestSyncTransport(_Admission):
                 except self._translate.catches as exc:
                     if self._stale(exc, attempt, reused):
                         continue
-                    raise self._translate(exc, request) from exc
+                    error, lost = self._failed(exc, request)
+                    raise error from exc
+                self._spoke(response)
                 kept = True
                 return Response(response.status, _headers(response), content)
             raise AssertionError("unreachable")  # pragma: no cover
         finally:
-            self._release(kept)
+            self._release(kept, lost)
 
     @contextmanager
     def stream(self, request: Request) -> Iterator[_SyncStream]:
         reused = self._admit(request)
-        kept = False
+        kept = lost = False
         try:
             for attempt in (1, 2):
                 streamed = _build(self._client, request, True)
@@ -474,7 +497,9 @@ class PyreqwestSyncTransport(_Admission):
                     break
                 except self._translate.catches as exc:
                     if not self._stale(exc, attempt, reused):
-                        raise self._translate(exc, request) from exc
+                        error, lost = self._failed(exc, request)
+                        raise error from exc
+            self._spoke(response)
             body = _SyncStream(response, request, self._translate, self._settings)
             try:
                 yield body
@@ -483,7 +508,7 @@ class PyreqwestSyncTransport(_Admission):
                 with self._translate.around(request):
                     streamed.__exit__(None, None, None)
         finally:
-            self._release(kept)
+            self._release(kept, lost)
 
     def prune(self) -> None:
         self._model.prune()
@@ -512,13 +537,6 @@ def _import() -> tuple[ModuleType, ModuleType]:
         ) from None
 
 
-def _check_http2(settings: TransportSettings) -> None:
-    # The pool model replays HTTP/1.1's rules: one call per connection at a time.
-    if settings.http2:
-        raise errors.ConfigError("http2", True, "is not supported by transport='pyreqwest'; "
-                                 "use 'httpx2' (or 'auto', which does) for HTTP/2")
-
-
 class PyreqwestBackend:
     """Backend for ``transport = "pyreqwest"``, async and sync."""
 
@@ -529,12 +547,10 @@ class PyreqwestBackend:
 
     def open_async(self, settings: TransportSettings, stats: ClientStats,
                    limits: EndpointLimits | None = None) -> PyreqwestAsyncTransport:
-        _check_http2(settings)
         return PyreqwestAsyncTransport(self._client.ClientBuilder(),
                                        _Translator(self._exceptions, settings), stats, limits)
 
     def open_sync(self, settings: TransportSettings, stats: ClientStats,
                   limits: EndpointLimits | None = None) -> PyreqwestSyncTransport:
-        _check_http2(settings)
         return PyreqwestSyncTransport(self._client.SyncClientBuilder(),
                                       _Translator(self._exceptions, settings), stats, limits)
