@@ -263,18 +263,20 @@ class _Aiohttp:
 
 
 class _Pyreqwest:
-    """A pooled pyreqwest ``Client`` (Rust reqwest, hyper, rustls) trusting the run's CA."""
+    """A pooled pyreqwest ``Client`` (Rust reqwest, hyper, rustls) trusting the run's CA;
+    ``http2`` offers h2 by ALPN."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, http2: bool = False) -> None:
         self._target = target
         self._url = f"{target.base_url}/embeddings"
+        self._http2 = http2
         self._client: Any = None
 
     async def open(self) -> None:
         from pyreqwest.client import ClientBuilder
 
         self._client = (ClientBuilder().add_root_certificate_pem(_pem(self._target.ca_path))
-                        .no_proxy().build())
+                        .no_proxy().http2(self._http2).build())
 
     async def embed(self) -> Vectors:
         response = await (self._client.post(self._url).headers(REQUEST_HEADERS)
@@ -431,9 +433,10 @@ class _RawFloor:
 _POOLED_ASYNC: Final = frozenset({"latency", "throughput", "memory"})
 _SYNC: Final = frozenset({"sync", "memory"})
 # HTTP/2 against HTTP/1.1 keep-alive: the h2 clients, the same libraries over HTTP/1.1
-# (ragllm-httpx2, httpx2: only the protocol differs) and the async default (ragllm-auto).
+# (ragllm-httpx2, httpx2, ragllm-pyreqwest, pyreqwest: only the protocol differs) and the
+# async default (ragllm-auto).
 _HTTP2: Final = "http2"
-_HTTP2_PEERS: Final = frozenset({"ragllm-auto", "ragllm-httpx2", "httpx2"})
+_HTTP2_PEERS: Final = frozenset({"ragllm-auto", "ragllm-httpx2", "httpx2", "ragllm-pyreqwest"})
 
 
 # Transports on an optional package: without it their clients are "not measured".
@@ -474,13 +477,20 @@ def client_specs() -> dict[str, ClientSpec]:
                    "httpx2 with HTTP/2)", "rag-llm", "rag_llm",
                    functools.partial(_rag_async, transport="auto", http2=True),
                    frozenset({_HTTP2}), rag_llm=True, requires=("h2",)),
+        ClientSpec("ragllm-pyreqwest-h2", "async", "rag-llm aembed(), http2=true, "
+                   "transport=pyreqwest (hyper's h2)", "rag-llm", "rag_llm",
+                   functools.partial(_rag_async, transport="pyreqwest", http2=True),
+                   frozenset({_HTTP2}), rag_llm=True, requires=("pyreqwest",)),
         ClientSpec("floor", "async", "raw asyncio streams, prebuilt request (reference floor)",
                    "python", "asyncio", lambda t, c: _RawFloor(t),
                    frozenset({"latency", "proxy"})),
         ClientSpec("aiohttp", "async", "aiohttp ClientSession, reused", "aiohttp", "aiohttp",
                    lambda t, c: _Aiohttp(t), _POOLED_ASYNC | {"proxy"}),
         ClientSpec("pyreqwest", "async", "pyreqwest Client, reused", "pyreqwest", "pyreqwest",
-                   lambda t, c: _Pyreqwest(t), _POOLED_ASYNC),
+                   lambda t, c: _Pyreqwest(t), _POOLED_ASYNC | {_HTTP2}),
+        ClientSpec("pyreqwest-h2", "async", "pyreqwest Client, http2(True), reused",
+                   "pyreqwest", "pyreqwest", lambda t, c: _Pyreqwest(t, http2=True),
+                   frozenset({_HTTP2})),
         ClientSpec("httpx", "async", "httpx AsyncClient, reused", "httpx", "httpx",
                    lambda t, c: _HttpxAsync(t, "httpx"), _POOLED_ASYNC),
         ClientSpec("httpx-new", "async", "httpx AsyncClient() new per request (the 'before')",

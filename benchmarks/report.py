@@ -19,6 +19,10 @@ _HTTP2_PAIRS: Final = (
     ("ragllm-h2", "ragllm-httpx2", "rag-llm, httpx2 both: h2 / h1"),
     ("httpx2-h2", "httpx2", "bare httpx2: h2 / h1"),
     ("ragllm-h2", "ragllm-auto", "rag-llm: h2 / default (aiohttp h1)"),
+    ("ragllm-pyreqwest-h2", "ragllm-pyreqwest", "rag-llm, pyreqwest both: h2 / h1"),
+    ("pyreqwest-h2", "pyreqwest", "bare pyreqwest: h2 / h1"),
+    ("ragllm-pyreqwest-h2", "ragllm-auto", "rag-llm: pyreqwest h2 / default (aiohttp h1)"),
+    ("ragllm-pyreqwest-h2", "ragllm-h2", "rag-llm h2: pyreqwest / httpx2"),
 )
 
 
@@ -242,9 +246,11 @@ class _Report:
             f"nginx: {nginx}. `ragllm-h2` is rag-llm "
             "with `http2: true` (transport `auto`, hence httpx2 with h2) and `ragllm-httpx2` the "
             "same transport over HTTP/1.1, so that only the protocol differs; `httpx2-h2` and "
-            "`httpx2` the same for the bare library; `ragllm-auto` is the async default "
-            "(aiohttp, HTTP/1.1). Pools: 100 connections at most (HTTP/1.1), 100 streams on "
-            "one connection (httpx2's h2 setting). Protocol: what nginx logged.", "",
+            "`httpx2` the same for the bare library; `ragllm-pyreqwest-h2` and "
+            "`ragllm-pyreqwest`, `pyreqwest-h2` and `pyreqwest` the same pairs on pyreqwest "
+            "(hyper's h2); `ragllm-auto` is the async default (aiohttp, HTTP/1.1). Pools: 100 "
+            "connections at most (HTTP/1.1), 100 streams on one connection (httpx2's h2 "
+            "setting; on pyreqwest, 100 calls in flight). Protocol: what nginx logged.", "",
             "Requests per second, RTT 0:", "", table("rps", by_c, 0), "",
             "p50 latency at c=1 (ms), by emulated RTT:", "", table("p50_ms", by_rtt, 2), "",
             "p99 latency under load (ms), RTT 0:", "", table("p99_ms", by_c, 1), "",
