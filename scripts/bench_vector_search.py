@@ -232,6 +232,8 @@ def main() -> int:
     parser.add_argument("--hnsw-m", type=int, help="the store's m (default: its own)")
     parser.add_argument("--hnsw-ef-construction", type=int,
                         help="the store's ef_construction (default: its own)")
+    parser.add_argument("--hnsw-build-memory-mb", type=int,
+                        help="the most memory an index build takes (default: the store's)")
     parser.add_argument("--postgres", metavar="URL",
                         help="a PostgreSQL database with pgvector (default: a throwaway one)")
     parser.add_argument("--no-postgres", action="store_true", help="skip PostgreSQL")
@@ -246,7 +248,8 @@ def main() -> int:
         vectors = _clustered(args.chunks, args.dims, args.clusters, args.spread, seed=1)
         queries = _clustered(args.queries, args.dims, args.clusters, args.spread, seed=2)
     build = {name: value for name, value in (("m", args.hnsw_m),
-                                              ("ef_construction", args.hnsw_ef_construction))
+                                              ("ef_construction", args.hnsw_ef_construction),
+                                              ("build_memory_mb", args.hnsw_build_memory_mb))
              if value is not None}
     results: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -289,9 +289,12 @@ def test_hnsw_build_settings_are_checked() -> None:
         RagSettings(hnsw_m=32, hnsw_ef_construction=40)
     with pytest.raises(ConfigError, match="hnsw_ef_construction"):
         RagSettings(hnsw_ef_construction=1001)
+    with pytest.raises(ConfigError, match="hnsw_build_memory_mb.*between 64"):
+        RagSettings(hnsw_build_memory_mb=16)
     env = RagSettings.load(environ={"RAG_LLM_HNSW_M": "24",
-                                    "RAG_LLM_HNSW_EF_CONSTRUCTION": "128"})
-    assert (env.hnsw_m, env.hnsw_ef_construction) == (24, 128)
+                                    "RAG_LLM_HNSW_EF_CONSTRUCTION": "128",
+                                    "RAG_LLM_HNSW_BUILD_MEMORY_MB": "4096"})
+    assert (env.hnsw_m, env.hnsw_ef_construction, env.hnsw_build_memory_mb) == (24, 128, 4096)
 
 
 def test_a_write_as_large_as_the_table_is_indexed_afresh_not_row_by_row(pg_url: str) -> None:

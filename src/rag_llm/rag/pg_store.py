@@ -97,7 +97,6 @@ FROM nearest n JOIN documents d ON d.id = n.document_id ORDER BY n.distance, n.i
 _COPY: Final = ("COPY chunks (document_id, idx, text, tokens, embedding) "
                 "FROM STDIN WITH (FORMAT BINARY)")
 _EF_SEARCH_MAX: Final = 1000  # pgvector's limit
-_BUILD_MEMORY_MAX_KB: Final = 1 << 20  # 1 GiB: maintenance_work_mem for an index build
 
 
 class PostgresStore:
@@ -118,11 +117,13 @@ class PostgresStore:
                    connect_timeout=settings.store_connect_timeout,
                    ef_search=settings.hnsw_ef_search,
                    exact_below=settings.exact_search_below, m=settings.hnsw_m,
-                   ef_construction=settings.hnsw_ef_construction)
+                   ef_construction=settings.hnsw_ef_construction,
+                   build_memory_mb=settings.hnsw_build_memory_mb)
 
     def __init__(self, url: str, *, password: str | None = None, pool_min_size: int = 1,
                  pool_max_size: int = 10, connect_timeout: int = 10, ef_search: int = 100,
-                 exact_below: int = 10_000, m: int = 16, ef_construction: int = 64) -> None:
+                 exact_below: int = 10_000, m: int = 16, ef_construction: int = 64,
+                 build_memory_mb: int = 1024) -> None:
         url, in_url = split_password(url)
         self.url = url  # without the password
         secret = password if password is not None else in_url
@@ -140,6 +141,7 @@ class PostgresStore:
         self.ef_search = min(ef_search, _EF_SEARCH_MAX)
         self.exact_below = exact_below
         self.m, self.ef_construction = int(m), int(ef_construction)
+        self.build_memory_mb = int(build_memory_mb)
         self._lock = threading.Lock()
         self._closed = False
         self._migrate(connect_timeout)
@@ -393,14 +395,14 @@ class PostgresStore:
 
         pgvector builds fast while the graph fits in ``maintenance_work_mem`` and slows
         several-fold past it, so this session raises it to the graph's estimated size (at
-        most :data:`_BUILD_MEMORY_MAX_KB`; never lowered) for the build."""
+        most ``build_memory_mb``; never lowered) for the build."""
         row = conn.execute("SELECT count(*), (SELECT dimensions FROM rag_store), "
                            "current_setting('maintenance_work_mem')::text, "
                            "(SELECT setting::bigint FROM pg_settings "
                            "WHERE name = 'maintenance_work_mem') FROM chunks").fetchone()
         rows, dims, previous, current_kb = row if row else (0, 0, "64MB", 65536)
         graph_kb = int(rows) * (4 * int(dims or 0) + 48 * self.m + 256) * 5 // 4 // 1024
-        wanted_kb = min(max(graph_kb, int(current_kb)), _BUILD_MEMORY_MAX_KB)
+        wanted_kb = min(max(graph_kb, int(current_kb)), self.build_memory_mb * 1024)
         conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (f"{wanted_kb}kB",))
         try:
             conn.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {_INDEX} ON chunks USING "

@@ -39,12 +39,17 @@ DEFAULT_HNSW_M: Final = 16
 DEFAULT_HNSW_EF_CONSTRUCTION: Final = 64
 DEFAULT_HNSW_EF_SEARCH: Final = 100
 DEFAULT_EXACT_SEARCH_BELOW: Final = 10_000
+# The most memory (MiB) an index build may take on the server (its maintenance_work_mem for
+# that build): the graph of 1M chunks of 384 dimensions needs about 3 GiB, and a build past
+# its memory takes rows several times slower.
+DEFAULT_HNSW_BUILD_MEMORY_MB: Final = 1024
 
 _INT_FIELDS: Final = ("chunk_size", "chunk_overlap", "top_k", "embed_batch_size",
                       "embed_concurrency", "max_upload_bytes", "max_request_bytes",
                       "store_pool_min_size", "store_pool_max_size", "store_connect_timeout",
                       "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search",
-                      "exact_search_below")
+                      "hnsw_build_memory_mb", "exact_search_below")
+_MAX_BUILD_MEMORY_MB: Final = 2_097_151  # PostgreSQL's limit for maintenance_work_mem, 2 TiB
 _ZERO_ALLOWED: Final = ("chunk_overlap", "store_pool_min_size", "exact_search_below")
 
 
@@ -80,6 +85,7 @@ class RagSettings:
     hnsw_m: int = DEFAULT_HNSW_M
     hnsw_ef_construction: int = DEFAULT_HNSW_EF_CONSTRUCTION
     hnsw_ef_search: int = DEFAULT_HNSW_EF_SEARCH
+    hnsw_build_memory_mb: int = DEFAULT_HNSW_BUILD_MEMORY_MB
     exact_search_below: int = DEFAULT_EXACT_SEARCH_BELOW
 
     def __post_init__(self) -> None:
@@ -118,6 +124,9 @@ class RagSettings:
         if not 2 * self.hnsw_m <= self.hnsw_ef_construction <= 1000:
             raise ConfigError("hnsw_ef_construction", self.hnsw_ef_construction,
                               f"must be between 2 * hnsw_m = {2 * self.hnsw_m} and 1000")
+        if not 64 <= self.hnsw_build_memory_mb <= _MAX_BUILD_MEMORY_MB:
+            raise ConfigError("hnsw_build_memory_mb", self.hnsw_build_memory_mb,
+                              f"must be between 64 and {_MAX_BUILD_MEMORY_MB} (MiB)")
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
