@@ -132,6 +132,9 @@ async def _ingest(service: RagService, paths: Sequence[str], out: TextIO) -> Ing
     print(f"{len(report.documents)} documents ({report.count('added')} added, "
           f"{report.count('updated')} updated, {report.count('unchanged')} unchanged), "
           f"{len(report.failures)} failed, {report.chunks_stored} chunks stored", file=out)
+    if report.reembedded:
+        print(f"{report.reembedded} stored chunks embedded again with {service.embedding_model}"
+              " (the store's embedding model changed)", file=out)
     return report
 
 

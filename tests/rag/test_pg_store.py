@@ -289,7 +289,7 @@ def test_hnsw_build_settings_are_checked() -> None:
         RagSettings(hnsw_m=32, hnsw_ef_construction=40)
     with pytest.raises(ConfigError, match="hnsw_ef_construction"):
         RagSettings(hnsw_ef_construction=1001)
-    with pytest.raises(ConfigError, match="hnsw_build_memory_mb.*between 64"):
+    with pytest.raises(ConfigError, match=r"hnsw_build_memory_mb.*between 64"):
         RagSettings(hnsw_build_memory_mb=16)
     env = RagSettings.load(environ={"RAG_LLM_HNSW_M": "24",
                                     "RAG_LLM_HNSW_EF_CONSTRUCTION": "128",

@@ -13,7 +13,7 @@ import pytest
 
 from rag_llm.errors import ConfigError
 from rag_llm.rag.sqlite_store import VECTORS_FILE, SQLiteStore
-from rag_llm.rag.store import NewDocument
+from rag_llm.rag.store import DocumentContent, NewDocument
 
 MODEL = "test/model"
 
@@ -171,6 +171,68 @@ def test_vectors_of_another_model_or_size_are_refused_while_chunks_exist(
     store.replace_document(document("b"), ["b0"], [1], [axis(0, 8)], "other/model")
     assert store.embedding_model == "other/model"
     assert store.dimensions == 8
+
+
+def _content(source: str, texts: list[str], vectors: list[list[float]]) -> DocumentContent:
+    return DocumentContent(document(source), texts, [1] * len(texts), vectors)
+
+
+def test_replace_all_swaps_every_document_and_the_model_at_once(open_store: Opener) -> None:
+    with open_store() as store, open_store() as other:
+        store.replace_document(document("a"), ["a0", "a1"], [1, 1], [axis(0), axis(1)], MODEL)
+        store.replace_document(document("b"), ["b0"], [1], [axis(2)], MODEL)
+        for _ in range(2):  # the second swap keeps the 6-dimension rows' size
+            expected = {d.id: d for d in store.documents()}
+            assert store.replace_all(
+                [_content("a", ["a0", "a1"], [axis(5, 6), axis(4, 6)]),
+                 _content("c", ["c0"], [axis(0, 6)])], "new/model", expected)
+        assert (other.embedding_model, other.dimensions) == ("new/model", 6)
+        assert [(d.source, d.chunks) for d in other.documents()] == [("a", 2), ("c", 1)]
+        assert [h.chunk.text for h in other.search(axis(4, 6), k=3)][:1] == ["a1"]
+        assert [[round(x, 6) for x in row] for row in other.vectors("id-a")] == [
+            axis(5, 6), axis(4, 6)]
+        assert len(other.search(axis(0, 6), k=9)) == 3  # b is gone, and nothing else is left
+        # The old rows' space is reused by the next write.
+        store.replace_document(document("d"), ["d0"], [1], [axis(1, 6)], "new/model")
+        assert [h.chunk.text for h in other.search(axis(1, 6), k=1)] == ["d0"]
+    with open_store() as reopened:
+        assert [d.source for d in reopened.documents()] == ["a", "c", "d"]
+        assert [h.chunk.text for h in reopened.search(axis(0, 6), k=1)] == ["c0"]
+
+
+def test_replace_all_changes_nothing_when_another_writer_came_first(
+    open_store: Opener,
+) -> None:
+    with open_store() as store, open_store() as other:
+        store.replace_document(document("a"), ["a0"], [1], [axis(0)], MODEL)
+        expected = {d.id: d for d in store.documents()}
+        other.replace_document(document("b"), ["b0"], [1], [axis(1)], MODEL)
+        assert not store.replace_all([_content("a", ["a0"], [axis(0, 6)])], "new/model",
+                                     expected)
+        assert store.embedding_model == MODEL
+        assert [h.chunk.text for h in store.search(axis(1), k=1)] == ["b0"]
+
+
+def test_a_failed_replace_all_leaves_the_old_content_whole(open_store: Opener) -> None:
+    from rag_llm.errors import StoreError
+
+    with open_store() as store:
+        store.replace_document(document("a"), ["a0", "a1"], [1, 1], [axis(0), axis(1)], MODEL)
+        expected = {d.id: d for d in store.documents()}
+        twice = NewDocument(id="id-other", source="a", title="A", media_type="text/plain",
+                            sha256="0" * 64, size=10)  # a second document of source a
+        contents = [_content("a", ["a0"], [axis(0, 6)]),
+                    DocumentContent(twice, ["x"], [1], [axis(1, 6)])]
+        # SQLite's comes as a StoreError, PostgreSQL's as psycopg's UniqueViolation.
+        with pytest.raises(Exception, match=r"(?i)unique") as caught:
+            store.replace_all(contents, "new/model", expected)
+        assert isinstance(caught.value, StoreError) or type(caught.value).__module__.startswith(
+            "psycopg")
+    with open_store() as store:
+        assert (store.embedding_model, store.dimensions) == (MODEL, 4)
+        assert [h.chunk.text for h in store.search(axis(1), k=2)] == ["a1", "a0"]
+        store.replace_document(document("b"), ["b0"], [1], [axis(2)], MODEL)
+        assert [h.chunk.text for h in store.search(axis(2), k=1)] == ["b0"]
 
 
 def test_mismatched_lengths_are_rejected_before_anything_is_written(store: Any) -> None:

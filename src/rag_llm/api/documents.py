@@ -54,7 +54,8 @@ async def ingest_documents(
     contents = [(_name(upload, i), await upload.read()) for i, upload in enumerate(files)]
     report = await service.ingest_files(contents)
     body = IngestOut(documents=[asdict(d) for d in report.documents],  # type: ignore[misc]
-                     failures=[asdict(f) for f in report.failures])  # type: ignore[misc]
+                     failures=[asdict(f) for f in report.failures],  # type: ignore[misc]
+                     reembedded=report.reembedded)
     if report.failures and not report.documents:
         return JSONResponse({"detail": "no file could be ingested",
                              **body.model_dump()}, status_code=422)

@@ -105,6 +105,8 @@ class IngestOut(BaseModel):
 
     documents: list[IngestedOut]
     failures: list[FailureOut]
+    reembedded: int = Field(0, description="stored chunks embedded again because the "
+                                           "embedding model changed")
 
 
 class StatusOut(BaseModel):

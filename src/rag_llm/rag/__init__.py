@@ -20,7 +20,14 @@ from rag_llm.rag.loaders import DocumentError, LoadedDocument, load_bytes
 from rag_llm.rag.service import RagService
 from rag_llm.rag.settings import RagSettings
 from rag_llm.rag.sqlite_store import SQLiteStore
-from rag_llm.rag.store import ChunkRecord, DocumentRecord, DocumentStore, NewDocument, SearchHit
+from rag_llm.rag.store import (
+    ChunkRecord,
+    DocumentContent,
+    DocumentRecord,
+    DocumentStore,
+    NewDocument,
+    SearchHit,
+)
 
 __all__ = [
     "Answer",
@@ -29,6 +36,7 @@ __all__ = [
     "ChunkRecord",
     "Chunker",
     "Citation",
+    "DocumentContent",
     "DocumentError",
     "DocumentRecord",
     "DocumentStore",

@@ -9,6 +9,13 @@ group of batches is done, so memory stays bounded however many files a run takes
 document is stored in one transaction: a run that is killed, or whose store fails (a
 :class:`~rag_llm.errors.StoreError`, which ends the run), leaves every document whole or
 absent, and the next run stores the rest.
+
+A store holds one embedding model's vectors, so a run with another model than the store's
+re-embeds the whole store before it stores anything: every stored chunk from its stored
+text (documents this run re-cuts are embedded once, as cut now), then one transaction
+replaces the store's content (:meth:`~rag_llm.rag.store.DocumentStore.replace_all`).
+Until then the store is as it was; a run that fails or is killed changes nothing. A
+document another process writes meanwhile is noticed there and embedded again.
 """
 
 from __future__ import annotations
@@ -20,11 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
+import numpy as np
+
 from rag_llm.errors import RagLLMError, StoreError
 from rag_llm.providers import Embedder
 from rag_llm.rag.chunking import Chunk, Chunker
 from rag_llm.rag.loaders import LOADERS_VERSION, DocumentError, discover, load_bytes, read_file
-from rag_llm.rag.store import DocumentStore, NewDocument
+from rag_llm.rag.store import DocumentContent, DocumentRecord, DocumentStore, NewDocument
 
 __all__ = ["IngestFailure", "IngestReport", "IngestedDocument", "Ingestor", "document_id"]
 
@@ -32,6 +41,8 @@ Progress = Callable[[int], None]
 Status = Literal["added", "updated", "unchanged"]
 # Batches per group: how far embedding runs ahead of storing.
 _GROUP_BATCHES: Final = 4
+# Tries of a change of model's swap, each after another writer changed the store.
+_SWAP_TRIES: Final = 3
 
 
 def document_id(source: str) -> str:
@@ -64,6 +75,8 @@ class IngestReport:
 
     documents: tuple[IngestedDocument, ...] = ()
     failures: tuple[IngestFailure, ...] = ()
+    # Stored chunks embedded again because the store's embedding model changed.
+    reembedded: int = 0
 
     def count(self, status: Status) -> int:
         return sum(1 for d in self.documents if d.status == status)
@@ -87,11 +100,12 @@ class Ingestor:
 
     def __init__(self, store: DocumentStore, embedder: Embedder, chunker: Chunker, *,
                  embedding_model: str, batch_size: int, concurrency: int,
-                 max_bytes: int) -> None:
+                 max_bytes: int, dimensions: int | None = None) -> None:
         self.store = store
         self.embedder = embedder
         self.chunker = chunker
         self.embedding_model = embedding_model
+        self.dimensions = dimensions  # the embedder's, where configured
         self.batch_size = batch_size
         self.concurrency = max(1, concurrency)
         self.max_bytes = max_bytes
@@ -134,6 +148,8 @@ class Ingestor:
                 done.append(prepared)
             else:
                 pending.append(prepared)
+        if await asyncio.to_thread(self._model_changes):
+            return await self._switch_model(done, pending, failures, progress, on_total)
         if on_total is not None:
             on_total(sum(len(p.chunks) for p in pending))
         for group in self._groups(pending):
@@ -145,6 +161,69 @@ class Ingestor:
                 else:
                     failures.append(outcome)
         return IngestReport(tuple(done), tuple(failures))
+
+    def _model_changes(self) -> bool:
+        """Whether the store holds vectors of another model, or of another configured size."""
+        stored, dims = self.store.embedding_model, self.store.dimensions
+        other = (stored is not None and stored != self.embedding_model) or (
+            self.dimensions is not None and dims is not None and dims != self.dimensions)
+        return other and self.store.chunk_count() > 0
+
+    async def _switch_model(self, done: list[IngestedDocument], pending: list[_Prepared],
+                            failures: list[IngestFailure], progress: Progress | None,
+                            on_total: Callable[[int], None] | None) -> IngestReport:
+        """Re-embed the whole store with this run's model and swap it in (module doc)."""
+        fresh = {prepared.document.id for prepared in pending}
+        again: dict[str, tuple[DocumentRecord, DocumentContent]] = {}  # stored, re-embedded
+        new = await self._contents(pending, progress, on_total)
+        for _ in range(_SWAP_TRIES):
+            stored = await asyncio.to_thread(self.store.documents)
+            changed = [d for d in stored if d.id not in fresh and again.get(d.id, (None,))[0] != d]
+            prepared = [await asyncio.to_thread(self._from_store, d) for d in changed]
+            for record, content in zip(changed, await self._contents(prepared, progress,
+                                                                     on_total), strict=True):
+                again[record.id] = (record, content)
+            on_total = None  # the bar's total is set once; a later try adds to its progress
+            kept = [again[d.id][1] for d in stored if d.id not in fresh]
+            if await asyncio.to_thread(self.store.replace_all, [*kept, *new],
+                                       self.embedding_model, {d.id: d for d in stored}):
+                break
+        else:
+            raise StoreError(repr(self.store), f"re-embedding the store with "
+                             f"{self.embedding_model!r}: other writers changed it during each "
+                             f"of {_SWAP_TRIES} tries; the store is unchanged: ingest again")
+        done += [IngestedDocument(p.document.id, p.document.source, p.document.title,
+                                  "updated" if p.replaces else "added", len(p.chunks))
+                 for p in pending]
+        return IngestReport(tuple(done), tuple(failures),
+                            reembedded=sum(len(c.texts) for c in kept))
+
+    async def _contents(self, prepared: list[_Prepared], progress: Progress | None,
+                        on_total: Callable[[int], None] | None) -> list[DocumentContent]:
+        """``prepared`` embedded, group by group, each vector kept as float32 (a quarter of
+        a list's memory); any failure ends the change of model, before anything changed."""
+        if on_total is not None:
+            on_total(sum(len(p.chunks) for p in prepared))
+        contents: list[DocumentContent] = []
+        for group in self._groups(prepared):
+            await self._embed(group, progress)
+            for p in group:
+                if p.error is not None:
+                    raise RagLLMError(f"re-embedding the store with {self.embedding_model!r} "
+                                      f"failed at {p.document.source!r}: {p.error}; the "
+                                      "store is unchanged")
+                contents.append(DocumentContent(
+                    p.document, [c.text for c in p.chunks], [c.tokens for c in p.chunks],
+                    np.asarray(p.vectors, dtype=np.float32)))
+                p.vectors = []
+        return contents
+
+    def _from_store(self, record: DocumentRecord) -> _Prepared:
+        """A stored document as it is, to embed again (in a worker thread)."""
+        chunks = [Chunk(c.index, c.text, c.tokens) for c in self.store.chunks(record.id)]
+        document = NewDocument(record.id, record.source, record.title, record.media_type,
+                               record.sha256, record.size, record.recipe)
+        return _Prepared(document, chunks, replaces=True)
 
     def _prepare(self, source: str, content: Path | bytes) -> _Prepared | IngestedDocument:
         """Read, hash and chunk one file (in a worker thread)."""

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -52,8 +52,14 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from rag_llm.errors import ConfigError
-from rag_llm.rag.sqlite_store import _unit_rows
-from rag_llm.rag.store import ChunkRecord, DocumentRecord, NewDocument, SearchHit
+from rag_llm.rag.sqlite_store import _content_rows, _unit_rows
+from rag_llm.rag.store import (
+    ChunkRecord,
+    DocumentContent,
+    DocumentRecord,
+    NewDocument,
+    SearchHit,
+)
 from rag_llm.rag.stores import split_password
 
 if TYPE_CHECKING:
@@ -319,6 +325,43 @@ class PostgresStore:
                                                            strict=True)):
                     copy.write_row((document.id, i, text, count, row))
 
+    def replace_all(self, contents: Sequence[DocumentContent], embedding_model: str,
+                    expected: Mapping[str, DocumentRecord]) -> bool:
+        """See :meth:`DocumentStore.replace_all`. Every writer shares the ``rag_store`` row
+        (:meth:`_claim_model`), so holding it alone waits out the writes under way and keeps
+        others out. The index is dropped in the transaction (searches wait for its commit)
+        and built afresh after it."""
+        matrices, dims = _content_rows(contents)
+        now = datetime.now(UTC).replace(microsecond=0)
+        self._check_open()
+        with self._pool.connection() as conn:
+            with conn.transaction():
+                conn.execute("SELECT 1 FROM rag_store FOR UPDATE")
+                current = conn.execute(f"SELECT {_DOCUMENT_COLUMNS} FROM documents d"  # noqa: S608
+                                       .encode()).fetchall()
+                if {row[0]: _document(row) for row in current} != dict(expected):
+                    return False
+                conn.execute(f"DROP INDEX IF EXISTS {_INDEX}".encode())
+                conn.execute("TRUNCATE chunks, documents")
+                conn.execute(f"ALTER TABLE chunks ALTER COLUMN embedding TYPE vector({dims:d})"
+                             .encode())
+                conn.execute("UPDATE rag_store SET embedding_model = %s, dimensions = %s",
+                             (embedding_model, dims))
+                with conn.cursor() as cursor:
+                    cursor.executemany(
+                        "INSERT INTO documents VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                        [(c.document.id, c.document.source, c.document.title,
+                          c.document.media_type, c.document.sha256, c.document.size,
+                          len(c.texts), now, c.document.recipe) for c in contents])
+                    with cursor.copy(_COPY) as copy:
+                        copy.set_types(["text", "int4", "text", "int4", "vector"])
+                        for content, matrix in zip(contents, matrices, strict=True):
+                            for i, (text, count, row) in enumerate(zip(
+                                    content.texts, content.tokens, matrix, strict=True)):
+                                copy.write_row((content.document.id, i, text, count, row))
+            self._index_when_large(conn, holding_lock=False)
+        return True
+
     def _claim_model(self, conn: psycopg.Connection[Any], model: str, dims: int) -> None:
         """Record the model and dimension, or refuse vectors of another while chunks exist.
 
@@ -340,8 +383,8 @@ class PostgresStore:
             raise ConfigError(
                 "embedding", model,
                 f"differs from {stored_model!r} ({stored_dims} dimensions) that the store at "
-                f"{self.url} was built with; use another database (the store URL) or delete "
-                "its documents and ingest again")
+                f"{self.url} was built with; an ingest with the new model re-embeds the "
+                "whole store first, or use another database (the store URL)")
         if stored_dims != dims:  # the table is empty: the index comes back when it is large
             conn.execute(f"DROP INDEX IF EXISTS {_INDEX}".encode())
             conn.execute(f"ALTER TABLE chunks ALTER COLUMN embedding TYPE vector({dims:d})"

@@ -72,7 +72,9 @@ class RagService:
                                   embedding_model=self.embedding_model,
                                   batch_size=settings.embed_batch_size,
                                   concurrency=_concurrency(embedder, settings.embed_concurrency),
-                                  max_bytes=settings.max_upload_bytes)
+                                  max_bytes=settings.max_upload_bytes,
+                                  dimensions=getattr(getattr(embedder, "config", None),
+                                                     "dimensions", None))
         self._count_corpus()
 
     @classmethod
@@ -102,13 +104,14 @@ class RagService:
         if stored is not None and stored != self.embedding_model and self.store.chunk_count():
             raise ConfigError(
                 "embedding", self.embedding_model,
-                f"differs from {stored!r} that the stored vectors came from; use another "
-                "data_dir (RAG_LLM_DATA_DIR) or delete the store and ingest again")
+                f"differs from {stored!r} that the stored vectors came from; the next "
+                "ingest (rag-llm ingest, or POST /v1/documents) re-embeds the stored "
+                "chunks with it, or use another data_dir (RAG_LLM_DATA_DIR)")
 
     async def ingest_paths(self, paths: Iterable[str | Path], progress: Progress | None = None,
                            on_total: Callable[[int], None] | None = None) -> IngestReport:
-        """Ingest files and folders; see :class:`~rag_llm.rag.ingest.Ingestor`."""
-        await asyncio.to_thread(self._check_model)
+        """Ingest files and folders; see :class:`~rag_llm.rag.ingest.Ingestor` (with a
+        new embedding model, it first re-embeds the whole store)."""
         try:
             return await self._ingestor.ingest_paths(paths, progress, on_total)
         finally:
@@ -116,7 +119,6 @@ class RagService:
 
     async def ingest_files(self, files: Sequence[tuple[str, bytes]]) -> IngestReport:
         """Ingest uploaded (name, content) pairs."""
-        await asyncio.to_thread(self._check_model)
         try:
             return await self._ingestor.ingest_files(files)
         finally:

@@ -27,7 +27,7 @@ import os
 import resource
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -36,7 +36,13 @@ import numpy as np
 import numpy.typing as npt
 
 from rag_llm.errors import ConfigError, StoreError
-from rag_llm.rag.store import ChunkRecord, DocumentRecord, NewDocument, SearchHit
+from rag_llm.rag.store import (
+    ChunkRecord,
+    DocumentContent,
+    DocumentRecord,
+    NewDocument,
+    SearchHit,
+)
 
 if TYPE_CHECKING:
     from rag_llm.rag.settings import RagSettings
@@ -218,6 +224,52 @@ class SQLiteStore:
                               document.media_type, document.sha256, document.size,
                               len(texts), ingested_at, document.recipe)
 
+    def replace_all(self, contents: Sequence[DocumentContent], embedding_model: str,
+                    expected: Mapping[str, DocumentRecord]) -> bool:
+        """See :meth:`DocumentStore.replace_all`. The new vectors are written past every
+        old row (in the new rows' size) before the commit, so a crash at any point leaves
+        the old content whole; the old rows' space becomes free slots."""
+        matrices, dims = _content_rows(contents)
+        ingested_at = datetime.now(UTC).isoformat(timespec="seconds")
+        with self._lock:
+            self._check_open()
+            with self._transaction("cannot re-embed the store"):
+                current = self._db.execute(f"SELECT {_DOCUMENT_COLUMNS} FROM documents d"  # noqa: S608
+                                           ).fetchall()
+                if {row[0]: DocumentRecord(*row) for row in current} != dict(expected):
+                    return False
+                old_bytes = int(self._meta("next_slot") or 0) * int(self._meta("dimensions") or 0)
+                start = -(-old_bytes // dims) if dims else 0  # the first row past the old ones
+                rows = sum(m.shape[0] for m in matrices)
+                if rows:
+                    block = np.concatenate(matrices)
+                    os.pwrite(self._fd, block.tobytes(), start * dims * _ROW_BYTES)
+                    os.fsync(self._fd)
+                self._db.execute("DELETE FROM chunks")
+                self._db.execute("DELETE FROM documents")
+                self._db.execute("DELETE FROM free_slots")  # they counted rows of the old size
+                self._db.executemany("INSERT INTO free_slots(slot) VALUES (?)",
+                                     ((slot,) for slot in range(start)))
+                self._set_meta("next_slot", start + rows)
+                self._set_meta("embedding_model", embedding_model)
+                self._set_meta("dimensions", dims)
+                slot = start
+                for content in contents:
+                    document = content.document
+                    self._db.execute(
+                        "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (document.id, document.source, document.title, document.media_type,
+                         document.sha256, document.size, len(content.texts), ingested_at,
+                         document.recipe))
+                    self._db.executemany(
+                        "INSERT INTO chunks(document_id, idx, text, tokens, slot) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        [(document.id, i, text, count, slot + i) for i, (text, count)
+                         in enumerate(zip(content.texts, content.tokens, strict=True))])
+                    slot += len(content.texts)
+            self._stale = True  # the next search reloads the map and the matrix
+        return True
+
     def _claim_model(self, model: str, dims: int) -> None:
         stored_model, stored_dims = self._meta("embedding_model"), self._meta("dimensions")
         empty = self._db.execute("SELECT 1 FROM chunks LIMIT 1").fetchone() is None
@@ -226,8 +278,8 @@ class SQLiteStore:
             raise ConfigError(
                 "embedding", model,
                 f"differs from {stored_model!r} ({stored_dims} dimensions) that the store in "
-                f"{self.directory} was built with; use another data_dir (RAG_LLM_DATA_DIR) "
-                "or delete that directory and ingest again")
+                f"{self.directory} was built with; an ingest with the new model re-embeds "
+                "the whole store first, or use another data_dir (RAG_LLM_DATA_DIR)")
         if empty and stored_dims not in (None, str(dims)):
             # Rows of the new size are written from slot 0 over the old ones. The file is
             # not truncated: a rollback then leaves it as long as the old rows need, and a
@@ -406,7 +458,7 @@ class SQLiteStore:
         self.close()
 
 
-def _unit_rows(vectors: Sequence[Sequence[float]]) -> _FloatMatrix:
+def _unit_rows(vectors: Sequence[Sequence[float]] | _FloatMatrix) -> _FloatMatrix:
     matrix = np.asarray(vectors, dtype=np.float32)
     if matrix.ndim != 2 or (matrix.shape[0] and matrix.shape[1] == 0):
         raise ValueError(f"vectors must be a non-ragged 2-D sequence, got shape {matrix.shape}")
@@ -414,3 +466,13 @@ def _unit_rows(vectors: Sequence[Sequence[float]]) -> _FloatMatrix:
     norms[norms == 0] = 1.0
     result: _FloatMatrix = matrix / norms
     return result
+
+
+def _content_rows(contents: Sequence[DocumentContent]) -> tuple[list[_FloatMatrix], int]:
+    """Each content's vectors as unit rows, checked against its texts, and their size."""
+    matrices = [_unit_rows(c.vectors) for c in contents]
+    for content, matrix in zip(contents, matrices, strict=True):
+        if not (len(content.texts) == len(content.tokens) == matrix.shape[0]):
+            raise ValueError(f"{content.document.source}: texts, token counts and vectors "
+                             "must match")
+    return matrices, next((int(m.shape[1]) for m in matrices if m.shape[0]), 0)

@@ -8,11 +8,19 @@ floats, unit length; scores are cosine similarities.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
-__all__ = ["ChunkRecord", "DocumentRecord", "DocumentStore", "NewDocument", "SearchHit"]
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    # Rows of floats; a float32 matrix takes a quarter of a list's memory.
+    Vectors: TypeAlias = "Sequence[Sequence[float]] | npt.NDArray[np.float32]"
+
+__all__ = ["ChunkRecord", "DocumentContent", "DocumentRecord", "DocumentStore", "NewDocument",
+           "SearchHit"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +67,16 @@ class ChunkRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class DocumentContent:
+    """A document with all of its chunks and their vectors, as :meth:`replace_all` takes."""
+
+    document: NewDocument
+    texts: Sequence[str]
+    tokens: Sequence[int]
+    vectors: Vectors
+
+
+@dataclass(frozen=True, slots=True)
 class SearchHit:
     """A chunk found by vector search, with its document and its cosine ``score``."""
 
@@ -79,6 +97,11 @@ class DocumentStore(Protocol):
         """The embedding model the stored vectors came from; ``None`` while empty."""
         ...
 
+    @property
+    def dimensions(self) -> int | None:
+        """The stored vectors' dimension; ``None`` while empty."""
+        ...
+
     def document(self, document_id: str) -> DocumentRecord | None: ...
 
     def document_by_source(self, source: str) -> DocumentRecord | None: ...
@@ -95,6 +118,16 @@ class DocumentStore(Protocol):
                          tokens: Sequence[int], vectors: Sequence[Sequence[float]],
                          embedding_model: str) -> DocumentRecord:
         """Store ``document`` with its chunks, replacing any earlier version, atomically."""
+        ...
+
+    def replace_all(self, contents: Sequence[DocumentContent], embedding_model: str,
+                    expected: Mapping[str, DocumentRecord]) -> bool:
+        """Replace every stored document with ``contents``, their vectors from
+        ``embedding_model``, in one transaction: how a store changes embedding model.
+
+        Only if the stored documents are still ``expected`` (by id): False, with nothing
+        changed, when another writer got in first. Searches meanwhile see the old content.
+        """
         ...
 
     def delete_document(self, document_id: str) -> bool:
