@@ -17,7 +17,7 @@ from ragkit import upstream_settings
 from rag_llm.config import Settings
 from rag_llm.errors import ConfigError, RagLLMError
 from rag_llm.locator import ServiceLocator
-from rag_llm.rag import RagService, RagSettings
+from rag_llm.rag import NewDocument, RagService, RagSettings
 from rag_llm.testing import Fault, UpstreamServer
 
 Open = Callable[..., Any]
@@ -124,3 +124,34 @@ async def test_a_new_size_of_the_same_model_re_embeds_too(
         report = await service.ingest_paths([corpus / "espresso.txt"])
         assert report.reembedded == service.store.chunk_count()
         assert service.store.dimensions == 16
+
+
+async def test_a_document_another_writer_stores_during_the_switch_is_embedded_too(
+    open_service: Open, upstream: UpstreamServer, corpus: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with open_service() as service:
+        await service.ingest_paths([corpus / "espresso.txt"])
+        old_dims = service.store.dimensions
+    late = NewDocument(id="id-late", source="late.txt", title="Late", media_type="text/plain",
+                       sha256="0" * 64, size=12)
+    async with open_service("text-embedding-3-large", dimensions=12) as service:
+        store = service.store
+        swap = store.replace_all
+        tries: list[int] = []
+
+        def raced(contents: Any, model: str, expected: Any) -> bool:
+            if not tries:  # a writer still on the old model gets in first
+                store.replace_document(late, ["a late chunk"], [3], [
+                    upstream.expected_embedding("a late chunk", old_dims)],
+                    "openai/text-embedding-3-small")
+            tries.append(len(contents))
+            return bool(swap(contents, model, expected))
+
+        monkeypatch.setattr(store, "replace_all", raced)
+        await service.ingest_paths([corpus / "espresso.txt"])
+        assert tries == [1, 2]  # refused, then again with the late document
+        assert [d.source for d in store.documents()][-1] == "late.txt"
+        [vector] = store.vectors("id-late")
+        assert [round(x, 5) for x in vector] == [
+            round(x, 5) for x in upstream.expected_embedding("a late chunk", 12)]
