@@ -67,7 +67,9 @@ async def test_the_next_ingest_re_embeds_every_stored_chunk_with_the_new_model(
             await service.retrieve("anemones")
         assert caught.value.field == "embedding"
         mark = len(upstream.requests)
-        report = await service.ingest_paths([corpus])
+        totals: list[int] = []
+        steps: list[int] = []
+        report = await service.ingest_paths([corpus], steps.append, totals.append)
         store = service.store
         assert (store.embedding_model, store.dimensions) == (
             "openai/text-embedding-3-large", 12)
@@ -79,6 +81,7 @@ async def test_the_next_ingest_re_embeds_every_stored_chunk_with_the_new_model(
         assert after[str(changed)] == 1
         assert report.reembedded == sum(after.values()) - 1
         assert texts_embedded(upstream, mark) == sum(after.values())  # each chunk once
+        assert (totals, sum(steps)) == ([sum(after.values())], sum(after.values()))  # one bar
         for record in await service.documents():
             chunks = store.chunks(record.id)
             expected = [upstream.expected_embedding(c.text, 12) for c in chunks]

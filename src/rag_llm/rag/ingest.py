@@ -175,19 +175,22 @@ class Ingestor:
         """Re-embed the whole store with this run's model and swap it in (module doc)."""
         fresh = {prepared.document.id for prepared in pending}
         again: dict[str, tuple[DocumentRecord, DocumentContent]] = {}  # stored, re-embedded
-        new = await self._contents(pending, progress, on_total)
+        stored = await asyncio.to_thread(self.store.documents)
+        if on_total is not None:  # a later try's documents add to the bar's progress only
+            on_total(sum(len(p.chunks) for p in pending)
+                     + sum(d.chunks for d in stored if d.id not in fresh))
+        new = await self._contents(pending, progress)
         for _ in range(_SWAP_TRIES):
-            stored = await asyncio.to_thread(self.store.documents)
             changed = [d for d in stored if d.id not in fresh and again.get(d.id, (None,))[0] != d]
             prepared = [await asyncio.to_thread(self._from_store, d) for d in changed]
-            for record, content in zip(changed, await self._contents(prepared, progress,
-                                                                     on_total), strict=True):
+            for record, content in zip(changed, await self._contents(prepared, progress),
+                                       strict=True):
                 again[record.id] = (record, content)
-            on_total = None  # the bar's total is set once; a later try adds to its progress
             kept = [again[d.id][1] for d in stored if d.id not in fresh]
             if await asyncio.to_thread(self.store.replace_all, [*kept, *new],
                                        self.embedding_model, {d.id: d for d in stored}):
                 break
+            stored = await asyncio.to_thread(self.store.documents)
         else:
             raise StoreError(repr(self.store), f"re-embedding the store with "
                              f"{self.embedding_model!r}: other writers changed it during each "
@@ -198,12 +201,10 @@ class Ingestor:
         return IngestReport(tuple(done), tuple(failures),
                             reembedded=sum(len(c.texts) for c in kept))
 
-    async def _contents(self, prepared: list[_Prepared], progress: Progress | None,
-                        on_total: Callable[[int], None] | None) -> list[DocumentContent]:
+    async def _contents(self, prepared: list[_Prepared],
+                        progress: Progress | None) -> list[DocumentContent]:
         """``prepared`` embedded, group by group, each vector kept as float32 (a quarter of
         a list's memory); any failure ends the change of model, before anything changed."""
-        if on_total is not None:
-            on_total(sum(len(p.chunks) for p in prepared))
         contents: list[DocumentContent] = []
         for group in self._groups(prepared):
             await self._embed(group, progress)
