@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from rag_llm.config import Settings
     from rag_llm.locator import ServiceLocator
     from rag_llm.rag import AnswerEvent, IngestReport, RagService, RagSettings
+    from rag_llm.rag.store import SearchFilter
     from rag_llm.remote import ServiceClient
 
 __all__ = ["main"]
@@ -207,14 +208,23 @@ def _run_migrate_store(args: argparse.Namespace) -> int:
     return 0
 
 
+def _where(args: argparse.Namespace) -> SearchFilter | None:
+    """The search filter of ``--document`` and ``--source-prefix``, if either is given."""
+    if args.documents is None and args.source_prefix is None:
+        return None
+    from rag_llm.rag.store import SearchFilter
+
+    return SearchFilter(None if args.documents is None else frozenset(args.documents),
+                        args.source_prefix)
+
+
 async def _query(service: RagService, args: argparse.Namespace) -> None:
     if args.json:
-        answer = await service.query(args.question, args.top_k)
+        answer = await service.query(args.question, args.top_k, _where(args))
         print(json.dumps(asdict(answer), indent=2))
         return
-    _print_answer(args, [(event.kind, event.data)
-                         async for event in _echoed(args, service.stream(args.question,
-                                                                         args.top_k))])
+    events = service.stream(args.question, args.top_k, _where(args))
+    _print_answer(args, [(event.kind, event.data) async for event in _echoed(args, events)])
 
 
 async def _echoed(args: argparse.Namespace,
@@ -228,10 +238,10 @@ async def _echoed(args: argparse.Namespace,
 
 def _query_remote(client: ServiceClient, args: argparse.Namespace) -> None:
     if args.json:
-        print(json.dumps(client.answer(args.question, args.top_k), indent=2))
+        print(json.dumps(client.answer(args.question, args.top_k, _where(args)), indent=2))
         return
     events: list[tuple[str, Any]] = []
-    for kind, data in client.events(args.question, args.top_k):
+    for kind, data in client.events(args.question, args.top_k, _where(args)):
         if kind == "error":
             from rag_llm.remote import RemoteError
 
@@ -510,6 +520,11 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("question")
     query.add_argument("--top-k", type=_positive, default=None,
                        help="chunks to retrieve (default 5)")
+    query.add_argument("--document", dest="documents", action="append", metavar="ID",
+                       help="search only this document (repeatable; ids as `documents` "
+                            "lists them)")
+    query.add_argument("--source-prefix", metavar="PREFIX",
+                       help="search only documents whose source starts with PREFIX")
     query.add_argument("--stream", action="store_true", help="print the answer as it arrives")
     query.add_argument("--json", action="store_true", help="print the answer as JSON")
     query.set_defaults(run=_run_query)

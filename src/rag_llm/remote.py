@@ -19,9 +19,12 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from rag_llm.errors import RagLLMError
+
+if TYPE_CHECKING:
+    from rag_llm.rag.store import SearchFilter
 
 __all__ = ["SERVICE_FILE", "RemoteError", "ServiceClient", "announced", "running_service"]
 
@@ -146,14 +149,17 @@ class ServiceClient:
             raise
         return True
 
-    def answer(self, question: str, top_k: int | None) -> dict[str, Any]:
-        answer: dict[str, Any] = self._json("POST", "/v1/query", _query(question, top_k))
+    def answer(self, question: str, top_k: int | None,
+               where: SearchFilter | None = None) -> dict[str, Any]:
+        answer: dict[str, Any] = self._json("POST", "/v1/query",
+                                            _query(question, top_k, where))
         return answer
 
-    def events(self, question: str, top_k: int | None) -> Iterator[tuple[str, Any]]:
+    def events(self, question: str, top_k: int | None,
+               where: SearchFilter | None = None) -> Iterator[tuple[str, Any]]:
         """The answer as the service streams it: (event, data) pairs, as they arrive."""
-        with self._open("POST", "/v1/query", {**_query(question, top_k), "stream": True}) \
-                as response:
+        with self._open("POST", "/v1/query", {**_query(question, top_k, where),
+                                              "stream": True}) as response:
             event = "message"
             for raw in response:
                 line = raw.decode().rstrip("\r\n")
@@ -164,8 +170,15 @@ class ServiceClient:
                     event = "message"
 
 
-def _query(question: str, top_k: int | None) -> dict[str, Any]:
-    return {"question": question} if top_k is None else {"question": question, "top_k": top_k}
+def _query(question: str, top_k: int | None, where: SearchFilter | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"question": question}
+    if top_k is not None:
+        body["top_k"] = top_k
+    if where is not None and where.document_ids is not None:
+        body["documents"] = sorted(where.document_ids)
+    if where is not None and where.source_prefix is not None:
+        body["source_prefix"] = where.source_prefix
+    return body
 
 
 def _detail(error: urllib.error.HTTPError) -> str:

@@ -158,7 +158,8 @@ def test_a_failing_provider_is_a_502_with_its_message_and_the_service_goes_on(
 def test_an_unexpected_error_is_a_500_without_a_stack_trace(
     make_app: AppFactory, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async def crash(self: RagService, question: str, top_k: int | None = None) -> None:
+    async def crash(self: RagService, question: str, top_k: int | None = None,
+                    where: object = None) -> None:
         raise ZeroDivisionError("internal detail that must not leak")
 
     monkeypatch.setattr(RagService, "query", crash)

@@ -71,3 +71,22 @@ def test_with_no_documents_the_answer_says_there_is_nothing_to_answer_from(
     body = client.post("/v1/query", json={"question": "anything?"}).json()
     assert body == {"question": "anything?", "answer": NO_SOURCES, "mode": "no_sources",
                     "citations": []}
+
+
+def test_a_query_searches_only_the_documents_it_names(client: TestClient) -> None:
+    upload(client, ("notes/keepers.txt", TEXT.encode()), ("bread.txt", OTHER.encode()))
+    ids = {d["source"]: d["id"] for d in client.get("/v1/documents").json()}
+
+    def sources(**where: Any) -> list[str]:
+        body = client.post("/v1/query", json={"question": TEXT, **where}).json()
+        return [c["source"] for c in body["citations"]]
+
+    assert sources() == ["notes/keepers.txt", "bread.txt"]
+    assert sources(documents=[ids["bread.txt"]]) == ["bread.txt"]
+    assert sources(source_prefix="notes/") == ["notes/keepers.txt"]
+    assert sources(documents=[ids["bread.txt"]], source_prefix="notes/") == []
+    with client.stream("POST", "/v1/query", json={"question": TEXT, "stream": True,
+                                                   "source_prefix": "bread"}) as r:
+        assert [c["source"] for c in events(r.read().decode())[0][1]] == ["bread.txt"]
+    refused = client.post("/v1/query", json={"question": TEXT, "documents": "bread"})
+    assert refused.status_code == 422

@@ -65,6 +65,13 @@ def test_documents_query_and_delete(
     assert main(["query", "bees", "--stream", "--config", str(config)]) == 0
     assert capsys.readouterr().out.startswith("echo: Sources:")
 
+    espresso = next(d for d in documents if d["source"].endswith("espresso.txt"))
+    prefix = espresso["source"][:-len("espresso.txt")] + "e"  # espresso.txt alone
+    for where in (["--document", espresso["id"]], ["--source-prefix", prefix]):
+        assert main(["query", "bees", "--json", *where, "--config", str(config)]) == 0
+        cited = {c["source"] for c in json.loads(capsys.readouterr().out)["citations"]}
+        assert cited == {espresso["source"]}
+
     target = documents[0]["id"]
     assert main(["delete", target, "--config", str(config)]) == 0
     assert main(["delete", target, "--config", str(config)]) == 1
@@ -213,6 +220,11 @@ def test_commands_go_to_the_service_running_on_their_data_directory(
         assert answer["citations"]
         assert main(["query", "espresso", "--stream", "--config", str(unreachable)]) == 0
         assert "Sources:\n[1] " in capsys.readouterr().out
+        honeybees = next(d for d in documents if d["source"].endswith("honeybees.html"))
+        assert main(["query", "espresso", "--json", "--document", honeybees["id"],
+                     "--config", str(unreachable)]) == 0
+        cited = {c["source"] for c in json.loads(capsys.readouterr().out)["citations"]}
+        assert cited == {honeybees["source"]}
 
         target = documents[0]["id"]
         assert main(["delete", target, "--config", str(unreachable)]) == 0

@@ -16,7 +16,7 @@ from rag_llm.errors import ConfigError
 from rag_llm.locator import ServiceLocator
 from rag_llm.rag import RagService, RagSettings
 from rag_llm.rag import stores as stores_module
-from rag_llm.rag.store import NewDocument
+from rag_llm.rag.store import DocumentContent, NewDocument, SearchFilter
 from rag_llm.testing import UpstreamServer
 
 if not os.environ.get("CI"):  # in CI a missing driver fails the run (see conftest.pg_server)
@@ -146,6 +146,49 @@ def test_large_tables_are_searched_through_the_hnsw_index_with_high_recall(pg_ur
     with PostgresStore(pg_url) as exact, exact._pool.connection() as conn, \
             conn.transaction():
         assert exact._plan_search(conn, 10) is True  # 3,000 chunks: below 10,000
+
+
+def _filtered_plan(store: PostgresStore, query: np.ndarray, where: SearchFilter) -> str:
+    """EXPLAIN of a filtered search, planned as ``store.search`` plans it."""
+    from rag_llm.rag.pg_store import _SEARCH_IN
+
+    ids = [d.id for d in store.documents() if d.source.startswith(where.source_prefix or "")
+           and (where.document_ids is None or d.id in where.document_ids)]
+    with store._pool.connection() as conn, conn.transaction():
+        store._search_where(conn, query, 10, where)
+        rows = conn.execute(b"EXPLAIN " + _SEARCH_IN.encode(), {"q": query, "k": 10,
+                                                                  "ids": ids})
+        return "\n".join(row[0] for row in rows)
+
+
+def test_a_filtered_search_is_complete_through_the_index_and_exact_without(
+    pg_url: str,
+) -> None:
+    rng = np.random.default_rng(5)
+    size, documents = 500, 40  # 20,000 chunks: the planner prefers the index for a half
+    vectors = rng.standard_normal((size * documents, 16)).astype(np.float32)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    with PostgresStore(pg_url, exact_below=1000, ef_search=64) as store:
+        # One swap writes them all, and the index is built once after it.
+        store.replace_all([DocumentContent(
+            document(f"{'half' if n % 2 else 'rest'}/d{n}"),
+            [f"c{i}" for i in range(n * size, n * size + size)], [1] * size,
+            vectors[n * size:n * size + size]) for n in range(documents)], MODEL, {})
+        with store._pool.connection() as conn:
+            conn.execute("ANALYZE chunks")
+        query = rng.standard_normal(16)
+        one = SearchFilter(document_ids=frozenset({"id-rest/d4"}))  # 2.5 % of the chunks
+        half = SearchFilter(source_prefix="half/")
+        assert "chunks_embedding_hnsw" not in _filtered_plan(store, query, one)
+        assert "chunks_embedding_hnsw" in _filtered_plan(store, query, half)
+        expected = [f"c{i}" for i in 4 * size + np.argsort(-(unit[4 * size:5 * size] @ query))[:10]]
+        assert [h.chunk.text for h in store.search(query.tolist(), 10, one)] == expected
+        allowed = np.array([i for i in range(size * documents) if (i // size) % 2])
+        best = {f"c{i}" for i in allowed[np.argsort(-(unit[allowed] @ query))[:10]]}
+        hits = store.search(query.tolist(), 10, half)
+        assert len(hits) == 10
+        assert all(h.document.source.startswith("half/") for h in hits)
+        assert len(best & {h.chunk.text for h in hits}) >= 9
 
 
 def test_two_writers_of_one_source_end_with_one_copy(pg_url: str) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from rag_llm.errors import ConfigError
 from rag_llm.rag.sqlite_store import VECTORS_FILE, SQLiteStore
-from rag_llm.rag.store import DocumentContent, NewDocument
+from rag_llm.rag.store import DocumentContent, NewDocument, SearchFilter
 
 MODEL = "test/model"
 
@@ -233,6 +233,27 @@ def test_a_failed_replace_all_leaves_the_old_content_whole(open_store: Opener) -
         assert [h.chunk.text for h in store.search(axis(1), k=2)] == ["a1", "a0"]
         store.replace_document(document("b"), ["b0"], [1], [axis(2)], MODEL)
         assert [h.chunk.text for h in store.search(axis(2), k=1)] == ["b0"]
+
+
+def test_a_filtered_search_returns_only_the_documents_it_lets_through(store: Any) -> None:
+    for source, vectors in (("a", [axis(0), axis(1)]), ("b", [[0.9, 0.1, 0, 0]]),
+                            ("notes/c", [[0.8, 0.2, 0, 0]]), ("notes/d", [axis(2)])):
+        store.replace_document(document(source), [f"{source}{i}" for i in range(len(vectors))],
+                               [1] * len(vectors), vectors, MODEL)
+
+    def texts(where: SearchFilter, k: int = 9) -> list[str]:
+        return [h.chunk.text for h in store.search(axis(0), k, where)]
+
+    assert texts(SearchFilter(document_ids=frozenset({"id-b", "id-notes/d"}))) == [
+        "b0", "notes/d0"]
+    assert texts(SearchFilter(source_prefix="notes/")) == ["notes/c0", "notes/d0"]
+    assert texts(SearchFilter(source_prefix="notes/"), k=1) == ["notes/c0"]
+    assert texts(SearchFilter(document_ids=frozenset({"id-a", "id-notes/c"}),
+                              source_prefix="notes/")) == ["notes/c0"]
+    assert texts(SearchFilter(document_ids=frozenset())) == []
+    assert texts(SearchFilter(source_prefix="elsewhere/")) == []
+    assert texts(SearchFilter(source_prefix="")) == texts(SearchFilter(), k=9)
+    assert len(texts(SearchFilter())) == 5
 
 
 def test_mismatched_lengths_are_rejected_before_anything_is_written(store: Any) -> None:

@@ -54,12 +54,12 @@ async def query(body: QueryIn, service: Service) -> QueryOut | StreamingResponse
     then ``done`` (``{"mode": ...}``), or ``error`` if the chat model fails midway.
     """
     if body.stream:
-        events = service.stream(body.question, body.top_k)
+        events = service.stream(body.question, body.top_k, body.where())
         # Retrieval runs before the response starts, so its errors keep their status.
         first = await anext(events)
         return StreamingResponse(_events(first, events), media_type="text/event-stream",
                                  headers={"cache-control": "no-cache"})
-    answer = await service.query(body.question, body.top_k)
+    answer = await service.query(body.question, body.top_k, body.where())
     return QueryOut.model_validate(asdict(answer))
 
 

@@ -6,6 +6,8 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
+from rag_llm.rag.store import SearchFilter
+
 __all__ = [
     "MAX_QUESTION_CHARS",
     "MAX_TOP_K",
@@ -24,6 +26,7 @@ __all__ = [
 
 MAX_QUESTION_CHARS: Final = 4000
 MAX_TOP_K: Final = 50
+MAX_FILTER_DOCUMENTS: Final = 1000
 
 
 class QueryIn(BaseModel):
@@ -39,6 +42,19 @@ class QueryIn(BaseModel):
     stream: StrictBool = Field(default=False,
                                description="answer as server-sent events: citations, "
                                            "delta..., done")
+    documents: list[StrictStr] | None = Field(
+        default=None, max_length=MAX_FILTER_DOCUMENTS,
+        description="search only these documents (ids, as GET /v1/documents lists them)")
+    source_prefix: StrictStr | None = Field(
+        default=None, max_length=MAX_QUESTION_CHARS,
+        description="search only documents whose source starts with this")
+
+    def where(self) -> SearchFilter | None:
+        """The search filter the request asks for, if any."""
+        if self.documents is None and self.source_prefix is None:
+            return None
+        return SearchFilter(None if self.documents is None else frozenset(self.documents),
+                            self.source_prefix)
 
     @field_validator("question")
     @classmethod

@@ -26,6 +26,7 @@ from rag_llm.rag.store import (
     DocumentRecord,
     DocumentStore,
     NewDocument,
+    SearchFilter,
     SearchHit,
 )
 
@@ -49,6 +50,7 @@ __all__ = [
     "RagService",
     "RagSettings",
     "SQLiteStore",
+    "SearchFilter",
     "SearchHit",
     "approximate_tokens",
     "load_bytes",

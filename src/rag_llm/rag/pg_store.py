@@ -58,6 +58,7 @@ from rag_llm.rag.store import (
     DocumentContent,
     DocumentRecord,
     NewDocument,
+    SearchFilter,
     SearchHit,
 )
 from rag_llm.rag.stores import split_password
@@ -93,13 +94,19 @@ CREATE TABLE chunks (
 _INDEX: Final = "chunks_embedding_hnsw"
 _DOCUMENT_COLUMNS: Final = "d.id, d.source, d.title, d.media_type, d.sha256, d.size, " \
                            "d.chunks, d.ingested_at, d.recipe"
-_SEARCH: Final = f"""
+_NEAREST: Final = f"""
 WITH nearest AS (
     SELECT id, document_id, idx, text, tokens, embedding <=> %(q)s AS distance
-    FROM chunks ORDER BY embedding <=> %(q)s LIMIT %(k)s)
+    FROM chunks {{where}}ORDER BY embedding <=> %(q)s LIMIT %(k)s)
 SELECT n.id, n.document_id, n.idx, n.text, n.tokens, {_DOCUMENT_COLUMNS}, 1 - n.distance
 FROM nearest n JOIN documents d ON d.id = n.document_id ORDER BY n.distance, n.id
 """  # noqa: S608 (constants only)
+_SEARCH: Final = _NEAREST.format(where="")
+_SEARCH_IN: Final = _NEAREST.format(where="WHERE document_id = ANY(%(ids)s) ")
+# A filtered search goes through the index only where the documents it lets through hold at
+# least this share of the chunks, so that an index scan meets k of them early; else it is
+# exact over their chunks alone.
+_FILTERED_INDEX_SHARE: Final = 0.1
 _COPY: Final = ("COPY chunks (document_id, idx, text, tokens, embedding) "
                 "FROM STDIN WITH (FORMAT BINARY)")
 _EF_SEARCH_MAX: Final = 1000  # pgvector's limit
@@ -161,6 +168,11 @@ class PostgresStore:
             raise self._error("connected once, then no pooled connection opened within "
                               f"{connect_timeout + 5} s", "check the server's "
                               "max_connections and the network") from None
+        with self._pool.connection() as conn:
+            row = conn.execute("SELECT extversion FROM pg_extension "
+                               "WHERE extname = 'vector'").fetchone()
+        version = tuple(int(p) for p in str(row[0] if row else "0").split(".") if p.isdigit())
+        self._iterative = version >= (0, 8)  # pgvector's iterative index scans
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self.url!r}>"
@@ -473,7 +485,8 @@ class PostgresStore:
             deleted = conn.execute("DELETE FROM documents WHERE id = %s", (document_id,))
             return deleted.rowcount > 0
 
-    def search(self, vector: Sequence[float], k: int) -> list[SearchHit]:
+    def search(self, vector: Sequence[float], k: int,
+               where: SearchFilter | None = None) -> list[SearchHit]:
         query = _unit_rows([vector])[0]
         self._check_open()
         if k < 1:
@@ -486,9 +499,41 @@ class PostgresStore:
             if dims != query.shape[0]:
                 raise ConfigError("embedding", f"{query.shape[0]} dimensions",
                                   f"differs from the store's {dims} dimensions")
-            self._plan_search(conn, k)
-            rows = conn.execute(_SEARCH, {"q": query, "k": k}).fetchall()
+            if where is None:
+                self._plan_search(conn, k)
+                rows = conn.execute(_SEARCH, {"q": query, "k": k}).fetchall()
+            else:
+                rows = self._search_where(conn, query, k, where)
         return [SearchHit(ChunkRecord(*r[:5]), _document(r[5:14]), float(r[14])) for r in rows]
+
+    def _search_where(self, conn: psycopg.Connection[Any], query: Any, k: int,
+                      where: SearchFilter) -> list[Any]:
+        """Search among the chunks of the documents ``where`` lets through.
+
+        Through the index (pgvector 0.8's iterative scan, in strict order, so filtered-out
+        rows do not leave the result short) where those documents hold a large share of the
+        chunks; otherwise exact over their chunks, which the document index finds."""
+        clauses = ["true"]
+        params: dict[str, Any] = {}
+        if where.document_ids is not None:
+            clauses.append("id = ANY(%(ids)s)")
+            params["ids"] = sorted(where.document_ids)
+        if where.source_prefix is not None:
+            clauses.append("starts_with(source, %(prefix)s)")
+            params["prefix"] = where.source_prefix
+        found = conn.execute(f"SELECT id, chunks FROM documents WHERE "  # noqa: S608
+                             f"{' AND '.join(clauses)}".encode(), params).fetchall()
+        if not found:
+            return []
+        matched = sum(int(row[1]) for row in found)
+        exact = not self._iterative or self._plan_search(conn, k) \
+            or not self._smaller_than(conn, int(matched / _FILTERED_INDEX_SHARE) + 1)
+        if exact:
+            conn.execute("SELECT set_config('enable_indexscan', 'off', true)")
+        else:
+            conn.execute("SELECT set_config('hnsw.iterative_scan', 'strict_order', true)")
+        return conn.execute(_SEARCH_IN, {"q": query, "k": k,
+                                         "ids": [row[0] for row in found]}).fetchall()
 
     def _plan_search(self, conn: psycopg.Connection[Any], k: int) -> bool:
         """Set this transaction up for exact or HNSW search; True if exact."""

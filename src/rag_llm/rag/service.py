@@ -32,7 +32,7 @@ from rag_llm.rag.chunking import Chunker, approximate_tokens
 from rag_llm.rag.ingest import Ingestor, IngestReport, Progress
 from rag_llm.rag.recorded import RecordedEmbedder
 from rag_llm.rag.settings import RagSettings
-from rag_llm.rag.store import DocumentRecord, DocumentStore
+from rag_llm.rag.store import DocumentRecord, DocumentStore, SearchFilter
 from rag_llm.rag.stores import open_store
 
 __all__ = ["RagService", "embedding_model_of"]
@@ -136,20 +136,23 @@ class RagService:
         await asyncio.to_thread(self._count_corpus)
         return deleted
 
-    async def retrieve(self, question: str, top_k: int | None = None) -> tuple[Citation, ...]:
-        """The ``top_k`` chunks closest to ``question``, as numbered citations."""
+    async def retrieve(self, question: str, top_k: int | None = None,
+                       where: SearchFilter | None = None) -> tuple[Citation, ...]:
+        """The ``top_k`` chunks closest to ``question``, as numbered citations; only from
+        the documents ``where`` lets through, when given."""
         await asyncio.to_thread(self._check_model)
         k = top_k or self.settings.top_k
         if not await asyncio.to_thread(self.store.chunk_count):
             return ()
         vector = (await self._embedder.aembed([question]))[0]
-        hits = await asyncio.to_thread(self.store.search, vector, k)
+        hits = await asyncio.to_thread(self.store.search, vector, k, where)
         return citations_of(hits)
 
-    async def query(self, question: str, top_k: int | None = None) -> Answer:
+    async def query(self, question: str, top_k: int | None = None,
+                    where: SearchFilter | None = None) -> Answer:
         """Retrieve, then answer with the chat model, or extractively without one."""
         started = time.perf_counter()
-        citations = await self.retrieve(question, top_k)
+        citations = await self.retrieve(question, top_k, where)
         retrieved = time.perf_counter()
         if not citations or self.chat is None:
             mode: Mode = "no_sources" if not citations else "extractive"
@@ -161,10 +164,10 @@ class RagService:
         return Answer(question, text, mode, citations)
 
     async def stream(self, question: str, top_k: int | None = None,
-                     ) -> AsyncIterator[AnswerEvent]:
+                     where: SearchFilter | None = None) -> AsyncIterator[AnswerEvent]:
         """:meth:`query` as events: the citations, the answer's text deltas, then done."""
         started = time.perf_counter()
-        citations = await self.retrieve(question, top_k)
+        citations = await self.retrieve(question, top_k, where)
         retrieved = time.perf_counter()
         yield AnswerEvent("citations", [asdict(c) for c in citations])
         if not citations or self.chat is None:

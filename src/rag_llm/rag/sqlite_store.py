@@ -41,6 +41,7 @@ from rag_llm.rag.store import (
     DocumentContent,
     DocumentRecord,
     NewDocument,
+    SearchFilter,
     SearchHit,
 )
 
@@ -406,11 +407,13 @@ class SQLiteStore:
         return np.memmap(self.directory / VECTORS_FILE, dtype=np.float32, mode="r",
                          shape=(total, dims))
 
-    def search(self, vector: Sequence[float], k: int) -> list[SearchHit]:
+    def search(self, vector: Sequence[float], k: int,
+               where: SearchFilter | None = None) -> list[SearchHit]:
         query = _unit_rows([vector])[0]
         with self._lock:
             self._check_open()
             matrix, slots = self._refresh()
+            allowed = None if where is None or matrix is None else self._slots_where(where)
         if matrix is None or k < 1:
             return []
         if matrix.shape[1] != query.shape[0]:
@@ -418,15 +421,38 @@ class SQLiteStore:
                               f"differs from the store's {matrix.shape[1]} dimensions")
         # Outside the lock: a concurrent write may reuse a freed slot; its chunk id is then
         # gone from the table and the hit is dropped below.
-        scores = np.asarray(matrix @ query)
-        scores[slots < 0] = -np.inf
-        live = int(np.count_nonzero(slots >= 0))
+        if allowed is None:
+            scores = np.asarray(matrix @ query)
+            scores[slots < 0] = -np.inf
+            live = int(np.count_nonzero(slots >= 0))
+        else:  # only the filtered rows are scored
+            allowed = allowed[allowed < len(slots)]
+            allowed = allowed[slots[allowed] >= 0]
+            scores, live = np.asarray(matrix[allowed] @ query), len(allowed)
         k = min(k, live)
         if k == 0:
             return []
         best = np.argpartition(-scores, k - 1)[:k]
         best = best[np.argsort(-scores[best], kind="stable")]
-        return self._hits([(int(slots[i]), float(scores[i])) for i in best])
+        picked = best if allowed is None else allowed[best]
+        return self._hits([(int(slots[p]), float(scores[b])) for p, b in zip(picked, best,
+                                                                             strict=True)])
+
+    def _slots_where(self, where: SearchFilter) -> npt.NDArray[np.int64]:
+        """The slots of the chunks of the documents ``where`` lets through, ascending."""
+        clauses: list[str] = ["1"]
+        params: list[object] = []
+        if where.document_ids is not None:
+            ids = sorted(where.document_ids)
+            clauses.append(f"c.document_id IN ({','.join('?' * len(ids))})")
+            params += ids
+        if where.source_prefix is not None:
+            clauses.append("substr(d.source, 1, ?) = ?")
+            params += [len(where.source_prefix), where.source_prefix]
+        rows = self._db.execute(
+            "SELECT c.slot FROM chunks c JOIN documents d ON d.id = c.document_id "  # noqa: S608
+            f"WHERE {' AND '.join(clauses)} ORDER BY c.slot", params).fetchall()
+        return np.array([row[0] for row in rows], dtype=np.int64)
 
     def _hits(self, ranked: list[tuple[int, float]]) -> list[SearchHit]:
         ids = [chunk_id for chunk_id, _ in ranked]

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     Vectors: TypeAlias = "Sequence[Sequence[float]] | npt.NDArray[np.float32]"
 
 __all__ = ["ChunkRecord", "DocumentContent", "DocumentRecord", "DocumentStore", "NewDocument",
-           "SearchHit"]
+           "SearchFilter", "SearchHit"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +74,20 @@ class DocumentContent:
     texts: Sequence[str]
     tokens: Sequence[int]
     vectors: Vectors
+
+
+@dataclass(frozen=True, slots=True)
+class SearchFilter:
+    """Which documents a search may return: one of ``document_ids``, and/or one whose source
+    starts with ``source_prefix`` (both given, a document must pass both). An empty
+    ``document_ids`` lets none through."""
+
+    document_ids: frozenset[str] | None = None
+    source_prefix: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.document_ids is not None and not isinstance(self.document_ids, frozenset):
+            object.__setattr__(self, "document_ids", frozenset(self.document_ids))
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +148,10 @@ class DocumentStore(Protocol):
         """Remove a document and its chunks; False if there was none."""
         ...
 
-    def search(self, vector: Sequence[float], k: int) -> list[SearchHit]:
-        """The ``k`` chunks closest to ``vector``, best first."""
+    def search(self, vector: Sequence[float], k: int,
+               where: SearchFilter | None = None) -> list[SearchHit]:
+        """The ``k`` chunks closest to ``vector``, best first; only those of the documents
+        ``where`` lets through, when given."""
         ...
 
     def chunk_count(self) -> int: ...
