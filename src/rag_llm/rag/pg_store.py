@@ -328,14 +328,7 @@ class PostgresStore:
             self._claim_model(conn, embedding_model, int(matrix.shape[1]))
             conn.execute("DELETE FROM documents WHERE id = %s OR source = %s",
                          (document.id, document.source))
-            conn.execute("INSERT INTO documents VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                         (document.id, document.source, document.title, document.media_type,
-                          document.sha256, document.size, len(texts), now, document.recipe))
-            with conn.cursor() as cursor, cursor.copy(_COPY) as copy:
-                copy.set_types(["text", "int4", "text", "int4", "vector"])
-                for i, (text, count, row) in enumerate(zip(texts, tokens, matrix,
-                                                           strict=True)):
-                    copy.write_row((document.id, i, text, count, row))
+            _insert(conn, [(document, texts, tokens, matrix)], now)
 
     def replace_all(self, contents: Sequence[DocumentContent], embedding_model: str,
                     expected: Mapping[str, DocumentRecord]) -> bool:
@@ -359,18 +352,8 @@ class PostgresStore:
                              .encode())
                 conn.execute("UPDATE rag_store SET embedding_model = %s, dimensions = %s",
                              (embedding_model, dims))
-                with conn.cursor() as cursor:
-                    cursor.executemany(
-                        "INSERT INTO documents VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                        [(c.document.id, c.document.source, c.document.title,
-                          c.document.media_type, c.document.sha256, c.document.size,
-                          len(c.texts), now, c.document.recipe) for c in contents])
-                    with cursor.copy(_COPY) as copy:
-                        copy.set_types(["text", "int4", "text", "int4", "vector"])
-                        for content, matrix in zip(contents, matrices, strict=True):
-                            for i, (text, count, row) in enumerate(zip(
-                                    content.texts, content.tokens, matrix, strict=True)):
-                                copy.write_row((content.document.id, i, text, count, row))
+                _insert(conn, [(c.document, c.texts, c.tokens, matrix)
+                               for c, matrix in zip(contents, matrices, strict=True)], now)
             self._index_when_large(conn, holding_lock=False)
         return True
 
@@ -580,6 +563,23 @@ def _first_line(exc: BaseException, secret: str | None) -> str:
     """The first line of a driver error, with the password masked should it appear."""
     text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return text.replace(secret, "**********") if secret else text
+
+
+def _insert(conn: psycopg.Connection[Any],
+            documents: Sequence[tuple[NewDocument, Sequence[str], Sequence[int], Any]],
+            now: datetime) -> None:
+    """Insert each (document, texts, token counts, unit vectors): the documents' rows, then
+    every chunk in one binary COPY."""
+    with conn.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO documents VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [(d.id, d.source, d.title, d.media_type, d.sha256, d.size, len(texts), now,
+              d.recipe) for d, texts, _, _ in documents])
+        with cursor.copy(_COPY) as copy:
+            copy.set_types(["text", "int4", "text", "int4", "vector"])
+            for document, texts, tokens, matrix in documents:
+                for i, (text, count, row) in enumerate(zip(texts, tokens, matrix, strict=True)):
+                    copy.write_row((document.id, i, text, count, row))
 
 
 def _timestamp(moment: datetime) -> str:

@@ -207,17 +207,7 @@ class SQLiteStore:
                 self._write_vectors(slots, matrix)
                 freed = self._slots_of(document.id)
                 self._delete(document.id)
-                self._db.execute(
-                    "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (document.id, document.source, document.title, document.media_type,
-                     document.sha256, document.size, len(texts), ingested_at,
-                     document.recipe))
-                self._db.executemany(
-                    "INSERT INTO chunks(document_id, idx, text, tokens, slot) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    [(document.id, i, text, count, slot)
-                     for i, (text, count, slot) in enumerate(zip(texts, tokens, slots,
-                                                                 strict=True))])
+                self._insert(document, texts, tokens, slots, ingested_at)
                 added = self._db.execute("SELECT slot, id FROM chunks WHERE document_id = ?",
                                          (document.id,)).fetchall()
             self._apply(freed, added)
@@ -256,20 +246,24 @@ class SQLiteStore:
                 self._set_meta("dimensions", dims)
                 slot = start
                 for content in contents:
-                    document = content.document
-                    self._db.execute(
-                        "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (document.id, document.source, document.title, document.media_type,
-                         document.sha256, document.size, len(content.texts), ingested_at,
-                         document.recipe))
-                    self._db.executemany(
-                        "INSERT INTO chunks(document_id, idx, text, tokens, slot) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        [(document.id, i, text, count, slot + i) for i, (text, count)
-                         in enumerate(zip(content.texts, content.tokens, strict=True))])
-                    slot += len(content.texts)
+                    rows = len(content.texts)
+                    self._insert(content.document, content.texts, content.tokens,
+                                 range(slot, slot + rows), ingested_at)
+                    slot += rows
             self._stale = True  # the next search reloads the map and the matrix
         return True
+
+    def _insert(self, document: NewDocument, texts: Sequence[str], tokens: Sequence[int],
+                slots: Sequence[int], ingested_at: str) -> None:
+        """Insert ``document``'s row and its chunks' rows, chunk i in ``slots[i]``."""
+        self._db.execute("INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (document.id, document.source, document.title, document.media_type,
+                          document.sha256, document.size, len(texts), ingested_at,
+                          document.recipe))
+        self._db.executemany(
+            "INSERT INTO chunks(document_id, idx, text, tokens, slot) VALUES (?, ?, ?, ?, ?)",
+            [(document.id, i, text, count, slot)
+             for i, (text, count, slot) in enumerate(zip(texts, tokens, slots, strict=True))])
 
     def _claim_model(self, model: str, dims: int) -> None:
         stored_model, stored_dims = self._meta("embedding_model"), self._meta("dimensions")
