@@ -211,11 +211,10 @@ def _run_migrate_store(args: argparse.Namespace) -> int:
 def _where(args: argparse.Namespace) -> SearchFilter | None:
     """The search filter of ``--document`` and ``--source-prefix``, if either is given."""
     if args.documents is None and args.source_prefix is None:
-        return None
+        return None  # and the query sent to a service imports none of the RAG package
     from rag_llm.rag.store import SearchFilter
 
-    return SearchFilter(None if args.documents is None else frozenset(args.documents),
-                        args.source_prefix)
+    return SearchFilter.of(args.documents, args.source_prefix)
 
 
 async def _query(service: RagService, args: argparse.Namespace) -> None:

@@ -51,10 +51,7 @@ class QueryIn(BaseModel):
 
     def where(self) -> SearchFilter | None:
         """The search filter the request asks for, if any."""
-        if self.documents is None and self.source_prefix is None:
-            return None
-        return SearchFilter(None if self.documents is None else frozenset(self.documents),
-                            self.source_prefix)
+        return SearchFilter.of(self.documents, self.source_prefix)
 
     @field_validator("question")
     @classmethod

@@ -8,7 +8,7 @@ floats, unit length; scores are cosine similarities.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeAlias
 
@@ -88,6 +88,14 @@ class SearchFilter:
     def __post_init__(self) -> None:
         if self.document_ids is not None and not isinstance(self.document_ids, frozenset):
             object.__setattr__(self, "document_ids", frozenset(self.document_ids))
+
+    @classmethod
+    def of(cls, document_ids: Iterable[str] | None,
+           source_prefix: str | None) -> SearchFilter | None:
+        """The filter of a request's optional fields; ``None`` when neither is given."""
+        if document_ids is None and source_prefix is None:
+            return None
+        return cls(None if document_ids is None else frozenset(document_ids), source_prefix)
 
 
 @dataclass(frozen=True, slots=True)
